@@ -1,0 +1,3 @@
+"""vision_jax: image recognition in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,11 @@
+"""The model zoo: `create_model(name)`, `list_models()`, `model_info(name)`."""
+
+from vision_jax.models.registry import ModelInfo, create_model, list_models, model_info, register_model
+
+# Importing a family registers its variants.
+from vision_jax.models import efficientnet  # noqa: F401,E402
+from vision_jax.models import resnet  # noqa: F401,E402
+from vision_jax.models import resnet_v2  # noqa: F401,E402
+from vision_jax.models import vit  # noqa: F401,E402
+
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]

@@ -1,0 +1,1 @@
+"""resnet_v2 family."""

@@ -1,0 +1,1 @@
+"""timm -> vision_jax mapping for the vit family (registers itself on import)."""
