@@ -114,13 +114,9 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], dtype: Any = jnp.fl
     WeightLoadError: the name is unknown, or keys are missing, unexpected or of the
       wrong shape. The message names the model and lists every mismatch.
   """
-  family = timm_family(timm_name)
   sd = {k: np.asarray(v) for k, v in state_dict.items()}
-  arch = timm_name.split(".")[0]
-  model_name, resolved = family.resolve(arch, sd)
-  classifier_key = (family.classifier_key(arch) if callable(family.classifier_key)
-                    else family.classifier_key)
-  num_classes = int(sd[classifier_key].shape[0]) if classifier_key in sd else 0
+  family = timm_family(timm_name)
+  model_name, num_classes, resolved = resolve(timm_name, sd)
   kwargs = {**resolved, **overrides}
   try:
     module = models.create_model(model_name, num_classes=num_classes, dtype=dtype, **kwargs)
@@ -155,6 +151,17 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], dtype: Any = jnp.fl
         + "Check that the checkpoint belongs to this timm model name.")
   return module, {c: traverse_util.unflatten_dict(
       {p: jnp.asarray(v) for p, v in leaves.items()}) for c, leaves in variables.items()}
+
+
+def resolve(timm_name: str, state_dict: Mapping[str, Any]) -> tuple[str, int, dict[str, Any]]:
+  """(registry name, num_classes, create_model overrides) for a timm checkpoint."""
+  family = timm_family(timm_name)
+  arch = timm_name.split(".")[0]
+  model_name, overrides = family.resolve(arch, state_dict)
+  classifier_key = (family.classifier_key(arch) if callable(family.classifier_key)
+                    else family.classifier_key)
+  num_classes = int(state_dict[classifier_key].shape[0]) if classifier_key in state_dict else 0
+  return model_name, num_classes, dict(overrides)
 
 
 def abstract_variables(module, model_name: str, overrides: Mapping[str, Any]):

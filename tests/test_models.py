@@ -1,0 +1,128 @@
+"""Tests generated over the whole registry: pinned sizes, metadata, shapes, dtypes."""
+
+import glob
+import importlib
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vision_jax import models
+from vision_jax.models import flops
+
+
+def _pinned_counts() -> dict[str, int]:
+  counts = {}
+  for path in sorted(glob.glob(os.path.join(os.path.dirname(__file__), "pinned_*.py"))):
+    module = importlib.import_module(f"tests.{os.path.basename(path)[:-3]}")
+    for name, count in module.PARAM_COUNTS.items():
+      assert name not in counts, f"{name} pinned twice"
+      counts[name] = count
+  return counts
+
+
+PINNED = _pinned_counts()
+ALL = models.list_models()
+# timm's published counts, quoted in the model-zoo issue: an independent check on the pins.
+TIMM_REFERENCE = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808, "resnet200": 64_673_832,
+    "resnetv2_50x1_bit": 25_549_352, "resnetv2_152x4_bit": 936_533_224,
+    "efficientnet_b0": 5_288_548, "efficientnet_b3": 12_233_232, "efficientnet_b7": 66_347_960,
+    "vit_tiny_patch16_224": 5_717_416, "vit_base_patch16_224": 86_567_656,
+    "vit_large_patch16_224": 304_326_632, "vit_base_r50_s16_224": 97_890_112,
+    "vit_base_r50_s16_384": 98_950_952, "vit_small_r26_s32_224": 36_431_912,
+    "vit_large_r50_s32_224": 328_994_856,
+}
+
+
+def _abstract_variables(name, num_classes=1000, size=None, **kw):
+  info = models.model_info(name)
+  module = models.create_model(name, num_classes=num_classes, **kw)
+  size = size or info.input_size
+  x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  return module, jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+
+
+def _count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def test_every_registered_model_is_pinned():
+  assert ALL, "no model registered"
+  assert sorted(set(ALL) - set(PINNED)) == [], "registered but not pinned in tests/pinned_*.py"
+  assert sorted(set(PINNED) - set(ALL)) == [], "pinned but not registered"
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_REFERENCE))
+def test_reference_counts_are_pinned(name):
+  assert PINNED.get(name) == TIMM_REFERENCE[name]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_param_count_matches_pin(name):
+  _, variables = _abstract_variables(name)
+  assert _count(variables["params"]) == PINNED[name]
+  for x in jax.tree_util.tree_leaves(variables["params"]):
+    assert x.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model_info_is_complete(name):
+  info = models.model_info(name)
+  assert info.name == name
+  assert info.input_size > 0 and 0 < info.crop_pct <= 1
+  assert len(info.mean) == 3 and len(info.std) == 3 and min(info.std) > 0
+  assert info.paper and info.family
+  _, variables = _abstract_variables(name, num_classes=7)
+  node = variables["params"]
+  for part in info.classifier.split("/"):
+    node = node[part]
+  assert node["kernel"].shape[-1] == 7, "ModelInfo.classifier must point at the classifier"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_output_shapes_and_dtypes(name):
+  """Abstract forward (no allocation) in bf16: logits float32, features of the pooled width."""
+  module = models.create_model(name, num_classes=5, dtype=jnp.bfloat16)
+  size = models.model_info(name).input_size
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+  logits = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, x)
+  assert logits.shape == (2, 5) and logits.dtype == jnp.float32
+  features_module = models.create_model(name, num_classes=0, dtype=jnp.bfloat16)
+  fvars = jax.eval_shape(lambda: features_module.init(jax.random.key(0), x, train=False))
+  features = jax.eval_shape(lambda v, x: features_module.apply(v, x, train=False), fvars, x)
+  head_in = variables["params"]["head"]["kernel"].shape[0]
+  assert features.shape == (2, head_in)
+
+
+def test_unknown_model_and_override_errors():
+  with pytest.raises(ValueError, match="Unknown model 'resnet5'.*Did you mean"):
+    models.create_model("resnet5")
+  with pytest.raises(ValueError, match="unknown override.*not_a_field"):
+    models.create_model("resnet18", not_a_field=3)
+  with pytest.raises(ValueError, match="num_classes"):
+    models.create_model("resnet18", num_classes=-1)
+
+
+def test_list_models_filters():
+  assert "resnet50" in models.list_models("resnet*")
+  assert all(n.startswith("vit_") for n in models.list_models("vit_*"))
+  assert set(models.list_models(family="efficientnet")) == {f"efficientnet_b{i}" for i in range(8)}
+
+
+def test_flops_resnet50_matches_known_figure():
+  # ResNet-50 is 4.1 GMACs at 224x224, i.e. about 8.2 GFLOPs as XLA counts a MAC as two.
+  f = flops.count_flops("resnet50")
+  assert 8.0e9 < f < 8.4e9
+  # FLOPs scale with the number of pixels (convolutions dominate).
+  assert flops.count_flops("resnet50", image_size=112) == pytest.approx(f / 4, rel=0.02)
+
+
+def test_flops_vit_b16_matches_known_figure():
+  # ViT-B/16 at 224: 17.6 GMACs (timm's table) -> about 35 GFLOPs.
+  f = flops.count_flops("vit_base_patch16_224")
+  assert 34.0e9 < f < 36.5e9

@@ -1,0 +1,81 @@
+"""Helpers for config files: typed `key=value` arguments and durations in any unit."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config or its argument string is wrong; the message says what and how to fix it."""
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses "key=value,flag,..." against typed defaults.
+
+  `get_config("depth=50,smoke")` style arguments: each key must be one of
+  `defaults`; its value is converted to the default's type; a bare key sets a
+  bool to True. An unknown key raises ConfigError listing the valid ones.
+  """
+  result = dict(defaults)
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    key, _, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"Unknown config argument {key!r} in {arg!r}. Valid arguments: "
+                        f"{', '.join(f'{k} (default {v!r})' for k, v in defaults.items())}.")
+    default = defaults[key]
+    if not _:  # bare key
+      if not isinstance(default, bool):
+        raise ConfigError(f"Config argument {key!r} needs a value ({key}=...).")
+      result[key] = True
+      continue
+    result[key] = _convert(key, value.strip(), default)
+  return ml_collections.ConfigDict(result)
+
+
+def _convert(key: str, value: str, default: Any) -> Any:
+  try:
+    if isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(value)
+      return value.lower() in ("true", "1", "yes")
+    if isinstance(default, int):
+      return int(value)
+    if isinstance(default, float):
+      return float(value)
+  except ValueError:
+    raise ConfigError(f"Config argument {key}={value!r} is not a {type(default).__name__}.") from None
+  return value
+
+
+def steps_from(config: Any, prefix: str, *, examples_per_epoch: int | None, batch_size: int,
+               default: int | None = None) -> int:
+  """The number of steps named by exactly one of `{prefix}_steps/_epochs/_examples`.
+
+  Args:
+    config: a ConfigDict (or mapping) holding at most one of the three keys.
+    prefix: e.g. "total", "warmup", "log_every".
+    examples_per_epoch: size of the training split (needed for epochs).
+    batch_size: global batch size (needed for epochs and examples).
+    default: returned when none of the keys is set; None makes that an error.
+  """
+  get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+  given = {unit: get(f"{prefix}_{unit}", None) for unit in ("steps", "epochs", "examples")}
+  given = {unit: v for unit, v in given.items() if v is not None}
+  if len(given) > 1:
+    raise ConfigError(f"Set only one of {', '.join(f'{prefix}_{u}' for u in given)}.")
+  if not given:
+    if default is None:
+      raise ConfigError(f"Set one of {prefix}_steps, {prefix}_epochs or {prefix}_examples.")
+    return default
+  unit, value = next(iter(given.items()))
+  if unit == "steps":
+    return int(value)
+  if unit == "examples":
+    return int(math.ceil(value / batch_size))
+  if not examples_per_epoch:
+    raise ConfigError(f"{prefix}_epochs needs the size of the training split, which is unknown.")
+  return int(math.ceil(value * examples_per_epoch / batch_size))

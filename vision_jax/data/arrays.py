@@ -1,0 +1,83 @@
+"""In-memory datasets whose batches are a pure function of (seed, step).
+
+Because batch `s` is computed from the step number alone (epoch = s // steps
+per epoch, then a permutation seeded by (seed, epoch)), a run resumed at step S
+sees exactly the batches an uninterrupted run sees from S on. Each process
+takes its own contiguous slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterator
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+Preprocess = Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
+
+
+@dataclasses.dataclass
+class ArrayDataset:
+  """A labelled image dataset held in host memory.
+
+  Attributes:
+    train: (images, labels) of the training split.
+    eval: (images, labels) of the evaluation split.
+    num_classes: number of classes.
+    preprocess_train: (uint8-or-float images, rng) -> float32 NHWC batch.
+    preprocess_eval: same, with rng None (deterministic).
+  """
+
+  train: tuple[np.ndarray, np.ndarray]
+  eval: tuple[np.ndarray, np.ndarray]
+  num_classes: int
+  preprocess_train: Preprocess
+  preprocess_eval: Preprocess
+
+  @property
+  def num_train(self) -> int:
+    return len(self.train[1])
+
+  @property
+  def num_eval(self) -> int:
+    return len(self.eval[1])
+
+  def train_iterator(self, global_batch: int, seed: int, start_step: int = 0,
+                     process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+    """Endless training batches from `start_step` on; this process's slice of each."""
+    images, labels = self.train
+    n = len(labels)
+    if global_batch > n:
+      raise ValueError(f"The batch size {global_batch} is larger than the training split ({n}).")
+    local = _local_size(global_batch, process_count)
+    steps_per_epoch = n // global_batch  # the incomplete tail of each epoch is dropped
+    step = start_step
+    while True:
+      epoch, offset = divmod(step, steps_per_epoch)
+      order = np.random.default_rng([seed, epoch]).permutation(n)
+      start = offset * global_batch + process_index * local
+      index = order[start:start + local]
+      rng = np.random.default_rng([seed, epoch, offset, process_index, 1])
+      yield {"image": self.preprocess_train(images[index], rng), "label": labels[index]}
+      step += 1
+
+  def eval_iterator(self, global_batch: int, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[Batch]:
+    """One ordered pass over the eval split; the last batch is padded, 'mask' marks real rows."""
+    images, labels = self.eval
+    n = len(labels)
+    local = _local_size(global_batch, process_count)
+    for start in range(0, n, global_batch):
+      index = np.arange(start + process_index * local, start + (process_index + 1) * local)
+      mask = index < n
+      index = np.where(mask, index, 0)
+      yield {"image": self.preprocess_eval(images[index], None), "label": labels[index],
+             "mask": mask}
+
+
+def _local_size(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f"The global batch size {global_batch} does not divide across "
+                     f"{process_count} processes.")
+  return global_batch // process_count

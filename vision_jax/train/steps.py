@@ -1,0 +1,158 @@
+"""Train state and the pure, module-level step functions of the supervised recipe.
+
+Every dependency (model, optimizer, schedule, options) is an argument, so a test
+can call a step alone; the trainer binds them with functools.partial and jits.
+
+BatchNorm under jit: the batch is one global array sharded over the 'data' mesh
+axis, so the batch statistics that flax computes are over the GLOBAL batch (XLA
+inserts the cross-device reductions): this is synchronised BatchNorm, and the
+result does not depend on the number of devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes. A checkpoint stores exactly this.
+
+  Attributes:
+    step: number of optimizer updates done.
+    params: model parameters (float32).
+    batch_stats: BatchNorm running statistics ({} for models without BatchNorm).
+    opt_state: optimizer state.
+    ema_params: exponential moving average of params, or None.
+    rng: base key; step `s` uses fold_in(rng, s) for dropout/stochastic depth.
+    first_nonfinite_step: -1, or the first step whose loss was NaN/Inf (kept on
+      device so that detection never stalls the host).
+  """
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any
+  rng: jax.Array
+  first_nonfinite_step: jax.Array
+
+
+def create_train_state(rng: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
+                       input_shape: tuple[int, ...], use_ema: bool) -> TrainState:
+  """Initialises variables and optimizer state (jit this with out_shardings)."""
+  init_rng, state_rng = jax.random.split(rng)
+  variables = model.init({"params": init_rng, "dropout": init_rng},
+                         jnp.zeros(input_shape, jnp.float32), train=False)
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+      ema_params=jax.tree_util.tree_map(jnp.copy, params) if use_ema else None,
+      rng=state_rng, first_nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy in float32, integer or one-hot/soft labels."""
+  logits = logits.astype(jnp.float32)
+  if labels.ndim == logits.ndim:
+    targets = labels.astype(jnp.float32)
+  else:
+    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing:
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
+def _forward(model, params, batch_stats, images, rng, train):
+  variables = {"params": params}
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+    logits, updates = model.apply(variables, images, train=train, rngs={"dropout": rng},
+                                  mutable=["batch_stats"])
+    return logits, updates["batch_stats"]
+  return model.apply(variables, images, train=train, rngs={"dropout": rng}), batch_stats
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
+               tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
+               num_classes: int, label_smoothing: float = 0.0, grad_accum_steps: int = 1,
+               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on a global batch; returns the new state and step metrics.
+
+  With `grad_accum_steps` = k > 1 the batch is split into k micro-batches that run
+  one after another (lax.scan): activations of only one micro-batch are live, the
+  gradients are averaged, and BatchNorm statistics update once per micro-batch.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params, batch_stats, micro, micro_rng):
+    logits, new_stats = _forward(model, params, batch_stats, micro["image"], micro_rng, True)
+    loss = jnp.mean(cross_entropy(logits, micro["label"], num_classes, label_smoothing))
+    return loss, (new_stats, logits)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if grad_accum_steps == 1:
+    (loss, (batch_stats, logits)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+    correct = _top1_correct(logits, batch["label"])
+  else:
+    k = grad_accum_steps
+    micro_batches = jax.tree_util.tree_map(
+        lambda x: x.reshape((k, x.shape[0] // k) + x.shape[1:]), batch)
+
+    def body(carry, xs):
+      grads_sum, loss_sum, correct_sum, stats = carry
+      micro, i = xs
+      (loss, (stats, logits)), grads = grad_fn(state.params, stats, micro,
+                                               jax.random.fold_in(rng, i))
+      grads_sum = jax.tree_util.tree_map(jnp.add, grads_sum, grads)
+      return (grads_sum, loss_sum + loss, correct_sum + _top1_correct(logits, micro["label"]),
+              stats), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    (grads, loss, correct, batch_stats), _ = jax.lax.scan(
+        body, (zeros, 0.0, 0.0, state.batch_stats), (micro_batches, jnp.arange(k)))
+    grads = jax.tree_util.tree_map(lambda g: g / k, grads)
+    loss = loss / k
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = state.ema_params
+  if ema is not None:
+    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+  finite = jnp.isfinite(loss)
+  first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+                        state.first_nonfinite_step)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, ema_params=ema, first_nonfinite_step=first_bad)
+  metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0],
+             "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+  return new_state, metrics
+
+
+def _top1_correct(logits, labels):
+  if labels.ndim == logits.ndim:
+    labels = jnp.argmax(labels, -1)
+  return jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: nn.Module,
+              num_classes: int) -> dict[str, jax.Array]:
+  """Sums of loss, top-1 and top-5 hits over the real (mask=1) examples of a batch."""
+  variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+  logits = model.apply(variables, batch["image"], train=False)
+  labels = batch["label"]
+  mask = batch.get("mask", jnp.ones(labels.shape[:1], bool)).astype(jnp.float32)
+  loss = cross_entropy(logits, labels, num_classes)
+  top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
+  hit5 = jnp.any(top5 == labels[:, None], axis=-1)
+  hit1 = jnp.argmax(logits, -1) == labels
+  return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask),
+          "top5": jnp.sum(hit5 * mask), "count": jnp.sum(mask)}

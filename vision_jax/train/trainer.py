@@ -1,0 +1,328 @@
+"""The training loop. It reads top to bottom: setup, state, resume, loop, finish.
+
+`train_and_evaluate(config, workdir)` is the only place where models, data and
+the optimizer meet. Everything inside the loop is asynchronous: metrics stay on
+the device until a log step, batches are prefetched to the devices by a thread,
+and the state is donated to the jitted step.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import parameter_overview
+
+from vision_jax import data as data_lib
+from vision_jax import models
+from vision_jax.config_util import ConfigError, steps_from
+from vision_jax.train import checkpoint as ckpt_lib
+from vision_jax.train import metrics as metrics_lib
+from vision_jax.train import optim
+from vision_jax.train import sharding as sharding_lib
+from vision_jax.train import steps as steps_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; the message names the step."""
+
+
+class Preempted(Exception):
+  """Internal: SIGTERM/SIGINT arrived; the state was saved."""
+
+
+def _require(config: Any, *fields: str) -> None:
+  for field in fields:
+    node = config
+    for part in field.split("."):
+      if not hasattr(node, "keys") or part not in node.keys() or node[part] is None:
+        raise ConfigError(f"The config has no {field!r}; set it in the config file or with "
+                          f"--config.{field}=...")
+      node = node[part]
+
+
+# ---------------------------------------------------------------------------
+# Pieces the loop uses; module-level so that tests and tools can reuse them.
+# ---------------------------------------------------------------------------
+def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], mesh, size: int = 2):
+  """Moves host batches onto the mesh in a background thread, `size` ahead."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  sentinel = object()
+
+  def produce():
+    try:
+      for batch in batches:
+        item = sharding_lib.make_global_batch(batch, mesh)
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
+          return
+      q.put(sentinel)
+    except Exception as e:  # pylint: disable=broad-except
+      q.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is sentinel:
+        return
+      if isinstance(item, Exception):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+class _SignalFlag:
+  """Turns SIGTERM/SIGINT into a flag that the loop polls (main thread only)."""
+
+  def __init__(self):
+    self.raised = False
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning("Received signal %d: saving a checkpoint and exiting.", signum)
+    self.raised = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _should_stop(flag: bool, step: int, sync_every: int) -> bool:
+  """True once any process got a signal. Processes agree only at multiples of sync_every,
+  so that they all stop (and save) at the same step."""
+  if jax.process_count() == 1:
+    return flag
+  if step % sync_every:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
+def evaluate(eval_fn, params, batch_stats, dataset, batch_size: int, mesh) -> dict[str, float]:
+  """Classification metrics over one full, ordered pass of the eval split."""
+  totals = None
+  for batch in dataset.eval_iterator(batch_size, jax.process_index(), jax.process_count()):
+    out = eval_fn(params, batch_stats, sharding_lib.make_global_batch(batch, mesh))
+    totals = out if totals is None else jax.tree_util.tree_map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  return {"eval_loss": float(totals["loss"]) / count, "eval_top1": float(totals["top1"]) / count,
+          "eval_top5": float(totals["top5"]) / count, "eval_count": count}
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
+  _require(config, "model.name", "data.name", "batch_size", "schedule.base_lr", "optimizer.name")
+  os.makedirs(workdir, exist_ok=True)
+
+  # --- Devices and data.
+  mesh = sharding_lib.make_mesh(config.get("num_devices"))
+  n_dev = mesh.devices.size
+  batch_size = int(config.batch_size)
+  accum = int(config.get("grad_accum_steps", 1))
+  if batch_size % (n_dev * accum):
+    raise ConfigError(
+        f"config.batch_size={batch_size} does not divide across {n_dev} devices"
+        + (f" x {accum} gradient-accumulation steps" if accum > 1 else "")
+        + f"; use a multiple of {n_dev * accum}.")
+  eval_batch = int(config.get("eval_batch_size", batch_size))
+  if eval_batch % n_dev:
+    raise ConfigError(f"config.eval_batch_size={eval_batch} does not divide across {n_dev} "
+                      f"devices; use a multiple of {n_dev}.")
+  dataset = data_lib.get_dataset(config.data)
+  per_epoch = dataset.num_train
+  total_steps = steps_from(config, "total", examples_per_epoch=per_epoch, batch_size=batch_size)
+  warmup = steps_from(config.schedule, "warmup", examples_per_epoch=per_epoch,
+                      batch_size=batch_size, default=0)
+  log_every = steps_from(config, "log_every", examples_per_epoch=per_epoch,
+                         batch_size=batch_size, default=50)
+  eval_every = steps_from(config, "eval_every", examples_per_epoch=per_epoch,
+                          batch_size=batch_size, default=total_steps)
+  ckpt_every = steps_from(config, "checkpoint_every", examples_per_epoch=per_epoch,
+                          batch_size=batch_size, default=total_steps)
+
+  # --- Model, optimizer, state (born sharded).
+  dtype_name = config.get("dtype", "float32")
+  if dtype_name not in DTYPES:
+    raise ConfigError(f"config.dtype={dtype_name!r}; choose one of {sorted(DTYPES)}.")
+  overrides = dict(config.model.get("overrides", None) or {})
+  model = models.create_model(config.model.name, num_classes=dataset.num_classes,
+                              dtype=DTYPES[dtype_name], **overrides)
+  schedule = optim.make_schedule(config.schedule, total_steps, warmup)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  ema_decay = float(config.get("ema_decay", 0.0) or 0.0)
+  sample = next(dataset.eval_iterator(n_dev))["image"]
+  input_shape = (1,) + sample.shape[1:]
+  init_fn = functools.partial(steps_lib.create_train_state, model=model, tx=tx,
+                              input_shape=input_shape, use_ema=ema_decay > 0)
+  rng = jax.random.key(int(config.get("seed", 0)))
+  abstract_state = jax.eval_shape(init_fn, rng)
+  state_shardings = sharding_lib.state_shardings(abstract_state, mesh,
+                                                 fsdp=bool(config.get("fsdp", False)))
+
+  # --- Resume order: workdir checkpoint, then config.init_from, then scratch.
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)))
+  meta = {"model": config.model.name, "num_classes": dataset.num_classes,
+          "overrides": {k: str(v) for k, v in overrides.items()}}
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(
+        ckpt_lib.abstract_with_shardings(abstract_state, state_shardings), meta)
+    logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
+  else:
+    state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    if config.get("init_from"):
+      state = _load_init(state, config.init_from, state_shardings)
+  start_step = int(jax.device_get(state.step))
+
+  writer = metrics_lib.MetricWriter(workdir)
+  if start_step == 0:
+    overview = parameter_overview.get_parameter_overview(
+        jax.device_get(state.params), include_stats=False)
+    logging.info("Parameters of %s:\n%s", config.model.name, overview)
+    writer.write_text(0, "parameters", overview)
+
+  # --- Jitted steps: state donated, shardings pinned.
+  step_fn = functools.partial(
+      steps_lib.train_step, model=model, tx=tx, schedule=schedule,
+      num_classes=dataset.num_classes, label_smoothing=float(config.get("label_smoothing", 0.0)),
+      grad_accum_steps=accum, ema_decay=ema_decay)
+  train_step = jax.jit(step_fn, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
+                       out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                       donate_argnums=(0,))
+  eval_fn = jax.jit(functools.partial(steps_lib.eval_step, model=model,
+                                      num_classes=dataset.num_classes))
+
+  def run_eval(state) -> dict[str, float]:
+    params = state.ema_params if state.ema_params is not None else state.params
+    return evaluate(eval_fn, params, state.batch_stats, dataset, eval_batch, mesh)
+
+  def save(step: int, state) -> None:
+    bad = int(jax.device_get(state.first_nonfinite_step))
+    if bad >= 0:
+      raise NonFiniteLossError(_nonfinite_message(bad, checkpointer))
+    checkpointer.save(step, state, meta)
+
+  # --- The loop.
+  progress = metrics_lib.Progress(total_steps, batch_size, start_step)
+  batches = prefetch_to_mesh(
+      dataset.train_iterator(batch_size, int(config.get("seed", 0)), start_step,
+                             jax.process_index(), jax.process_count()),
+      mesh, size=int(config.get("prefetch", 2)))
+  pending: list[dict[str, jax.Array]] = []
+  final: dict[str, float] = {}
+  with _SignalFlag() as signals:
+    try:
+      for step in range(start_step + 1, total_steps + 1):
+        state, step_metrics = train_step(state, next(batches))
+        pending.append(step_metrics)
+        if step == start_step + 1:
+          jax.block_until_ready(step_metrics)  # the first step compiles: time from here
+          progress.start(step)
+        if step % log_every == 0 or step == total_steps:
+          scalars = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+          pending.clear()
+          bad = int(jax.device_get(state.first_nonfinite_step))
+          if bad >= 0:
+            raise NonFiniteLossError(_nonfinite_message(bad, checkpointer))
+          scalars.update(progress.update(step))
+          writer.write(step, scalars)
+          metrics_lib.log_progress(step, total_steps, scalars)
+        if step % eval_every == 0 and step != total_steps:
+          writer.write(step, run_eval(state))
+        if step % ckpt_every == 0 and step != total_steps:
+          save(step, state)
+        if _should_stop(signals.raised, step, log_every):
+          save(step, state)
+          checkpointer.wait()
+          raise Preempted()
+      final = run_eval(state)
+      writer.write(total_steps, final)
+      logging.info("Final eval at step %d: %s", total_steps, final)
+      if checkpointer.latest_step() != total_steps:
+        save(total_steps, state)
+    except Preempted:
+      logging.warning("Preempted at step %d; the checkpoint is saved, rerun the same command "
+                      "to resume.", int(jax.device_get(state.step)))
+    finally:
+      batches.close()
+      checkpointer.close()
+      writer.close()
+  return final
+
+
+def _nonfinite_message(step: int, checkpointer) -> str:
+  latest = checkpointer.latest_step()
+  kept = (f"The last good checkpoint (step {latest}) is kept in {checkpointer.directory}."
+          if latest is not None else "No checkpoint had been saved yet.")
+  return (f"The training loss became NaN or Inf at step {step + 1}. {kept} Lower the "
+          "learning rate, enable gradient clipping (config.optimizer.grad_clip_norm) or check "
+          "the input data.")
+
+
+def _load_init(state, init_from: str, shardings):
+  """Starts from another run's workdir or from converted weights (same model)."""
+  from vision_jax.weights import io as weights_io  # pylint: disable=import-outside-toplevel
+  if os.path.isdir(os.path.join(init_from, "checkpoints")):
+    manager = ckpt_lib.Checkpointer(init_from, async_save=False)
+    step = manager.latest_step()
+    if step is None:
+      raise ConfigError(f"config.init_from={init_from!r} holds no checkpoint.")
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    restored = manager._manager.restore(step, args=ocp.args.Composite(  # pylint: disable=protected-access
+        state=ocp.args.StandardRestore()))["state"]
+    variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+  else:
+    _, variables = weights_io.load_converted(init_from)
+  params = _merge_exact(state.params, variables["params"], "params", init_from)
+  stats = _merge_exact(state.batch_stats, variables.get("batch_stats", {}), "batch_stats",
+                       init_from) if state.batch_stats else state.batch_stats
+  new = state.replace(params=params, batch_stats=stats,
+                      ema_params=params if state.ema_params is not None else None)
+  return jax.device_put(new, shardings)
+
+
+def _merge_exact(target, source, collection, origin):
+  flat_t = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+  flat_s = {tuple(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+  out = {}
+  for path, leaf in flat_t.items():
+    key = tuple(str(getattr(k, "key", k)) for k in path)
+    if key not in flat_s:
+      raise ConfigError(f"config.init_from={origin!r} has no {collection}/{'/'.join(key)}.")
+    value = np.asarray(flat_s[key])
+    if value.shape != leaf.shape:
+      raise ConfigError(f"config.init_from={origin!r}: {collection}/{'/'.join(key)} has shape "
+                        f"{value.shape}, the model expects {leaf.shape}.")
+    out[path] = value
+  leaves = [out[path] for path in flat_t]
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
