@@ -8,6 +8,7 @@ SLURM) is used when JAX finds such an environment.
 
 from __future__ import annotations
 
+import logging as logging_std
 import os
 import sys
 
@@ -38,7 +39,16 @@ def _initialize_distributed() -> None:
     jax.distributed.initialize()  # automatic cluster detection
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops the per-save INFO chatter of orbax and the like from the console."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or not any(
+        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "etils", "tensorstore"))
+
+
 def main(argv) -> None:
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _WORKDIR.value is None:

@@ -31,10 +31,6 @@ class MetricWriter:
       self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
       self._jsonl.flush()
 
-  def write_text(self, step: int, name: str, text: str) -> None:
-    if self._lead:
-      self._clu.write_texts(step, {name: text})
-
   def close(self) -> None:
     self._clu.flush()
     self._clu.close()

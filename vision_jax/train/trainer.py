@@ -208,7 +208,6 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     overview = parameter_overview.get_parameter_overview(
         jax.device_get(state.params), include_stats=False)
     logging.info("Parameters of %s:\n%s", config.model.name, overview)
-    writer.write_text(0, "parameters", overview)
 
   # --- Jitted steps: state donated, shardings pinned.
   step_fn = functools.partial(

@@ -1,0 +1,56 @@
+r"""The embedded default experiment: a small ResNet on scikit-learn's digits.
+
+Runs offline from a fresh install on a laptop CPU:
+
+  python -m vision_jax.main --config=configs/digits.py --workdir=/tmp/digits
+
+Data: the 1,797 real 8x8 handwritten digits shipped in the package, split
+80/20 (stratified, fixed; 1,437 train / 360 test), upscaled to 16x16, random
+shifts of up to 2 pixels for training.
+Model: cifar_resnet20 (He et al. 2016, 0.27M parameters): 3x3 stem, no max-pool.
+Hardware and time: 2 CPU cores, about 2 minutes for the whole process.
+Target: test top-1 >= 98.5% (an RBF SVM reaches about 99.1% on such a split).
+
+Arguments (`configs/digits.py:key=value,...`):
+  smoke: a few steps on a tiny batch, for tests.
+  epochs: training length.
+  model: any registered model that accepts small inputs.
+"""
+
+import ml_collections
+
+from vision_jax.config_util import parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, smoke=False, epochs=30, model="cifar_resnet20", image_size=16)
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = ml_collections.ConfigDict({"name": arg.model, "overrides": {}})
+  config.dtype = "float32"
+  config.data = ml_collections.ConfigDict(
+      {"name": "digits", "image_size": arg.image_size, "max_shift": 2})
+  config.batch_size = 64
+  config.eval_batch_size = 360 if not arg.smoke else 64
+  config.total_epochs = arg.epochs
+  config.schedule = ml_collections.ConfigDict(
+      {"base_lr": 0.1, "warmup_epochs": 1, "decay": "cosine"})
+  config.optimizer = ml_collections.ConfigDict(
+      {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4})
+  config.label_smoothing = 0.0
+  config.ema_decay = 0.0
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 200
+  config.keep_checkpoints = 2
+  config.fsdp = False
+  config.grad_accum_steps = 1
+  config.init_from = None
+  if arg.smoke:
+    config.total_epochs = None
+    config.total_steps = 4
+    config.batch_size = 16
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 2
+    config.schedule.warmup_epochs = None
+    config.schedule.warmup_steps = 1
+  return config
