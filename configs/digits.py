@@ -43,6 +43,7 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
   config.fsdp = False
+  config.num_devices = ml_collections.config_dict.placeholder(int)  # None: all devices
   config.grad_accum_steps = 1
   config.init_from = None
   if arg.smoke:

@@ -43,7 +43,7 @@ def _abstract_variables(name, num_classes=1000, size=None, **kw):
   module = models.create_model(name, num_classes=num_classes, **kw)
   size = size or info.input_size
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  return module, jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+  return module, jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
 
 
 def _count(tree) -> int:
@@ -89,11 +89,11 @@ def test_output_shapes_and_dtypes(name):
   module = models.create_model(name, num_classes=5, dtype=jnp.bfloat16)
   size = models.model_info(name).input_size
   x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), x, train=False))
+  variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
   logits = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, x)
   assert logits.shape == (2, 5) and logits.dtype == jnp.float32
   features_module = models.create_model(name, num_classes=0, dtype=jnp.bfloat16)
-  fvars = jax.eval_shape(lambda: features_module.init(jax.random.key(0), x, train=False))
+  fvars = jax.eval_shape(lambda x: features_module.init(jax.random.key(0), x, train=False), x)
   features = jax.eval_shape(lambda v, x: features_module.apply(v, x, train=False), fvars, x)
   head_in = variables["params"]["head"]["kernel"].shape[0]
   assert features.shape == (2, head_in)
@@ -115,9 +115,10 @@ def test_list_models_filters():
 
 
 def test_flops_resnet50_matches_known_figure():
-  # ResNet-50 is 4.1 GMACs at 224x224, i.e. about 8.2 GFLOPs as XLA counts a MAC as two.
+  # ResNet-50 is 4.09 GMACs at 224x224 (8.18 GFLOPs). XLA's count is 7.95e9: it skips
+  # the multiply-adds on the zero padding of the convolutions.
   f = flops.count_flops("resnet50")
-  assert 8.0e9 < f < 8.4e9
+  assert 7.8e9 < f < 8.3e9
   # FLOPs scale with the number of pixels (convolutions dominate).
   assert flops.count_flops("resnet50", image_size=112) == pytest.approx(f / 4, rel=0.02)
 

@@ -72,9 +72,26 @@ def main(argv) -> None:
     raise
 
 
+def _parse_flags(argv):
+  """absl flag parsing, with config-override mistakes turned into one clear line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    # ml_collections raises these for --config.unknown_field or a value of the wrong type.
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    print(f"error: cannot apply the config overrides {overrides}: {e}. Check the field "
+          "names and value types against the config file.", file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except
+    # A config file that is missing or raises while building the config.
+    print(f"error: cannot load the config: {type(e).__name__}: {e}", file=sys.stderr)
+  sys.exit(2)
+
+
 def run() -> None:
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

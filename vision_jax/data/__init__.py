@@ -45,5 +45,51 @@ def synthetic_dataset(image_size: int = 224, num_classes: int = 1000, num_train:
   labels = rng.integers(0, num_classes, num_train).astype(np.int32)
   eval_labels = rng.integers(0, num_classes, num_eval).astype(np.int32)
   return ArrayDataset(train=(train, labels), eval=(train[np.arange(num_eval) % num_train], eval_labels),
-                      num_classes=num_classes, preprocess_train=lambda x, rng: x,
-                      preprocess_eval=lambda x, rng: x)
+                      num_classes=num_classes, preprocess_train=lambda x, rngs: x,
+                      preprocess_eval=lambda x, rngs: x)
+def resize_matrix(src: int, dst: int) -> np.ndarray:
+  """(dst, src) matrix of bilinear interpolation weights (half-pixel centres)."""
+  centres = (np.arange(dst) + 0.5) * src / dst - 0.5
+  lo = np.clip(np.floor(centres).astype(int), 0, src - 1)
+  hi = np.clip(lo + 1, 0, src - 1)
+  frac = np.clip(centres - lo, 0.0, 1.0)
+  m = np.zeros((dst, src))
+  m[np.arange(dst), lo] += 1 - frac
+  m[np.arange(dst), hi] += frac
+  return m
+
+
+def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = "train",
+                   eval_split: str = "test") -> ArrayDataset:
+  """The embedded digits, upscaled bilinearly to `image_size` with values in [-1, 1].
+
+  Training images are randomly shifted by up to `max_shift` pixels (after
+  upscaling; zero padding) when `max_shift` > 0.
+  """
+  try:
+    train = digits_lib.load_digits(train_split)
+    evaluation = digits_lib.load_digits(eval_split)
+  except ValueError as e:
+    raise DatasetError(str(e)) from None
+  m = resize_matrix(8, image_size).astype(np.float32)
+
+  def upscale(images: np.ndarray) -> np.ndarray:
+    x = images[..., 0].astype(np.float32) / 16.0
+    x = np.einsum("hi,nij,wj->nhw", m, x, m)
+    return (x * 2.0 - 1.0)[..., None]
+
+  train = (upscale(train[0]), train[1])
+  evaluation = (upscale(evaluation[0]), evaluation[1])
+
+  def shift(images: np.ndarray, rngs) -> np.ndarray:
+    if rngs is None or max_shift == 0:
+      return images
+    s = max_shift
+    padded = np.pad(images, ((0, 0), (s, s), (s, s), (0, 0)), constant_values=-1.0)
+    dy, dx = np.stack([rng.integers(0, 2 * s + 1, size=2) for rng in rngs], axis=1)
+    rows = dy[:, None] + np.arange(image_size)[None]
+    cols = dx[:, None] + np.arange(image_size)[None]
+    return padded[np.arange(len(images))[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+  return ArrayDataset(train=train, eval=evaluation, num_classes=digits_lib.NUM_CLASSES,
+                      preprocess_train=shift, preprocess_eval=lambda x, rng: x)

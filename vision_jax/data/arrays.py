@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 import numpy as np
 
 Batch = dict[str, np.ndarray]
-Preprocess = Callable[[np.ndarray, np.random.Generator | None], np.ndarray]
+# (images, one Generator per example or None for deterministic) -> float32 NHWC batch.
+Preprocess = Callable[[np.ndarray, "list[np.random.Generator] | None"], np.ndarray]
 
 
 @dataclasses.dataclass
@@ -25,8 +26,10 @@ class ArrayDataset:
     train: (images, labels) of the training split.
     eval: (images, labels) of the evaluation split.
     num_classes: number of classes.
-    preprocess_train: (uint8-or-float images, rng) -> float32 NHWC batch.
-    preprocess_eval: same, with rng None (deterministic).
+    preprocess_train: (images, rngs) -> float32 NHWC batch; rngs holds one
+      Generator per example, seeded by (seed, epoch, example index), so that an
+      example's augmentation does not depend on the batch or process it lands in.
+    preprocess_eval: same, called with rngs None (deterministic).
   """
 
   train: tuple[np.ndarray, np.ndarray]
@@ -58,8 +61,8 @@ class ArrayDataset:
       order = np.random.default_rng([seed, epoch]).permutation(n)
       start = offset * global_batch + process_index * local
       index = order[start:start + local]
-      rng = np.random.default_rng([seed, epoch, offset, process_index, 1])
-      yield {"image": self.preprocess_train(images[index], rng), "label": labels[index]}
+      rngs = [np.random.default_rng([seed, epoch, int(i)]) for i in index]
+      yield {"image": self.preprocess_train(images[index], rngs), "label": labels[index]}
       step += 1
 
   def eval_iterator(self, global_batch: int, process_index: int = 0,

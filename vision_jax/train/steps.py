@@ -133,7 +133,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                             opt_state=opt_state, ema_params=ema, first_nonfinite_step=first_bad)
   metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0],
-             "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
   return new_state, metrics
 
 

@@ -55,40 +55,53 @@ def _require(config: Any, *fields: str) -> None:
 # ---------------------------------------------------------------------------
 # Pieces the loop uses; module-level so that tests and tools can reuse them.
 # ---------------------------------------------------------------------------
-def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], mesh, size: int = 2):
-  """Moves host batches onto the mesh in a background thread, `size` ahead."""
-  q: queue.Queue = queue.Queue(maxsize=size)
-  stop = threading.Event()
-  sentinel = object()
+class Prefetcher:
+  """Moves host batches onto the mesh in a background thread, `size` batches ahead.
 
-  def produce():
+  `close()` stops the thread and waits for it, so that no transfer is in flight
+  when the process exits.
+  """
+
+  _DONE = object()
+
+  def __init__(self, batches: Iterator[dict[str, np.ndarray]], mesh, size: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._produce, args=(batches, mesh), daemon=True)
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.05)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _produce(self, batches, mesh) -> None:
     try:
       for batch in batches:
-        item = sharding_lib.make_global_batch(batch, mesh)
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
+        if not self._put(sharding_lib.make_global_batch(batch, mesh)):
           return
-      q.put(sentinel)
+      self._put(self._DONE)
     except Exception as e:  # pylint: disable=broad-except
-      q.put(e)
+      self._put(e)
 
-  thread = threading.Thread(target=produce, daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if item is sentinel:
-        return
-      if isinstance(item, Exception):
-        raise item
-      yield item
-  finally:
-    stop.set()
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    item = self._queue.get()
+    if item is self._DONE:
+      raise StopIteration
+    if isinstance(item, Exception):
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join()
 
 
 class _SignalFlag:
@@ -232,7 +245,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 
   # --- The loop.
   progress = metrics_lib.Progress(total_steps, batch_size, start_step)
-  batches = prefetch_to_mesh(
+  batches = Prefetcher(
       dataset.train_iterator(batch_size, int(config.get("seed", 0)), start_step,
                              jax.process_index(), jax.process_count()),
       mesh, size=int(config.get("prefetch", 2)))

@@ -169,8 +169,8 @@ def abstract_variables(module, model_name: str, overrides: Mapping[str, Any]):
   size = overrides.get("img_size") or models.model_info(model_name).input_size
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   return jax.eval_shape(
-      lambda: module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
-                          train=False))
+      lambda x: module.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
+                            train=False), x)
 
 
 def _listing(title: str, items: list[str], limit: int = 25) -> str:
