@@ -301,3 +301,24 @@ def test_gradient_clipping():
       {"name": "sgd", "momentum": 0.0, "grad_clip_norm": 1.0}), optax.constant_schedule(1.0))
   updates, _ = tx.update({"w": jnp.full((3, 3), 10.0)}, tx.init(params), params)
   assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_eval_with_running_statistics_matches_train_mode(tmp_path):
+  """BatchNorm running statistics (what eval uses) agree with batch statistics at the end."""
+  import orbax.checkpoint as ocp
+  from vision_jax import data, models
+  config = digits_config(total_steps=200, batch_size=64, log_every_steps=50,
+                         checkpoint_every_steps=1000, **{"data.image_size": 8})
+  config.schedule.base_lr = 0.1
+  final = trainer.train_and_evaluate(config, str(tmp_path))
+  path = tmp_path / "checkpoints" / "200" / "state"
+  state = ocp.StandardCheckpointer().restore(str(path))
+  model = models.create_model("cifar_resnet20", num_classes=10)
+  images, labels = data.digits_dataset(image_size=8).eval
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  running = np.mean(np.argmax(model.apply(variables, images, train=False), -1) == labels)
+  batch_mode, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  batch_acc = np.mean(np.argmax(batch_mode, -1) == labels)
+  assert running == pytest.approx(final["eval_top1"], abs=1e-6)
+  assert final["eval_top1"] > 0.85, final
+  assert abs(running - batch_acc) < 0.03, (running, batch_acc)
