@@ -146,7 +146,7 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], dtype: Any = jnp.fl
     raise WeightLoadError(
         f"from_timm({timm_name!r}): the state dict does not fit vision_jax model "
         f"{model_name!r} (num_classes={num_classes}, overrides={kwargs}).\n"
-        + _listing("missing keys", missing) + _listing("unexpected keys", unexpected)
+        + _listing("missing keys", sorted(missing)) + _listing("unexpected keys", unexpected)
         + _listing("shape mismatches", mismatched)
         + "Check that the checkpoint belongs to this timm model name.")
   return module, {c: traverse_util.unflatten_dict(
