@@ -1,1 +1,435 @@
-"""vit family."""
+"""Vision Transformer (ViT) and the ResNet + ViT hybrids.
+
+Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image
+Recognition at Scale", arXiv:2010.11929. The layout follows timm's
+`VisionTransformer` with its default ('token' pooling) settings so that timm
+checkpoints load with matching logits: a class token, learned position
+embeddings that cover the class token too, pre-norm blocks with LayerNorm
+(eps 1e-6), a fused qkv projection with bias, exact (erf) GELU and a final
+LayerNorm before the class-token readout.
+
+Variants are data: `VIT_SIZES` holds the width / depth / MLP size / heads of
+Ti, S, B and L, a spec such as "B/16" adds the patch size, and `HYBRIDS`
+describes the ResNetV2 backbones (GroupNorm, weight-standardised SAME convs)
+that replace the patchify stem in the hybrids.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vision_jax.models.layers import DropPath, classifier_head
+from vision_jax.models.resnet_v2 import ResNetV2
+from vision_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, ModelInfo, register_model
+
+# Sizes of the paper's Table 1 (Ti from DeiT / AugReg):
+# name -> (width, depth, mlp_dim, num_heads).
+VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+}
+
+# The word each size has in timm / registry names.
+SIZE_WORDS: dict[str, str] = {"Ti": "tiny", "S": "small", "B": "base", "L": "large"}
+
+# Hybrid name stem -> (size, ResNetV2 stage depths, patch size on the feature map).
+# An empty stage tuple is the ResNetV2 stem alone (conv 7x7/2 + GroupNorm + max-pool/2).
+HYBRIDS: dict[str, tuple[str, tuple[int, ...], int]] = {
+    "tiny_r_s16_p8": ("Ti", (), 8),
+    "small_r26_s32": ("S", (2, 2, 2, 2), 1),
+    "base_r26_s32": ("B", (2, 2, 2, 2), 1),
+    "base_r50_s16": ("B", (3, 4, 9), 1),
+    "large_r50_s32": ("L", (3, 4, 6, 3), 1),
+}
+
+LN_EPS = 1e-6
+
+
+def vit_config(spec: str) -> dict[str, int]:
+  """Module fields for a size/patch spec such as "B/16" or "Ti/16".
+
+  Args:
+    spec: "<size>/<patch>" with size one of `VIT_SIZES`.
+
+  Returns:
+    The `VisionTransformer` fields width, depth, mlp_dim, num_heads, patch_size.
+  """
+  size, _, patch = spec.partition("/")
+  if size not in VIT_SIZES or not patch.isdigit():
+    raise ValueError(f"Bad ViT spec {spec!r}: expected '<size>/<patch>' with size in "
+                     f"{sorted(VIT_SIZES)}, e.g. 'B/16'.")
+  width, depth, mlp_dim, num_heads = VIT_SIZES[size]
+  return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
+              patch_size=int(patch))
+
+
+def backbone_stride(layers: Sequence[int]) -> int:
+  """Total stride of a hybrid's ResNetV2 backbone: stem 4, then x2 per stage after the first."""
+  return 4 * 2 ** max(len(layers) - 1, 0)
+
+
+def _same_out(size: int, stride: int) -> int:
+  # Output length of a SAME-padded strided conv / pool.
+  return -(-size // stride)
+
+
+def grid_size(img_size: int, patch_size: int,
+              backbone_layers: Optional[Sequence[int]] = None) -> int:
+  """Side of the token grid for a square image.
+
+  Args:
+    img_size: input side in pixels.
+    patch_size: side of the patches cut from the image (plain ViT) or from the
+      backbone's feature map (hybrid).
+    backbone_layers: the hybrid's ResNetV2 stage depths, None for a plain ViT.
+
+  Returns:
+    The number of tokens per side (before the class token is added).
+  """
+  size = img_size
+  if backbone_layers is not None:
+    # SAME padding rounds up at every stride-2 step: stem conv, stem pool, stages 2..n.
+    for _ in range(2 + max(len(backbone_layers) - 1, 0)):
+      size = _same_out(size, 2)
+  return size // patch_size
+
+
+def resample_pos_embed(pos_embed: jax.Array, new_grid: int | tuple[int, int],
+                       num_prefix_tokens: int = 1, method: str = "bilinear",
+                       antialias: bool = True) -> jax.Array:
+  """Resizes the grid part of a position embedding; prefix (class) tokens are kept.
+
+  Used to load weights trained at one resolution into a model built for another
+  (fine-tuning a 224 checkpoint at 384, say).
+
+  Agreement with timm's `resample_abs_pos_embed` (whose defaults are
+  interpolation='bicubic', antialias=True; `checkpoint_filter_fn` uses the same):
+  - method='bicubic', antialias=True matches it to float32 rounding, upsampling
+    and downsampling (both use the Keys cubic kernel with a=-0.5, half-pixel
+    centres, weights renormalised at the borders).
+  - method='bilinear' (the default here) matches torch's mode='bilinear' for
+    upsampling with either antialias setting, and for downsampling with the
+    same `antialias` setting on both sides.
+  - torch's bicubic with antialias=False (a=-0.75, clamped borders) has no exact
+    counterpart here.
+
+  Args:
+    pos_embed: (1, num_prefix_tokens + H * W, D) position embedding.
+    new_grid: the new grid side, or (height, width).
+    num_prefix_tokens: leading tokens that are not part of the grid (1: class token).
+    method: 'bilinear' or 'bicubic'.
+    antialias: widen the kernel when downsampling (no effect when upsampling).
+
+  Returns:
+    The (1, num_prefix_tokens + new_h * new_w, D) embedding, in the input dtype.
+  """
+  if method not in ("bilinear", "bicubic"):
+    raise ValueError(f"method must be 'bilinear' or 'bicubic', got {method!r}.")
+  new_h, new_w = (new_grid, new_grid) if isinstance(new_grid, int) else tuple(new_grid)
+  prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+  old = math.isqrt(grid.shape[1])
+  if old * old != grid.shape[1]:
+    raise ValueError(f"pos_embed has {grid.shape[1]} grid tokens after {num_prefix_tokens} "
+                     "prefix token(s), which is not a square grid.")
+  if (old, old) == (new_h, new_w):
+    return pos_embed
+  dim = grid.shape[-1]
+  grid = grid.reshape(old, old, dim).astype(jnp.float32)
+  grid = jax.image.resize(grid, (new_h, new_w, dim),
+                          method="cubic" if method == "bicubic" else "linear",
+                          antialias=antialias)
+  grid = grid.reshape(1, new_h * new_w, dim).astype(pos_embed.dtype)
+  return jnp.concatenate([prefix, grid], axis=1)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU (exact) -> Dense, with dropout after each Dense's activation.
+
+  Attributes:
+    hidden_dim: width of the hidden layer.
+    dropout_rate: dropout after the activation and after the output Dense.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  hidden_dim: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                              kernel_init=nn.initializers.truncated_normal(0.02))
+    width = x.shape[-1]
+    x = dense(self.hidden_dim, name="fc1")(x)
+    # torch's nn.GELU default is the erf form, not the tanh approximation.
+    x = nn.gelu(x, approximate=False)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = dense(width, name="fc2")(x)
+    return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv projection.
+
+  Attributes:
+    num_heads: number of heads; the width must be divisible by it.
+    attn_drop_rate: dropout on the attention weights.
+    proj_drop_rate: dropout after the output projection.
+    dtype: compute dtype; the softmax always runs in float32.
+    param_dtype: parameter dtype.
+  """
+
+  num_heads: int
+  attn_drop_rate: float = 0.0
+  proj_drop_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    batch, length, width = x.shape
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
+    head_dim = width // self.num_heads
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                              kernel_init=nn.initializers.truncated_normal(0.02))
+    # Output features are ordered (q|k|v, head, head_dim), as in timm's qkv Linear.
+    qkv = dense(3 * width, name="qkv")(x).reshape(batch, length, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    q = q * jnp.asarray(head_dim ** -0.5, self.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    # Softmax in float32: bf16 logits lose too much precision in the normaliser.
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    weights = nn.Dropout(self.attn_drop_rate)(weights, deterministic=not train)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
+    out = dense(width, name="proj")(out)
+    return nn.Dropout(self.proj_drop_rate)(out, deterministic=not train)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+  Attributes:
+    num_heads: attention heads.
+    mlp_dim: hidden width of the MLP.
+    proj_drop_rate: dropout in the MLP and after the attention projection.
+    attn_drop_rate: dropout on the attention weights.
+    drop_path_rate: stochastic-depth rate of both residual branches.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  num_heads: int
+  mlp_dim: int
+  proj_drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    y = norm(name="norm1")(x)
+    y = Attention(self.num_heads, self.attn_drop_rate, self.proj_drop_rate, dtype=self.dtype,
+                  param_dtype=self.param_dtype, name="attn")(y, train)
+    x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
+    y = norm(name="norm2")(x)
+    y = MlpBlock(self.mlp_dim, self.proj_drop_rate, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="mlp")(y, train)
+    return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
+
+
+class PatchEmbed(nn.Module):
+  """Image (or a ResNetV2 feature map, for hybrids) -> NHWC grid of token embeddings.
+
+  Attributes:
+    width: embedding width.
+    patch_size: side of the non-overlapping patches.
+    backbone_layers: ResNetV2 stage depths of a hybrid (() = its stem only);
+      None for a plain ViT that cuts patches from the image.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  width: int
+  patch_size: int
+  backbone_layers: Optional[Sequence[int]] = None
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if self.backbone_layers is not None:
+      # The hybrids' backbone: non-preact ResNetV2 with GroupNorm and weight-standardised
+      # SAME convs, without pooling or classifier (NHWC feature map out).
+      x = ResNetV2(layers=tuple(self.backbone_layers), num_classes=0, preact=False,
+                   stem_type="same", global_pool=False, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="backbone")(x, train=train)
+    p = self.patch_size
+    return nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="proj")(x)
+
+
+class VisionTransformer(nn.Module):
+  """ViT with a class token, learned position embeddings and class-token readout.
+
+  Attributes:
+    width: token width (hidden size D).
+    depth: number of transformer blocks.
+    mlp_dim: hidden width of each block's MLP.
+    num_heads: attention heads.
+    patch_size: patch side (on the image, or on the backbone's feature map for hybrids).
+    img_size: input side the position embeddings are built for; inputs must have it.
+    backbone_layers: ResNetV2 stage depths for a hybrid (() = stem only), None for a
+      plain ViT.
+    num_classes: classifier size; 0 returns the pooled (class-token) features.
+    drop_rate: dropout before the classifier.
+    pos_drop_rate: dropout after adding the position embeddings.
+    proj_drop_rate: dropout inside the MLPs and after the attention projections.
+    attn_drop_rate: dropout on the attention weights.
+    drop_path_rate: stochastic depth, rising linearly from 0 to this over the blocks.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  width: int = 768
+  depth: int = 12
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  patch_size: int = 16
+  img_size: int = 224
+  backbone_layers: Optional[Sequence[int]] = None
+  num_classes: int = 1000
+  drop_rate: float = 0.0
+  pos_drop_rate: float = 0.0
+  proj_drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @property
+  def grid_size(self) -> int:
+    """Tokens per side for `img_size`."""
+    return grid_size(self.img_size, self.patch_size, self.backbone_layers)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Classifies NHWC images.
+
+    Args:
+      x: (N, img_size, img_size, C) images.
+      train: enables dropout and stochastic depth (needs the 'dropout' rng).
+
+    Returns:
+      float32 logits (N, num_classes), or the (N, width) class-token features
+      when num_classes == 0.
+    """
+    if x.shape[1] != self.img_size or x.shape[2] != self.img_size:
+      raise ValueError(
+          f"VisionTransformer was built for {self.img_size}x{self.img_size} inputs, got "
+          f"{x.shape[1]}x{x.shape[2]}; build it with img_size={x.shape[1]} (and resize the "
+          "position embeddings with vit.resample_pos_embed to reuse weights).")
+    x = PatchEmbed(self.width, self.patch_size, self.backbone_layers, dtype=self.dtype,
+                   param_dtype=self.param_dtype, name="patch_embed")(
+                       jnp.asarray(x, self.dtype), train)
+    batch, grid_h, grid_w, _ = x.shape
+    x = x.reshape(batch, grid_h * grid_w, self.width)
+
+    cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width),
+                           self.param_dtype)
+    x = jnp.concatenate(
+        [jnp.broadcast_to(cls_token.astype(self.dtype), (batch, 1, self.width)), x], axis=1)
+    # The position embedding covers the class token as well (original ViT / timm layout).
+    pos_embed = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
+                           (1, self.grid_size ** 2 + 1, self.width), self.param_dtype)
+    if pos_embed.shape[1] != x.shape[1]:
+      raise ValueError(f"{x.shape[1]} tokens do not match the {pos_embed.shape[1]} position "
+                       "embeddings.")
+    x = x + pos_embed.astype(self.dtype)
+    x = nn.Dropout(self.pos_drop_rate)(x, deterministic=not train)
+
+    for i in range(self.depth):
+      rate = self.drop_path_rate * i / (self.depth - 1) if self.depth > 1 else 0.0
+      x = Block(self.num_heads, self.mlp_dim, self.proj_drop_rate, self.attn_drop_rate, rate,
+                dtype=self.dtype, param_dtype=self.param_dtype, name=f"blocks_{i}")(x, train)
+    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="norm")(x)
+    x = x[:, 0]  # 'token' pooling: the class token is the image representation
+    x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
+    return classifier_head(x, self.num_classes, self.dtype)
+
+
+# Registered variants: name -> (architecture, input size, crop_pct, timm weights tag).
+# The tag is timm's default pretrained tag for that name (input size / crop / mean /
+# std come from its pretrained config; all of them use mean = std = 0.5).
+_PLAIN_VARIANTS: dict[str, tuple[str, str]] = {
+    # registry name (without resolution) -> (spec, tag at 224, tag at 384)
+    "vit_tiny_patch16": ("Ti/16", "augreg_in21k_ft_in1k", "augreg_in21k_ft_in1k"),
+    "vit_small_patch16": ("S/16", "augreg_in21k_ft_in1k", "augreg_in21k_ft_in1k"),
+    "vit_small_patch32": ("S/32", "augreg_in21k_ft_in1k", "augreg_in21k_ft_in1k"),
+    "vit_base_patch16": ("B/16", "augreg2_in21k_ft_in1k", "augreg_in21k_ft_in1k"),
+    "vit_base_patch32": ("B/32", "augreg_in21k_ft_in1k", "augreg_in21k_ft_in1k"),
+    "vit_large_patch16": ("L/16", "augreg_in21k_ft_in1k", "augreg_in21k_ft_in1k"),
+    "vit_large_patch32": ("L/32", "orig_in21k", "orig_in21k_ft_in1k"),
+}
+
+# Hybrid stem -> {resolution: timm tag} for the resolutions timm registers.
+_HYBRID_VARIANTS: dict[str, dict[int, str]] = {
+    "tiny_r_s16_p8": {224: "augreg_in21k_ft_in1k", 384: "augreg_in21k_ft_in1k"},
+    "small_r26_s32": {224: "augreg_in21k_ft_in1k", 384: "augreg_in21k_ft_in1k"},
+    "base_r26_s32": {224: "untrained"},
+    "base_r50_s16": {224: "orig_in21k", 384: "orig_in21k_ft_in1k"},
+    "large_r50_s32": {224: "augreg_in21k_ft_in1k", 384: "augreg_in21k_ft_in1k"},
+}
+
+_PAPER = ("An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale "
+          "(arXiv:2010.11929)")
+
+
+def _source(timm_name: str, tag: str) -> str:
+  if tag == "untrained":
+    return "none: timm has no pretrained weights for this architecture"
+  origin = ("AugReg, 'How to train your ViT?' (arXiv:2106.10270)" if tag.startswith("augreg")
+            else "original ViT release (google-research/vision_transformer)")
+  return f"timm/{timm_name}.{tag} on the Hugging Face Hub; {origin}"
+
+
+def _register_all() -> None:
+  for res in (224, 384):
+    # timm's pretrained configs: crop 0.9 at 224, full image at 384.
+    crop_pct = 0.9 if res == 224 else 1.0
+    for stem, (spec, tag224, tag384) in _PLAIN_VARIANTS.items():
+      name = f"{stem}_{res}"
+      tag = tag224 if res == 224 else tag384
+      register_model(
+          functools.partial(VisionTransformer, img_size=res, **vit_config(spec)),
+          ModelInfo(name=name, family="vit", input_size=res, crop_pct=crop_pct,
+                    mean=INCEPTION_MEAN, std=INCEPTION_STD, classifier="head", paper=_PAPER,
+                    timm_name=name, license="apache-2.0", source=_source(name, tag)))
+    for stem, tags in _HYBRID_VARIANTS.items():
+      if res not in tags:
+        continue
+      name = f"vit_{stem}_{res}"
+      size, layers, patch = HYBRIDS[stem]
+      register_model(
+          functools.partial(VisionTransformer, img_size=res, backbone_layers=layers,
+                            **vit_config(f"{size}/{patch}")),
+          ModelInfo(name=name, family="vit", input_size=res, crop_pct=crop_pct,
+                    mean=INCEPTION_MEAN, std=INCEPTION_STD, classifier="head", paper=_PAPER,
+                    timm_name=name, license="apache-2.0", source=_source(name, tags[res])))
+
+
+_register_all()
