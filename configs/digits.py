@@ -45,7 +45,12 @@ def get_config(arg=None):
   config.fsdp = False
   config.num_devices = ml_collections.config_dict.placeholder(int)  # None: all devices
   config.grad_accum_steps = 1
-  config.init_from = None
+  # Start from another run's workdir or a tools/convert_weights.py directory; the
+  # classifier (dont_load) keeps its fresh, zeroed init.
+  config.init_from = ml_collections.config_dict.placeholder(str)
+  config.dont_load = ("params/head/.*",)
+  config.zero_init_head = True
+  config.freeze_bn = False
   if arg.smoke:
     config.total_epochs = None
     config.total_steps = 4

@@ -64,6 +64,12 @@ class Checkpointer:
           "optimizer or EMA settings? Use a new --workdir, or move the checkpoint away.") from e
     return restored["state"]
 
+  def restore_raw(self, step: int | None = None) -> Any:
+    """The latest (or given) state as host arrays, without a target structure."""
+    step = self._manager.latest_step() if step is None else step
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

@@ -5,7 +5,10 @@ config.schedule: base_lr, warmup_steps, decay ('cosine' | 'linear' | 'step' |
   of base_lr), boundaries (fractions of training, for 'step'), decay_factor
   ('step' multiplies by it at each boundary; 'exponential' every decay_every steps).
 config.optimizer: name ('sgd' | 'adamw' | 'rmsprop' | 'lars'), momentum,
-  nesterov, b1, b2, eps, decay (rmsprop), weight_decay, grad_clip_norm.
+  nesterov, b1, b2, eps, decay (rmsprop), weight_decay, grad_clip_norm,
+  lr_mults: [(regex, multiplier), ...] over '/'-joined parameter paths
+  ('head/kernel'); the first match scales that parameter's updates, 0 freezes it
+  (a linear probe is [('head/.*', 1.0), ('.*', 0.0)]).
 
 Weight decay skips biases and normalisation parameters (every parameter with
 fewer than two dimensions), as Goyal et al., BiT, EfficientNet and SimCLR do.
@@ -15,8 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import re
+
 import jax
 import optax
+from flax import traverse_util
 
 from vision_jax.config_util import ConfigError
 
@@ -87,4 +93,25 @@ def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTrans
                             momentum=config.get("momentum", 0.9), nesterov=config.get("nesterov", False)))
   else:
     raise ConfigError(f"Unknown optimizer {name!r} in config.optimizer.name; choose one of {OPTIMIZERS}.")
+  if config.get("lr_mults"):
+    parts.append(scale_by_path(config.lr_mults))
   return optax.chain(*parts)
+
+
+def scale_by_path(rules) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by the multiplier of the first matching regex."""
+  compiled = [(re.compile(pattern), float(mult)) for pattern, mult in rules]
+
+  def multiplier(path: str) -> float:
+    for pattern, mult in compiled:
+      if pattern.fullmatch(path):
+        return mult
+    return 1.0
+
+  def update(updates, state, params=None):
+    del params
+    flat = traverse_util.flatten_dict(updates)
+    scaled = {k: v * multiplier("/".join(k)) for k, v in flat.items()}
+    return traverse_util.unflatten_dict(scaled), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -84,17 +84,22 @@ def _forward(model, params, batch_stats, images, rng, train):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
                num_classes: int, label_smoothing: float = 0.0, grad_accum_steps: int = 1,
-               ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float = 0.0, freeze_bn: bool = False
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and step metrics.
 
   With `grad_accum_steps` = k > 1 the batch is split into k micro-batches that run
   one after another (lax.scan): activations of only one micro-batch are live, the
   gradients are averaged, and BatchNorm statistics update once per micro-batch.
+  With `freeze_bn` the model runs in inference mode while training: BatchNorm
+  uses and keeps its running statistics (dropout and stochastic depth are off
+  too, since one `train` flag drives both).
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params, batch_stats, micro, micro_rng):
-    logits, new_stats = _forward(model, params, batch_stats, micro["image"], micro_rng, True)
+    logits, new_stats = _forward(model, params, batch_stats, micro["image"], micro_rng,
+                                 not freeze_bn)
     loss = jnp.mean(cross_entropy(logits, micro["label"], num_classes, label_smoothing))
     return loss, (new_stats, logits)
 

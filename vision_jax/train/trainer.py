@@ -28,6 +28,7 @@ from vision_jax.config_util import ConfigError, steps_from
 from vision_jax.train import checkpoint as ckpt_lib
 from vision_jax.train import metrics as metrics_lib
 from vision_jax.train import optim
+from vision_jax.train import pretrained
 from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import steps as steps_lib
 
@@ -213,7 +214,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
     if config.get("init_from"):
-      state = _load_init(state, config.init_from, state_shardings)
+      state = _load_init(state, config, state_shardings)
   start_step = int(jax.device_get(state.step))
 
   writer = metrics_lib.MetricWriter(workdir)
@@ -226,7 +227,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   step_fn = functools.partial(
       steps_lib.train_step, model=model, tx=tx, schedule=schedule,
       num_classes=dataset.num_classes, label_smoothing=float(config.get("label_smoothing", 0.0)),
-      grad_accum_steps=accum, ema_decay=ema_decay)
+      grad_accum_steps=accum, ema_decay=ema_decay, freeze_bn=bool(config.get("freeze_bn", False)))
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
                        out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                        donate_argnums=(0,))
@@ -300,41 +301,29 @@ def _nonfinite_message(step: int, checkpointer) -> str:
           "the input data.")
 
 
-def _load_init(state, init_from: str, shardings):
-  """Starts from another run's workdir or from converted weights (same model)."""
+def _load_init(state, config, shardings):
+  """Starts from another run's workdir or from converted weights (see train/pretrained.py)."""
   from vision_jax.weights import io as weights_io  # pylint: disable=import-outside-toplevel
+  init_from = config.init_from
   if os.path.isdir(os.path.join(init_from, "checkpoints")):
     manager = ckpt_lib.Checkpointer(init_from, async_save=False)
-    step = manager.latest_step()
-    if step is None:
+    if manager.latest_step() is None:
       raise ConfigError(f"config.init_from={init_from!r} holds no checkpoint.")
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-    restored = manager._manager.restore(step, args=ocp.args.Composite(  # pylint: disable=protected-access
-        state=ocp.args.StandardRestore()))["state"]
-    variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+    restored = manager.restore_raw()
+    manager.close()
+    source = {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}
+  elif os.path.isdir(init_from):
+    _, source = weights_io.load_converted(init_from)
   else:
-    _, variables = weights_io.load_converted(init_from)
-  params = _merge_exact(state.params, variables["params"], "params", init_from)
-  stats = _merge_exact(state.batch_stats, variables.get("batch_stats", {}), "batch_stats",
-                       init_from) if state.batch_stats else state.batch_stats
-  new = state.replace(params=params, batch_stats=stats,
+    raise ConfigError(f"config.init_from={init_from!r} is neither a workdir with checkpoints/ "
+                      "nor a directory written by tools/convert_weights.py.")
+  target = {"params": state.params, "batch_stats": state.batch_stats}
+  merged, report = pretrained.merge_pretrained(
+      target, source, dont_load=tuple(config.get("dont_load", None) or ("params/head/.*",)),
+      zero_head=bool(config.get("zero_init_head", True)), origin=f"init_from={init_from}")
+  logging.info("Loaded %s:\n%s", init_from, report.table())
+  params = merged["params"]
+  new = state.replace(params=params, batch_stats=merged.get("batch_stats", {}),
+                      opt_state=state.opt_state,
                       ema_params=params if state.ema_params is not None else None)
   return jax.device_put(new, shardings)
-
-
-def _merge_exact(target, source, collection, origin):
-  flat_t = dict(jax.tree_util.tree_flatten_with_path(target)[0])
-  flat_s = {tuple(str(getattr(k, "key", k)) for k in path): v
-            for path, v in jax.tree_util.tree_flatten_with_path(source)[0]}
-  out = {}
-  for path, leaf in flat_t.items():
-    key = tuple(str(getattr(k, "key", k)) for k in path)
-    if key not in flat_s:
-      raise ConfigError(f"config.init_from={origin!r} has no {collection}/{'/'.join(key)}.")
-    value = np.asarray(flat_s[key])
-    if value.shape != leaf.shape:
-      raise ConfigError(f"config.init_from={origin!r}: {collection}/{'/'.join(key)} has shape "
-                        f"{value.shape}, the model expects {leaf.shape}.")
-    out[path] = value
-  leaves = [out[path] for path in flat_t]
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(target), leaves)
