@@ -1,0 +1,441 @@
+"""Import and export of the .npz checkpoints of google-research/vision_transformer and BiT.
+
+Layouts (flax / TF parameter names joined by '/', HWIO conv kernels, (in, out)
+dense kernels), as read by timm's `.npz` loaders:
+
+ViT (google-research/vision_transformer, AugReg):
+  embedding/{kernel,bias}                                  patch_embed/proj
+  cls                                                       cls_token (1, 1, D)
+  Transformer/posembed_input/pos_embedding                  pos_embed (1, 1 + N, D)
+  Transformer/encoderblock_{i}/LayerNorm_0/{scale,bias}     blocks_{i}/norm1
+  .../MultiHeadDotProductAttention_1/{query,key,value}/kernel (D, heads, head_dim)
+  .../MultiHeadDotProductAttention_1/{query,key,value}/bias   (heads, head_dim)
+                                                            blocks_{i}/attn/qkv (fused)
+  .../MultiHeadDotProductAttention_1/out/kernel (heads, head_dim, D), out/bias
+                                                            blocks_{i}/attn/proj
+  .../LayerNorm_2/{scale,bias}                              blocks_{i}/norm2
+  .../MlpBlock_3/Dense_{0,1}/{kernel,bias}                  blocks_{i}/mlp/fc{1,2}
+  Transformer/encoder_norm/{scale,bias}                     norm
+  head/{kernel,bias}                                        head
+ViT-hybrids add their ResNet (non-preact, GroupNorm, weight-standardised):
+  conv_root/kernel, gn_root/{scale,bias}                    patch_embed/backbone/stem
+  block{s}/unit{u}/{conv,gn}{1,2,3}/...                     .../stages_{s-1}_blocks_{u-1}
+  block{s}/unit{u}/{conv,gn}_proj/...                       .../downsample/{conv,norm}
+BiT (google-research/big_transfer), under 'resnet/':
+  root_block/standardized_conv2d/kernel                     stem/conv
+  block{s}/unit{uu}/{a,b,c}/standardized_conv2d/kernel      stages_{s-1}_blocks_{uu-1}/conv{1,2,3}
+  block{s}/unit{uu}/{a,b,c}/group_norm/{gamma,beta}         .../norm{1,2,3}
+  block{s}/unit{uu}/a/proj/standardized_conv2d/kernel       .../downsample/conv
+  group_norm/{gamma,beta}                                   norm
+  head/conv2d/{kernel (1, 1, C, classes), bias}             head
+
+Each leaf of our variables is tied to one or more .npz arrays by a `Slot` (the
+fused qkv to three), so loading checks every array the same way `from_timm`
+does: missing keys, unexpected keys and shapes, all listed in one
+`WeightLoadError`. Arrays whose shape differs from the expected one only by
+size-1 dimensions (a (1, 1, 1, C) GroupNorm gamma, say) are accepted.
+
+Not covered: big_vision's own ViT layout ('pos_embedding' at the top level,
+'MultiHeadDotProductAttention_0', scanned 'encoderblock'), 'params/' or
+'opt/target/' prefixes, and the tanh 'pre_logits' layer of the original
+ImageNet-21k ViT checkpoints (vision_jax's ViT has no such layer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from typing import Any, Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from vision_jax import models
+from vision_jax.models import vit
+from vision_jax.weights.timm import Path, WeightLoadError, abstract_variables
+
+_FAMILIES = ("vit", "resnet_v2")
+_BIT_PREFIX = "resnet/"
+_BLOCK = re.compile(r"stages_(\d+)_blocks_(\d+)")
+_ENCODER_BLOCK = re.compile(r"Transformer/encoderblock_(\d+)/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Slot:
+  """How one leaf of our variables is stored in the .npz file.
+
+  Attributes:
+    keys: the .npz keys that hold the leaf (three for a fused qkv).
+    to_ours: (arrays in `keys` order, our leaf shape) -> our leaf.
+    to_npz: our leaf -> arrays in `keys` order.
+  """
+
+  keys: tuple[str, ...]
+  to_ours: Callable[[Sequence[np.ndarray], tuple[int, ...]], np.ndarray]
+  to_npz: Callable[[np.ndarray], list[np.ndarray]]
+
+
+class _NoSlot(KeyError):
+  """A leaf of our variables has no place in the .npz layout."""
+
+
+def _same(key: str) -> Slot:
+  """Stored as it is (flax and the .npz files share conv and dense layouts)."""
+  return Slot((key,), lambda arrays, shape: arrays[0], lambda w: [w])
+
+
+def _reshaped(key: str, npz_shape: Callable[[tuple[int, ...]], tuple[int, ...]]) -> Slot:
+  """Same data, another shape: `npz_shape` maps our shape to the stored one."""
+  return Slot((key,), lambda arrays, shape: arrays[0].reshape(shape),
+              lambda w: [w.reshape(npz_shape(w.shape))])
+
+
+def _fused_qkv(prefix: str, leaf: str, num_heads: int) -> Slot:
+  """Our fused qkv Dense (outputs ordered q|k|v, head, head_dim) <-> query, key, value."""
+  keys = tuple(f"{prefix}{n}/{leaf}" for n in ("query", "key", "value"))
+  if leaf == "kernel":  # ours (D, 3D); stored (D, heads, head_dim) each
+    def to_ours(arrays, shape):
+      return np.concatenate([a.reshape(a.shape[0], -1) for a in arrays], axis=1)
+
+    def to_npz(w):
+      width = w.shape[0]
+      return list(np.moveaxis(w.reshape(width, 3, num_heads, -1), 1, 0))
+  else:  # ours (3D,); stored (heads, head_dim) each
+    def to_ours(arrays, shape):
+      return np.concatenate([a.reshape(-1) for a in arrays])
+
+    def to_npz(w):
+      return list(w.reshape(3, num_heads, -1))
+  return Slot(keys, to_ours, to_npz)
+
+
+def _split(path: Path) -> tuple[Path, str]:
+  return tuple(path[:-1]), path[-1]
+
+
+def _vit_slot(collection: str, path: Path, num_heads: int) -> Slot:
+  """The Slot of one leaf of a VisionTransformer (plain or hybrid)."""
+  if collection != "params":
+    raise _NoSlot(path)
+  if path[:2] == ("patch_embed", "backbone"):
+    return _hybrid_backbone_slot(path[2:])
+  if path == ("cls_token",):
+    return _same("cls")
+  if path == ("pos_embed",):
+    return _same("Transformer/posembed_input/pos_embedding")
+  modules, leaf = _split(path)
+  if leaf not in ("kernel", "bias", "scale"):
+    raise _NoSlot(path)
+  top = {("patch_embed", "proj"): "embedding", ("norm",): "Transformer/encoder_norm",
+         ("head",): "head"}
+  if modules in top:
+    return _same(f"{top[modules]}/{leaf}")
+  block = re.fullmatch(r"blocks_(\d+)", modules[0]) if modules else None
+  if block is None:
+    raise _NoSlot(path)
+  prefix = f"Transformer/encoderblock_{block[1]}/"
+  attn = f"{prefix}MultiHeadDotProductAttention_1/"
+  inner = modules[1:]
+  if inner == ("attn", "qkv"):
+    return _fused_qkv(attn, leaf, num_heads)
+  if inner == ("attn", "proj"):
+    if leaf == "kernel":  # ours (D, D); stored (heads, head_dim, D)
+      return _reshaped(f"{attn}out/kernel", lambda s: (num_heads, s[0] // num_heads, s[1]))
+    return _same(f"{attn}out/bias")
+  names = {("norm1",): "LayerNorm_0", ("norm2",): "LayerNorm_2",
+           ("mlp", "fc1"): "MlpBlock_3/Dense_0", ("mlp", "fc2"): "MlpBlock_3/Dense_1"}
+  if inner in names:
+    return _same(f"{prefix}{names[inner]}/{leaf}")
+  raise _NoSlot(path)
+
+
+def _hybrid_backbone_slot(path: Path) -> Slot:
+  """The Slot of one leaf of a hybrid's ResNetV2 backbone (path inside the backbone)."""
+  modules, leaf = _split(path)
+  if modules == ("stem", "conv") and leaf == "kernel":
+    return _same("conv_root/kernel")
+  if modules == ("stem", "norm") and leaf in ("scale", "bias"):
+    return _same(f"gn_root/{leaf}")
+  block = _BLOCK.fullmatch(modules[0]) if modules else None
+  if block is None:
+    raise _NoSlot(path)
+  unit = f"block{int(block[1]) + 1}/unit{int(block[2]) + 1}/"
+  inner = modules[1:]
+  if inner == ("downsample", "conv") and leaf == "kernel":
+    return _same(f"{unit}conv_proj/kernel")
+  if inner == ("downsample", "norm") and leaf in ("scale", "bias"):
+    return _same(f"{unit}gn_proj/{leaf}")
+  layer = re.fullmatch(r"(conv|norm)([123])", inner[0]) if len(inner) == 1 else None
+  if layer and layer[1] == "conv" and leaf == "kernel":
+    return _same(f"{unit}conv{layer[2]}/kernel")
+  if layer and layer[1] == "norm" and leaf in ("scale", "bias"):
+    return _same(f"{unit}gn{layer[2]}/{leaf}")
+  raise _NoSlot(path)
+
+
+def _bit_slot(collection: str, path: Path) -> Slot:
+  """The Slot of one leaf of a BiT ResNetV2 (keys under 'resnet/')."""
+  if collection != "params":
+    raise _NoSlot(path)
+  p = _BIT_PREFIX
+  gn = {"scale": "gamma", "bias": "beta"}
+  modules, leaf = _split(path)
+  if modules == ("stem", "conv") and leaf == "kernel":
+    return _same(f"{p}root_block/standardized_conv2d/kernel")
+  if modules == ("norm",) and leaf in gn:
+    return _same(f"{p}group_norm/{gn[leaf]}")
+  if modules == ("head",):
+    if leaf == "kernel":  # ours (C, classes); stored as a 1x1 conv (1, 1, C, classes)
+      return _reshaped(f"{p}head/conv2d/kernel", lambda s: (1, 1) + tuple(s))
+    if leaf == "bias":
+      return _same(f"{p}head/conv2d/bias")
+  block = _BLOCK.fullmatch(modules[0]) if modules else None
+  if block is None:
+    raise _NoSlot(path)
+  unit = f"{p}block{int(block[1]) + 1}/unit{int(block[2]) + 1:02d}/"
+  inner = modules[1:]
+  if inner == ("downsample", "conv") and leaf == "kernel":
+    return _same(f"{unit}a/proj/standardized_conv2d/kernel")
+  layer = re.fullmatch(r"(conv|norm)([123])", inner[0]) if len(inner) == 1 else None
+  if layer:
+    sub = "abc"[int(layer[2]) - 1]
+    if layer[1] == "conv" and leaf == "kernel":
+      return _same(f"{unit}{sub}/standardized_conv2d/kernel")
+    if layer[1] == "norm" and leaf in gn:
+      return _same(f"{unit}{sub}/group_norm/{gn[leaf]}")
+  raise _NoSlot(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model resolution.
+
+
+def _arch(caller: str, model_name: str) -> str:
+  """Registered name (a '.tag' suffix is dropped) of a ViT, ViT-hybrid or BiT model."""
+  arch = model_name.split(".")[0]
+  supported = [n for f in _FAMILIES for n in models.list_models(family=f)]
+  if arch not in supported:
+    raise WeightLoadError(
+        f"{caller}({model_name!r}): not a vision_jax model with an .npz layout. Supported: "
+        f"the registered ViTs, ViT-hybrids and BiT ResNetV2s: {', '.join(supported)}.")
+  return arch
+
+
+def _base_module(caller: str, model_name: str, arch: str, kwargs: Mapping[str, Any]):
+  try:
+    return models.create_model(arch, **kwargs)
+  except (TypeError, ValueError) as e:
+    raise WeightLoadError(f"{caller}({model_name!r}): cannot build {arch!r}: {e}") from e
+
+
+def _vit_img_size(caller: str, model_name: str, base, tokens: int) -> int:
+  """Input side that gives `tokens` grid tokens (class token excluded) with `base`'s patches."""
+  side = math.isqrt(tokens)
+  if side * side != tokens:
+    raise WeightLoadError(f"{caller}({model_name!r}): the position embedding has {tokens} grid "
+                          "tokens (after the class token), not a square grid.")
+  stride = 1 if base.backbone_layers is None else vit.backbone_stride(base.backbone_layers)
+  return side * base.patch_size * stride
+
+
+def _slot_fn(family: str, module) -> Callable[[str, Path], Slot]:
+  if family == "vit":
+    return lambda collection, path: _vit_slot(collection, path, module.num_heads)
+  return _bit_slot
+
+
+# ---------------------------------------------------------------------------------------------
+# Import.
+
+
+def from_npz(model_name: str, npz_mapping: Mapping[str, Any] | str | os.PathLike,
+             **overrides: Any):
+  """Builds a vision_jax ViT, ViT-hybrid or BiT model from an .npz checkpoint.
+
+  The number of classes is read from the head ('head/kernel', or
+  'resnet/head/conv2d/kernel' for BiT; no head: 0 classes, pooled features), and
+  for ViTs the depth from the encoder blocks and the image size from the position
+  embedding, so checkpoints at other resolutions or depths load too.
+
+  Args:
+    model_name: a registered ViT / ViT-hybrid / BiT name, e.g. "vit_base_patch16_224",
+      "vit_small_r26_s32_384" or "resnetv2_50x1_bit" ('.tag' suffix allowed).
+    npz_mapping: .npz key -> array (e.g. what `np.load(path)` returns), or the path of
+      an .npz file.
+    **overrides: `create_model` arguments (dtype, drop_path_rate, width_factor for a
+      BiT width that is not registered, ...); they win over what is read from the file.
+
+  Returns:
+    (module, variables): `module.apply(variables, images_nhwc, train=False)` gives the
+    logits of the checkpoint's network.
+
+  Raises:
+    WeightLoadError: unknown model, or arrays missing, unexpected or of the wrong shape;
+      the message names the model and lists every mismatch.
+  """
+  caller = "from_npz"
+  if isinstance(npz_mapping, (str, os.PathLike)):
+    with np.load(npz_mapping, allow_pickle=False) as f:
+      arrays = {k: np.asarray(f[k]) for k in f.files}
+  else:
+    arrays = {k: np.asarray(npz_mapping[k]) for k in npz_mapping.keys()}
+  arch = _arch(caller, model_name)
+  family = models.model_info(arch).family
+
+  inferred: dict[str, Any] = {}
+  if family == "vit":
+    head = arrays.get("head/kernel")
+    inferred["num_classes"] = int(head.shape[-1]) if head is not None else 0
+    blocks = {int(m[1]) for k in arrays if (m := _ENCODER_BLOCK.match(k))}
+    if blocks:
+      inferred["depth"] = max(blocks) + 1
+    pos = arrays.get("Transformer/posembed_input/pos_embedding")
+    if pos is not None and pos.ndim == 3 and "img_size" not in overrides:
+      base = _base_module(caller, model_name, arch, overrides)
+      inferred["img_size"] = _vit_img_size(caller, model_name, base, pos.shape[1] - 1)
+  else:
+    head = arrays.get(f"{_BIT_PREFIX}head/conv2d/kernel")
+    inferred["num_classes"] = int(head.shape[-1]) if head is not None else 0
+  kwargs = {**inferred, **overrides}
+  module = _base_module(caller, model_name, arch, kwargs)
+  shapes = abstract_variables(module, arch, kwargs)
+  slot_of = _slot_fn(family, module)
+
+  variables: dict[str, dict[Path, np.ndarray]] = {}
+  used: set[str] = set()
+  missing, mismatched, unmapped = [], [], []
+  for collection, tree in shapes.items():
+    for path, leaf in traverse_util.flatten_dict(tree).items():
+      where = f"{collection}/{'/'.join(path)}"
+      try:
+        slot = slot_of(collection, path)
+      except _NoSlot:
+        unmapped.append(where)
+        continue
+      expected = [a.shape for a in slot.to_npz(np.empty(leaf.shape, np.float32))]
+      parts, ok = [], True
+      for key, shape in zip(slot.keys, expected):
+        if key not in arrays:
+          missing.append(f"{key}  (for {where})")
+          ok = False
+          continue
+        used.add(key)
+        value = arrays[key]
+        if value.shape != shape:
+          if _squeezed(value.shape) == _squeezed(shape):
+            value = value.reshape(shape)  # only size-1 dimensions differ
+          else:
+            mismatched.append(f"{key} {value.shape} -> {where}: expected {shape}")
+            ok = False
+            continue
+        parts.append(value)
+      if ok:
+        variables.setdefault(collection, {})[path] = np.asarray(
+            slot.to_ours(parts, tuple(leaf.shape))).astype(leaf.dtype)
+  unexpected = sorted(k for k in arrays if k not in used)
+  if missing or unexpected or mismatched or unmapped:
+    hint = ""
+    if any(k.startswith("pre_logits/") for k in unexpected):
+      hint = ("The 'pre_logits' layer of the original ImageNet-21k ViT checkpoints has no "
+              "counterpart in vision_jax's ViT.\n")
+    raise WeightLoadError(
+        f"{caller}({model_name!r}): the .npz arrays do not fit vision_jax model {arch!r} "
+        f"(overrides={kwargs}).\n"
+        + _listing("missing keys", sorted(missing)) + _listing("unexpected keys", unexpected)
+        + _listing("shape mismatches", sorted(mismatched))
+        + _listing("variables without an .npz counterpart", sorted(unmapped))
+        + hint + "Check that the checkpoint belongs to this model name.")
+  return module, {c: traverse_util.unflatten_dict(
+      {p: jnp.asarray(v) for p, v in leaves.items()}) for c, leaves in variables.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Export.
+
+
+def to_npz(model_name: str, variables: Mapping[str, Any],
+           **overrides: Any) -> dict[str, np.ndarray]:
+  """Our variables in the .npz layout of google-research vision_transformer / big_transfer.
+
+  `np.savez(path, **to_npz(name, variables))` writes a file that timm's `.npz`
+  loaders (`model.load_pretrained(path)`) and `from_npz` read.
+
+  Args:
+    model_name: the registered name the variables were made for ('.tag' allowed).
+    variables: {'params': ...} of that model; the number of classes, and for ViTs the
+      depth and image size, are read from them.
+    **overrides: `create_model` overrides the variables were built with beyond those
+      (num_heads, patch_size, width_factor, ...).
+
+  Returns:
+    .npz key -> numpy array.
+
+  Raises:
+    WeightLoadError: unknown model, or variables that do not fit it (every missing,
+      unexpected or mis-shaped leaf is listed).
+  """
+  caller = "to_npz"
+  arch = _arch(caller, model_name)
+  family = models.model_info(arch).family
+  ours = {c: traverse_util.flatten_dict(dict(tree)) for c, tree in variables.items()}
+  params = ours.get("params", {})
+
+  inferred: dict[str, Any] = {}
+  head = params.get(("head", "kernel"))
+  inferred["num_classes"] = int(head.shape[-1]) if head is not None else 0
+  if family == "vit":
+    blocks = {int(m[1]) for p in params if (m := re.fullmatch(r"blocks_(\d+)", p[0]))}
+    if blocks:
+      inferred["depth"] = max(blocks) + 1
+    pos = params.get(("pos_embed",))
+    if pos is not None and np.ndim(pos) == 3 and "img_size" not in overrides:
+      base = _base_module(caller, model_name, arch, overrides)
+      inferred["img_size"] = _vit_img_size(caller, model_name, base, pos.shape[1] - 1)
+  kwargs = {**inferred, **overrides}
+  module = _base_module(caller, model_name, arch, kwargs)
+  shapes = {c: traverse_util.flatten_dict(t)
+            for c, t in abstract_variables(module, arch, kwargs).items()}
+
+  missing, unexpected, mismatched = [], [], []
+  for collection in sorted(set(shapes) | set(ours)):
+    want, have = shapes.get(collection, {}), ours.get(collection, {})
+    missing += [f"{collection}/{'/'.join(p)}" for p in want if p not in have]
+    unexpected += [f"{collection}/{'/'.join(p)}" for p in have if p not in want]
+    mismatched += [f"{collection}/{'/'.join(p)}: expected {tuple(want[p].shape)}, got "
+                   f"{tuple(np.shape(have[p]))}" for p in want
+                   if p in have and tuple(np.shape(have[p])) != tuple(want[p].shape)]
+  if missing or unexpected or mismatched:
+    raise WeightLoadError(
+        f"{caller}({model_name!r}): the variables do not fit vision_jax model {arch!r} "
+        f"(overrides={kwargs}).\n"
+        + _listing("missing variables", sorted(missing))
+        + _listing("unexpected variables", sorted(unexpected))
+        + _listing("shape mismatches", sorted(mismatched)))
+
+  slot_of = _slot_fn(family, module)
+  out: dict[str, np.ndarray] = {}
+  for collection, leaves in ours.items():
+    for path, value in leaves.items():
+      try:
+        slot = slot_of(collection, path)
+      except _NoSlot as e:
+        raise WeightLoadError(f"{caller}({model_name!r}): {collection}/{'/'.join(path)} has no "
+                              "place in the .npz layout.") from e
+      for key, array in zip(slot.keys, slot.to_npz(np.asarray(value))):
+        out[key] = np.ascontiguousarray(array)
+  return out
+
+
+def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
+  return tuple(d for d in shape if d != 1)
+
+
+def _listing(title: str, items: list[str], limit: int = 25) -> str:
+  if not items:
+    return ""
+  shown = "\n".join(f"    {item}" for item in items[:limit])
+  more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+  return f"  {title} ({len(items)}):\n{shown}{more}\n"
