@@ -25,6 +25,10 @@ def main(argv=None) -> int:
   parser.add_argument("--compare-torch", action="store_true",
                       help="also time torchvision ResNet-50 on the CPU")
   args = parser.parse_args(argv)
+  if args.compare_torch:
+    # torchvision crashes if imported after TensorFlow (loaded by the trainer's writers).
+    import torch  # pylint: disable=import-outside-toplevel,unused-import
+    import torchvision  # pylint: disable=import-outside-toplevel,unused-import
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   from vision_jax.train import benchmark  # pylint: disable=import-outside-toplevel
   try:
