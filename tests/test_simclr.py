@@ -1,0 +1,333 @@
+"""SimCLR: NT-Xent loss, global negatives and BN across devices, LARS, train step, monitors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vision_jax import models
+from vision_jax.models.heads import ProjectionHead
+from vision_jax.train import optim, sharding, simclr, steps
+
+
+# ---------------------------------------------------------------------------
+# Helpers.
+# ---------------------------------------------------------------------------
+def numpy_nt_xent(z1, z2, temperature):
+  """Eq. 1 of the paper written out view by view, in float64."""
+  z = np.concatenate([z1, z2]).astype(np.float64)
+  u = z / np.linalg.norm(z, axis=1, keepdims=True)
+  n2 = len(u)
+  n = n2 // 2
+  losses, hits = [], []
+  for i in range(n2):
+    pos = (i + n) % n2
+    others = [j for j in range(n2) if j != i]
+    sims = np.array([u[i] @ u[j] for j in others]) / temperature
+    s_pos = u[i] @ u[pos] / temperature
+    losses.append(-(s_pos - np.log(np.sum(np.exp(sims)))))
+    hits.append(others[int(np.argmax(sims))] == pos)
+  return float(np.mean(losses)), float(np.mean(hits))
+
+
+def tiny_model(head_layers=2):
+  encoder = models.create_model("cifar_resnet20", num_classes=0, stage_sizes=(1, 1, 1),
+                                widths=(4, 8, 8), stem_width=4)
+  return simclr.SimCLRModel(encoder=encoder,
+                            head=ProjectionHead(hidden_dim=16, out_dim=8, num_layers=head_layers))
+
+
+def pair_batch(rng, pairs=16, size=8, noise=0.3):
+  """Two noisy views of `pairs` random images: (pairs, 2, size, size, 3)."""
+  images = rng.normal(size=(pairs, 1, size, size, 3))
+  views = images + noise * rng.normal(size=(pairs, 2, size, size, 3))
+  return {"image": views.astype(np.float32)}
+
+
+def opt_config(**kw):
+  return ml_collections.ConfigDict(kw)
+
+
+def make_state(model, tx, use_ema=False, size=8):
+  return steps.create_train_state(jax.random.key(0), model, tx, (1, size, size, 3), use_ema)
+
+
+# ---------------------------------------------------------------------------
+# 1. The loss against a plain numpy implementation.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [0.05, 0.1, 0.5, 1.0])
+def test_nt_xent_matches_numpy(temperature):
+  rng = np.random.default_rng(int(temperature * 100))
+  z1, z2 = rng.normal(size=(2, 12, 6)).astype(np.float32)
+  z2 = z2 + 0.5 * z1  # correlated pairs, so that the positive often ranks first
+  want_loss, want_acc = numpy_nt_xent(z1, z2, temperature)
+  loss = simclr.nt_xent_loss(jnp.asarray(z1), jnp.asarray(z2), temperature)
+  np.testing.assert_allclose(float(loss), want_loss, rtol=1e-5)
+  _, acc = simclr._nt_xent_terms(jnp.asarray(z1), jnp.asarray(z2), temperature)  # pylint: disable=protected-access
+  assert float(acc) == pytest.approx(want_acc)
+  # Scale-invariant (cosine similarity), symmetric in the two views, float32 from bfloat16.
+  np.testing.assert_allclose(float(simclr.nt_xent_loss(3 * z1, 0.5 * z2, temperature)),
+                             want_loss, rtol=1e-5)
+  np.testing.assert_allclose(float(simclr.nt_xent_loss(z2, z1, temperature)), want_loss, rtol=1e-5)
+  assert simclr.nt_xent_loss(jnp.asarray(z1, jnp.bfloat16), jnp.asarray(z2, jnp.bfloat16),
+                             temperature).dtype == jnp.float32
+
+
+def test_nt_xent_limits():
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(8, 32)).astype(np.float32)
+  # Identical views and a cold temperature: the positive wins outright.
+  assert float(simclr.nt_xent_loss(z, z, 0.01)) < 1e-3
+  # Very hot temperature: uniform over the 2N - 1 candidates.
+  np.testing.assert_allclose(float(simclr.nt_xent_loss(z, -z, 1e4)), np.log(15), rtol=1e-3)
+  with pytest.raises(ValueError, match="z1 and z2"):
+    simclr.nt_xent_loss(z, z[:4], 0.1)
+
+
+# ---------------------------------------------------------------------------
+# 2. Global negatives and global BatchNorm across 8 simulated devices.
+# ---------------------------------------------------------------------------
+def test_loss_uses_global_negatives_on_8_devices():
+  assert jax.device_count() == 8
+  rng = np.random.default_rng(1)
+  z1, z2 = rng.normal(size=(2, 32, 16)).astype(np.float32)
+  temperature = 0.2
+  loss_and_grad = jax.jit(jax.value_and_grad(
+      functools.partial(simclr.nt_xent_loss, temperature=temperature), argnums=(0, 1)))
+
+  one = sharding.batch_sharding(sharding.make_mesh(1))
+  single_loss, single_grads = loss_and_grad(jax.device_put(z1, one), jax.device_put(z2, one))
+
+  eight = sharding.batch_sharding(sharding.make_mesh(8))
+  s1, s2 = jax.device_put(z1, eight), jax.device_put(z2, eight)
+  assert len(s1.addressable_shards) == 8 and s1.addressable_shards[0].data.shape == (4, 16)
+  sharded_loss, sharded_grads = loss_and_grad(s1, s2)
+  assert sharded_grads[0].sharding.is_equivalent_to(eight, 2)
+
+  np.testing.assert_allclose(float(sharded_loss), float(single_loss), rtol=1e-5)
+  np.testing.assert_allclose(float(sharded_loss), numpy_nt_xent(z1, z2, temperature)[0], rtol=1e-5)
+  for got, want in zip(sharded_grads, single_grads):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+  # Negatives drawn only from each device's 4 pairs would give a different (much smaller) loss.
+  local = np.mean([numpy_nt_xent(z1[i:i + 4], z2[i:i + 4], temperature)[0]
+                   for i in range(0, 32, 4)])
+  assert abs(float(sharded_loss) - local) > 0.5, (float(sharded_loss), local)
+
+
+def _run_steps(num_devices, batches, model, tx, schedule, temperature):
+  mesh = sharding.make_mesh(num_devices)
+  init = functools.partial(steps.create_train_state, model=model, tx=tx,
+                           input_shape=(1,) + batches[0]["image"].shape[2:], use_ema=False)
+  rng = jax.random.key(0)
+  shardings = sharding.state_shardings(jax.eval_shape(init, rng), mesh, fsdp=False)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  step = jax.jit(functools.partial(simclr.simclr_train_step, model=model, tx=tx,
+                                   schedule=schedule, temperature=temperature),
+                 in_shardings=(shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, sharding.make_global_batch(batch, mesh))
+    losses.append(float(metrics["loss"]))
+  return jax.device_get(state), losses
+
+
+def test_train_step_on_8_devices_matches_1_device():
+  """Same losses and parameters whatever the device count: negatives and BN stats are global."""
+  rng = np.random.default_rng(2)
+  batches = [pair_batch(rng, pairs=16) for _ in range(2)]  # 2 pairs (4 views) per device
+  model = tiny_model()
+  schedule = optim.make_schedule(opt_config(base_lr=0.1, decay="constant"), 2, 0)
+  tx = optim.make_optimizer(opt_config(name="sgd", momentum=0.9, weight_decay=1e-4), schedule)
+  state1, losses1 = _run_steps(1, batches, model, tx, schedule, 0.5)
+  state8, losses8 = _run_steps(8, batches, model, tx, schedule, 0.5)
+  np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
+  for tree8, tree1 in [(state8.params, state1.params), (state8.batch_stats, state1.batch_stats)]:
+    for got, want in zip(jax.tree_util.tree_leaves(tree8), jax.tree_util.tree_leaves(tree1)):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# 3. LARS against a numpy reference.
+# ---------------------------------------------------------------------------
+def numpy_lars(params, grads_seq, lr, wd, eta, momentum):
+  """SimCLR's LARS: kernels (ndim > 1) get weight decay and the trust ratio
+  eta * ||w|| / ||g + wd w||; biases and norm parameters get neither. Heavy-ball momentum."""
+  params = {k: v.astype(np.float64) for k, v in params.items()}
+  velocity = {k: np.zeros_like(v) for k, v in params.items()}
+  history = []
+  for grads in grads_seq:
+    for k, w in params.items():
+      g = grads[k].astype(np.float64)
+      if w.ndim > 1:
+        g = g + wd * w
+        g = g * eta * np.linalg.norm(w) / np.linalg.norm(g)
+      velocity[k] = momentum * velocity[k] + lr * g
+      params[k] = w - velocity[k]
+    history.append(dict(params))
+  return history
+
+
+def test_lars_matches_numpy_reference():
+  rng = np.random.default_rng(3)
+  params = {"conv": rng.normal(size=(3, 3, 2, 4)), "dense": rng.normal(size=(4, 3)),
+            "bias": rng.normal(size=(3,)), "bn_scale": 1.0 + 0.1 * rng.normal(size=(4,))}
+  params = {k: v.astype(np.float32) for k, v in params.items()}
+  grads_seq = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+               for _ in range(2)]
+  lr, wd, eta = 2.0, 0.05, 0.001
+  schedule = optim.make_schedule(opt_config(base_lr=lr, decay="constant"), 10, 0)
+  tx = optim.make_optimizer(opt_config(name="lars", weight_decay=wd, momentum=0.9,
+                                       trust_coefficient=eta), schedule)
+  want = numpy_lars(params, grads_seq, lr, wd, eta, 0.9)
+  p = jax.tree_util.tree_map(jnp.asarray, params)
+  opt_state = tx.init(p)
+  for i, grads in enumerate(grads_seq):  # step 1 checks LARS itself, step 2 the momentum
+    updates, opt_state = tx.update(jax.tree_util.tree_map(jnp.asarray, grads), opt_state, p)
+    p = jax.tree_util.tree_map(lambda w, u: w + u, p, updates)
+    for k in params:
+      np.testing.assert_allclose(np.asarray(p[k]), want[i][k], rtol=1e-5, atol=1e-7,
+                                 err_msg=f"step {i + 1}, {k}")
+  # Exclusions really matter here: a bias step is lr * g, a kernel step ~ lr * eta * ||w||.
+  first = want[0]
+  np.testing.assert_allclose(first["bias"], params["bias"] - lr * grads_seq[0]["bias"], rtol=1e-6)
+  kernel_step = np.linalg.norm(first["dense"] - params["dense"])
+  np.testing.assert_allclose(kernel_step, lr * eta * np.linalg.norm(params["dense"]), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# 4. The train step: learns on a fixed batch, updates params, BN stats and EMA.
+# ---------------------------------------------------------------------------
+def test_projection_head_layout():
+  head = ProjectionHead(hidden_dim=None, out_dim=8, num_layers=3, dtype=jnp.bfloat16)
+  variables = head.init(jax.random.key(0), jnp.ones((4, 12)), train=False)
+  shapes = jax.tree_util.tree_map(jnp.shape, variables["params"])
+  assert shapes == {"dense_0": {"kernel": (12, 12)}, "bn_0": {"scale": (12,), "bias": (12,)},
+                    "dense_1": {"kernel": (12, 12)}, "bn_1": {"scale": (12,), "bias": (12,)},
+                    "dense_2": {"kernel": (12, 8)}, "bn_2": {"scale": (8,)}}
+  out, _ = head.apply(variables, jnp.ones((4, 12)), train=True, mutable=["batch_stats"])
+  assert out.shape == (4, 8) and out.dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
+
+
+def test_simclr_model_features_and_projections():
+  model = tiny_model()
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  assert set(variables["params"]) == {"encoder", "head"}
+  images = jnp.asarray(np.random.default_rng(4).normal(size=(5, 8, 8, 3)), jnp.float32)
+  z = model.apply(variables, images, train=False)
+  h = model.apply(variables, images, train=False, features_only=True)
+  assert z.shape == (5, 8) and h.shape == (5, 8) and h.dtype == jnp.float32
+  np.testing.assert_allclose(model.apply(variables, images, method="features"), h)
+  np.testing.assert_allclose(
+      simclr.simclr_features(variables["params"], variables["batch_stats"], images, model=model), h)
+  encoder_only = model.encoder.apply({"params": variables["params"]["encoder"],
+                                      "batch_stats": variables["batch_stats"]["encoder"]},
+                                     images, train=False)
+  np.testing.assert_allclose(h, encoder_only, rtol=1e-6)
+
+
+def test_simclr_train_step_learns_fixed_batch():
+  rng = np.random.default_rng(5)
+  batch = {k: jnp.asarray(v) for k, v in pair_batch(rng, pairs=16).items()}
+  model = tiny_model()
+  schedule = optim.make_schedule(opt_config(base_lr=0.3, decay="cosine", end_lr_factor=0.1), 12, 2)
+  tx = optim.make_optimizer(opt_config(name="sgd", momentum=0.9, weight_decay=1e-4), schedule)
+  state0 = make_state(model, tx, use_ema=True)
+  step = jax.jit(functools.partial(simclr.simclr_train_step, model=model, tx=tx, schedule=schedule,
+                                   temperature=0.5, ema_decay=0.9))
+  state, history = state0, []
+  for _ in range(12):
+    state, metrics = step(state, batch)
+    history.append(jax.device_get(metrics))
+  losses = [float(m["loss"]) for m in history]
+  assert all(np.isfinite(losses))
+  assert losses[-1] < losses[0] - 0.3, losses
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])
+  assert history[-1]["contrastive_accuracy"] >= history[0]["contrastive_accuracy"]
+  assert all(0.0 <= float(m["contrastive_accuracy"]) <= 1.0 for m in history)
+  np.testing.assert_allclose([float(m["learning_rate"]) for m in history],
+                             [float(schedule(i)) for i in range(12)], rtol=1e-6)
+  assert int(state.step) == 12 and int(state.first_nonfinite_step) == -1
+
+  def changed(a, b):
+    return [not np.allclose(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                   jax.tree_util.tree_leaves(b))]
+  assert all(changed(state.params["encoder"]["conv1"], state0.params["encoder"]["conv1"]))
+  assert all(changed(state.params["head"], state0.params["head"]))
+  assert all(changed(state.batch_stats["encoder"], state0.batch_stats["encoder"]))
+  assert all(changed(state.batch_stats["head"], state0.batch_stats["head"]))
+  assert any(changed(state.ema_params, state0.ema_params))
+  assert any(changed(state.ema_params, state.params))  # EMA lags the parameters
+
+  # NaN bookkeeping as in steps.train_step: the first bad step is recorded and kept.
+  bad = {"image": batch["image"].at[0, 0, 0, 0, 0].set(jnp.nan)}
+  state, metrics = step(state, bad)
+  assert not np.isfinite(float(metrics["loss"])) and int(state.first_nonfinite_step) == 12
+  state, _ = step(state, bad)
+  assert int(state.first_nonfinite_step) == 12
+
+
+def test_simclr_train_step_rejects_single_view_batch():
+  model = tiny_model()
+  tx = optim.make_optimizer(opt_config(name="sgd"), lambda s: 0.1)
+  state = make_state(model, tx)
+  with pytest.raises(ValueError, match=r"\(B, 2, H, W, C\)"):
+    simclr.simclr_train_step(state, {"image": jnp.zeros((4, 8, 8, 3))}, model=model, tx=tx,
+                             schedule=lambda s: 0.1, temperature=0.5)
+
+
+# ---------------------------------------------------------------------------
+# 5. kNN and linear evaluation on synthetic features.
+# ---------------------------------------------------------------------------
+def clusters(rng, n, num_classes=10, dim=32, noise=0.3, centers=None):
+  centers = rng.normal(size=(num_classes, dim)) if centers is None else centers
+  labels = rng.integers(0, num_classes, size=n)
+  return (centers[labels] + noise * rng.normal(size=(n, dim))).astype(np.float32), labels, centers
+
+
+def numpy_knn(train_x, train_y, test_x, k, temperature, num_classes):
+  a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+  b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+  sims = b @ a.T
+  preds = []
+  for row in sims:
+    idx = np.argsort(-row)[:k]
+    votes = np.zeros(num_classes)
+    for j in idx:
+      votes[train_y[j]] += np.exp(row[j] / temperature)
+    preds.append(np.argmax(votes))
+  return np.array(preds)
+
+
+def test_knn_accuracy():
+  rng = np.random.default_rng(6)
+  train_x, train_y, centers = clusters(rng, 1000)
+  test_x, test_y, _ = clusters(rng, 1000, centers=centers)
+  assert simclr.knn_accuracy(train_x, train_y, test_x, test_y, k=20, num_classes=10) >= 0.99
+  # Random labels (independent of the features, train and test): chance, 1/10; with 1000
+  # test examples the standard error is ~0.01.
+  chance = simclr.knn_accuracy(train_x, rng.integers(0, 10, 1000), test_x,
+                               rng.integers(0, 10, 1000), k=20, num_classes=10)
+  assert abs(chance - 0.1) < 0.05, chance
+  # Exactly the brute-force vote, also with a ragged last chunk.
+  x, y = rng.normal(size=(300, 16)).astype(np.float32), rng.integers(0, 5, size=300)
+  q, qy = rng.normal(size=(70, 16)).astype(np.float32), rng.integers(0, 5, size=70)
+  want = np.mean(numpy_knn(x, y, q, 7, 0.1, 5) == qy)
+  assert simclr.knn_accuracy(x, y, q, qy, k=7, temperature=0.1, chunk_size=32) == pytest.approx(want)
+
+
+def test_linear_eval():
+  rng = np.random.default_rng(7)
+  train_x, train_y, centers = clusters(rng, 1000, noise=1.0)
+  test_x, test_y, _ = clusters(rng, 1000, noise=1.0, centers=centers)
+  assert simclr.linear_eval(train_x, train_y, test_x, test_y, steps=300) >= 0.98
+  # Mini-batch path.
+  assert simclr.linear_eval(train_x, train_y, test_x, test_y, steps=300, batch_size=128) >= 0.98
+  chance = simclr.linear_eval(train_x, rng.integers(0, 10, 1000), test_x,
+                              rng.integers(0, 10, 1000), steps=300, num_classes=10)
+  assert abs(chance - 0.1) < 0.05, chance
