@@ -1,7 +1,23 @@
-"""Data sources. The trainer asks `get_dataset(config.data)` for one interface:
-`train_iterator(global_batch, seed, start_step, process_index, process_count)` and
-`eval_iterator(global_batch, process_index, process_count)`, both yielding this
-process's numpy slice of each global batch as {'image', 'label'[, 'mask']}.
+"""Data: sources, preprocessing strings, batch augmentations, one iterator interface.
+
+`get_dataset(config.data)` returns an object with `num_train`, `num_classes`,
+`train_iterator(global_batch, seed, start_step=0, process_index=0,
+process_count=1)` (endless; batch s is a pure function of (seed, s)) and
+`eval_iterator(global_batch, process_index=0, process_count=1)` (one ordered
+pass, last batch padded, 'mask' marks real rows). Both yield this process's
+numpy slice of each global batch: {'image': float32 NHWC, 'label': int32, or
+float32 soft labels [N, classes] after onehot/mixup/cutmix}.
+
+config.data.name selects the source:
+  "digits"          the embedded handwritten digits (no TensorFlow involved);
+  "synthetic"       random arrays, for benchmarks;
+  "folder:/path"    root/<split>/<class>/*.{jpg,jpeg,png} (`folder.FolderSource`);
+  anything else     a tensorflow-datasets builder, e.g. "cifar10", "imagenet2012"
+                    (`tfds_source.TfdsSource`), read with tf.data (`pipeline`).
+The tf.data sources take preprocess_train / preprocess_eval op strings
+(`ops`), e.g. "decode|inception_crop(224)|flip_lr|value_range(-1,1)", and every
+source takes config.data.mix ("mixup(0.2)", "cutmix(1.0)", ...; see `mix`).
+docs/data.md lists every field and op.
 """
 
 from __future__ import annotations
@@ -9,31 +25,86 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from vision_jax.data import digits as digits_lib
 from vision_jax.data.arrays import ArrayDataset
+from vision_jax.data.errors import DatasetError, PreprocessError
 
-DATASETS = ("digits", "synthetic")
+DATASETS = ("digits", "synthetic", "folder:/path", "<tfds builder name>")
+_TF_FIELDS = ("preprocess_train", "preprocess_eval", "shuffle_buffer", "cache", "data_dir",
+              "validate_files", "image_key", "label_key")
+
+__all__ = ["ArrayDataset", "DatasetError", "PreprocessError", "digits_dataset", "get_dataset",
+           "synthetic_dataset"]
 
 
-class DatasetError(ValueError):
-  """A data config names something that cannot be read."""
+def get_dataset(data_config: Any) -> Any:
+  """Builds the dataset named by `data_config.name` (see the module docstring).
 
-
-def get_dataset(data_config: Any) -> ArrayDataset:
-  """Builds the dataset named by `data_config.name`."""
+  Raises:
+    DatasetError: unknown name, missing or unprepared data, bad fields.
+    PreprocessError: a malformed preprocessing or mix string (a DatasetError).
+  """
   name = data_config.get("name")
+  if name in ("digits", "synthetic"):
+    ignored = [f for f in _TF_FIELDS if data_config.get(f) is not None]
+    if ignored:
+      logging.warning("config.data.%s: not used by the %r source (it preprocesses in memory).",
+                      "/".join(ignored), name)
   if name == "digits":
-    return digits_dataset(image_size=data_config.get("image_size", 32),
-                          max_shift=data_config.get("max_shift", 0),
-                          train_split=data_config.get("train_split", "train"),
-                          eval_split=data_config.get("eval_split", "test"))
-  if name == "synthetic":
-    return synthetic_dataset(image_size=data_config.get("image_size", 224),
-                             num_classes=data_config.get("num_classes", 1000),
-                             num_train=data_config.get("num_train", 256),
-                             num_eval=data_config.get("num_eval", 64))
-  raise DatasetError(f"Unknown dataset {name!r} in config.data.name. Available: {DATASETS}.")
+    dataset = digits_dataset(image_size=data_config.get("image_size", 32),
+                             max_shift=data_config.get("max_shift", 0),
+                             train_split=data_config.get("train_split", "train"),
+                             eval_split=data_config.get("eval_split", "test"))
+  elif name == "synthetic":
+    dataset = synthetic_dataset(image_size=data_config.get("image_size", 224),
+                                num_classes=data_config.get("num_classes", 1000),
+                                num_train=data_config.get("num_train", 256),
+                                num_eval=data_config.get("num_eval", 64))
+  elif isinstance(name, str) and name.startswith("folder:"):
+    dataset = _tf_dataset(data_config, folder=name[len("folder:"):])
+  elif isinstance(name, str) and name.strip():
+    dataset = _tf_dataset(data_config, tfds_name=name)
+  else:
+    raise DatasetError(f"Unknown dataset {name!r} in config.data.name. Available: {DATASETS}.")
+  mix = data_config.get("mix")
+  if mix:
+    from vision_jax.data import mix as mix_lib  # pylint: disable=import-outside-toplevel
+    dataset = mix_lib.MixedDataset(dataset, mix_lib.get_batch_op(mix), mix)
+  return dataset
+
+
+def _tf_dataset(data_config: Any, folder: str | None = None, tfds_name: str | None = None):
+  """A tf.data dataset over an image folder or a tfds builder (TensorFlow is imported here)."""
+  # pylint: disable=import-outside-toplevel
+  from vision_jax.data.pipeline import TfDataset
+  train_split = data_config.get("train_split") or "train"
+  eval_split = data_config.get("eval_split")
+  if folder is not None:
+    from vision_jax.data.folder import FolderSource, default_eval_split
+    if not folder:
+      raise DatasetError("config.data.name='folder:' needs a path: 'folder:/path/to/root'.")
+    eval_split = eval_split or default_eval_split(folder)
+    source = FolderSource(folder, [train_split, eval_split],
+                          data_config.get("validate_files") or "auto")
+  else:
+    from vision_jax.data.tfds_source import TfdsSource
+    source = TfdsSource(tfds_name, data_dir=data_config.get("data_dir"),
+                        image_key=data_config.get("image_key") or "image",
+                        label_key=data_config.get("label_key") or "label")
+    eval_split = eval_split or source.default_eval_split()
+  specs = {}
+  for field in ("preprocess_train", "preprocess_eval"):
+    specs[field] = data_config.get(field)
+    if not specs[field]:
+      raise DatasetError(
+          f"config.data.{field} is required for {source.name}: an op string such as "
+          "'decode|inception_crop(224)|flip_lr|value_range(-1,1)' (train) or "
+          "'decode|resize_small(256)|central_crop(224)|value_range(-1,1)' (eval).")
+  return TfDataset(source, train_split, eval_split, specs["preprocess_train"],
+                   specs["preprocess_eval"], shuffle_buffer=data_config.get("shuffle_buffer"),
+                   cache=bool(data_config.get("cache", False)))
 
 
 def synthetic_dataset(image_size: int = 224, num_classes: int = 1000, num_train: int = 256,
@@ -47,6 +118,8 @@ def synthetic_dataset(image_size: int = 224, num_classes: int = 1000, num_train:
   return ArrayDataset(train=(train, labels), eval=(train[np.arange(num_eval) % num_train], eval_labels),
                       num_classes=num_classes, preprocess_train=lambda x, rngs: x,
                       preprocess_eval=lambda x, rngs: x)
+
+
 def resize_matrix(src: int, dst: int) -> np.ndarray:
   """(dst, src) matrix of bilinear interpolation weights (half-pixel centres)."""
   centres = (np.arange(dst) + 0.5) * src / dst - 0.5

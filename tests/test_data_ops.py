@@ -1,0 +1,195 @@
+"""Preprocessing ops: each eagerly and inside tf.data with the same result; seeds; the string parser."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vision_jax.data import DatasetError, PreprocessError, ops
+from vision_jax.data.ops import autoaugment as aa
+
+RNG = np.random.default_rng(0)
+# A smooth colour image (JPEG-friendly) with some noise, 40x48.
+_Y, _X = np.mgrid[0:40, 0:48]
+IMAGE = np.clip(np.stack([_Y * 6, _X * 5, 255 - _Y * 3 - _X * 2], -1) + RNG.integers(0, 30, (40, 48, 3)),
+                0, 255).astype(np.uint8)
+JPEG = tf.io.encode_jpeg(IMAGE, quality=95).numpy()
+PNG = tf.io.encode_png(IMAGE).numpy()
+GREY_PNG = tf.io.encode_png(IMAGE[..., :1]).numpy()
+SEED = tf.constant([3, 11], tf.int64)
+
+# op string -> (input, expected shape, expected dtype, (min, max) allowed range).
+CASES = {
+    "decode": (PNG, (40, 48, 3), tf.uint8, (0, 255)),
+    "decode(1)": (GREY_PNG, (40, 48, 1), tf.uint8, (0, 255)),
+    "resize(16)": (IMAGE, (16, 16, 3), tf.uint8, (0, 255)),
+    "resize_small(20)": (IMAGE, (20, 24, 3), tf.uint8, (0, 255)),
+    "central_crop(32)": (JPEG, (32, 32, 3), tf.uint8, (0, 255)),
+    "random_crop((24, 20))": (JPEG, (24, 20, 3), tf.uint8, (0, 255)),
+    "inception_crop(32)": (JPEG, (32, 32, 3), tf.uint8, (0, 255)),
+    "flip_lr": (IMAGE, (40, 48, 3), tf.uint8, (0, 255)),
+    "pad(2)": (IMAGE, (44, 52, 3), tf.uint8, (0, 255)),
+    "value_range(-1, 1)": (IMAGE, (40, 48, 3), tf.float32, (-1, 1)),
+    "normalize((127.5, 127.5, 127.5), (127.5, 127.5, 127.5))": (IMAGE, (40, 48, 3), tf.float32, (-1, 1)),
+    "onehot(10)": (IMAGE, (40, 48, 3), tf.uint8, (0, 255)),
+    "keep('image', 'label')": (IMAGE, (40, 48, 3), tf.uint8, (0, 255)),
+    "randaugment(2, 10)": (IMAGE, (40, 48, 3), tf.uint8, (0, 255)),
+    "autoaugment": (IMAGE, (40, 48, 3), tf.uint8, (0, 255)),
+    "color_jitter(1.0, prob=1.0)": (IMAGE, (40, 48, 3), tf.float32, (0, 255)),
+    "random_grayscale(1.0)": (IMAGE, (40, 48, 3), tf.float32, (0, 255)),
+    "gaussian_blur(1.0)": (IMAGE, (40, 48, 3), tf.float32, (0, 255)),
+    "solarize(1.0)": (IMAGE, (40, 48, 3), tf.float32, (0, 255)),
+    "two_views|random_crop(24)|flip_lr": (IMAGE, (2, 24, 24, 3), tf.uint8, (0, 255)),
+}
+
+
+def run_both(spec, image, seed=SEED, label=3):
+  """The op string applied eagerly and inside tf.data.Dataset.map."""
+  fn = ops.get_preprocess_fn(spec)
+  example = {"image": tf.constant(image), "label": tf.constant(label, tf.int64)}
+  eager = {k: v.numpy() for k, v in fn(example, seed).items()}
+  ds = tf.data.Dataset.from_tensors(example).map(lambda ex: fn(ex, seed))
+  graph = next(ds.as_numpy_iterator())
+  return eager, graph
+
+
+def test_every_registered_op_is_covered():
+  names = {ops.parse(spec)[i].name for spec in CASES for i in range(len(ops.parse(spec)))}
+  assert names == set(ops.registered_ops())
+
+
+@pytest.mark.parametrize("spec", list(CASES))
+def test_op_eager_equals_tf_data(spec):
+  image, shape, dtype, (lo, hi) = CASES[spec]
+  eager, graph = run_both(spec, image)
+  assert sorted(eager) == ["image", "label"]
+  for key in eager:
+    np.testing.assert_array_equal(eager[key], graph[key], err_msg=f"{spec}: {key}")
+  out = eager["image"]
+  assert out.shape == shape and out.dtype == dtype.as_numpy_dtype, (spec, out.shape, out.dtype)
+  assert lo <= out.min() and out.max() <= hi, (spec, out.min(), out.max())
+  if spec == "onehot(10)":
+    assert eager["label"].dtype == np.float32 and eager["label"].tolist() == [0, 0, 0, 1] + [0] * 6
+
+
+RANDOM_SPECS = ["random_crop(24)", "inception_crop(24)", "flip_lr", "randaugment(2, 10)",
+                "autoaugment", "color_jitter(1.0)", "random_grayscale(0.5)", "gaussian_blur(0.5)",
+                "solarize(0.5)", "two_views|random_crop(24)"]
+
+
+@pytest.mark.parametrize("spec", RANDOM_SPECS)
+def test_random_ops_follow_the_seed(spec):
+  fn = ops.get_preprocess_fn(spec)
+  example = {"image": tf.constant(IMAGE), "label": tf.constant(0, tf.int64)}
+  outs = [fn(example, tf.constant([s, 5], tf.int64))["image"].numpy() for s in range(8)]
+  again = fn(example, tf.constant([0, 5], tf.int64))["image"].numpy()
+  np.testing.assert_array_equal(outs[0], again)
+  distinct = {o.tobytes() for o in outs}
+  assert len(distinct) >= 2, f"{spec}: 8 seeds gave one output"
+  if spec.startswith("two_views"):
+    assert not np.array_equal(outs[0][0], outs[0][1]) or not np.array_equal(outs[1][0], outs[1][1])
+
+
+def test_fused_decode_and_crop_matches_decode_then_crop():
+  for spec in ["inception_crop(32)", "random_crop(24)", "central_crop(30)"]:
+    fused = run_both(spec, JPEG)[0]["image"]
+    unfused = run_both("decode|" + spec, JPEG)[0]["image"]
+    # Same window; libjpeg's chroma upsampling differs slightly at the crop's edges.
+    diff = np.abs(fused.astype(int) - unfused.astype(int))
+    assert fused.shape == unfused.shape and diff.mean() < 0.5 and diff.max() <= 16, spec
+
+
+def test_png_and_greyscale_are_decoded_to_three_channels():
+  for data in (PNG, GREY_PNG):
+    out = run_both("inception_crop(16)", data)[0]["image"]
+    assert out.shape == (16, 16, 3)
+  grey = run_both("decode", GREY_PNG)[0]["image"]
+  np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
+
+
+def test_value_ops_are_exact():
+  image = np.array([[[0, 128, 255]]], np.uint8)
+  out = run_both("value_range(-1, 1)", image)[0]["image"]
+  np.testing.assert_allclose(out, [[[-1, 128 / 127.5 - 1, 1]]], atol=1e-6)
+  out = run_both("value_range(0, 1)|normalize((0.5, 0.5, 0.5), (0.25, 0.5, 1.0))", image)[0]["image"]
+  np.testing.assert_allclose(out, [[[-2, (128 / 255 - 0.5) / 0.5, 0.5]]], atol=1e-6)
+
+
+def test_geometry_ops_match_numpy():
+  np.testing.assert_array_equal(run_both("central_crop(20)", IMAGE)[0]["image"], IMAGE[10:30, 14:34])
+  np.testing.assert_array_equal(run_both("flip_lr(1.0)", IMAGE)[0]["image"], IMAGE[:, ::-1])
+  np.testing.assert_array_equal(run_both("flip_lr(0.0)", IMAGE)[0]["image"], IMAGE)
+  padded = run_both("pad(1, value=7)", IMAGE)[0]["image"]
+  assert padded[0].max() == 7 and padded[:, 0].max() == 7
+  np.testing.assert_array_equal(padded[1:-1, 1:-1], IMAGE)
+  crop = run_both("random_crop(24)", IMAGE)[0]["image"]
+  hits = [(y, x) for y in range(17) for x in range(25) if np.array_equal(IMAGE[y:y + 24, x:x + 24], crop)]
+  assert len(hits) == 1
+
+
+def test_inception_crop_area_and_ratio_bounds():
+  fn = ops.get_preprocess_fn("inception_crop(area_min=0.3, area_max=0.5, ratio_min=0.75, ratio_max=1.33)")
+  big = np.zeros((100, 120, 3), np.uint8)
+  for s in range(10):
+    h, w = fn({"image": tf.constant(big), "label": 0}, tf.constant([s, 0], tf.int64))["image"].shape[:2]
+    assert 0.3 * 0.95 <= h * w / 12000 <= 0.5 * 1.05, (h, w)
+    assert 0.7 <= w / h <= 1.4, (h, w)
+
+
+def test_policy_transforms_match_pillow():
+  image_ops = pytest.importorskip("PIL.ImageOps")
+  from PIL import Image
+  pil = Image.fromarray(IMAGE)
+  np.testing.assert_array_equal(aa.equalize(tf.constant(IMAGE)).numpy(),
+                                np.asarray(image_ops.equalize(pil)))
+  np.testing.assert_array_equal(aa.autocontrast(tf.constant(IMAGE)).numpy(),
+                                np.asarray(image_ops.autocontrast(pil)))
+  np.testing.assert_array_equal(aa.posterize(tf.constant(IMAGE), 3).numpy(),
+                                np.asarray(image_ops.posterize(pil, 3)))
+  np.testing.assert_array_equal(aa.solarize(tf.constant(IMAGE), 100).numpy(),
+                                np.asarray(image_ops.solarize(pil, 100)))
+  np.testing.assert_array_equal(aa.invert(tf.constant(IMAGE)).numpy(), 255 - IMAGE)
+  rotated = aa.rotate(tf.constant(IMAGE), 90.0).numpy()
+  square = IMAGE[:40, 4:44]
+  np.testing.assert_array_equal(aa.rotate(tf.constant(square), 90.0).numpy()[1:-1, 1:-1],
+                                np.rot90(square, 1)[1:-1, 1:-1])
+  assert rotated.shape == IMAGE.shape
+  shifted = aa.translate_x(tf.constant(IMAGE), 5.0).numpy()
+  np.testing.assert_array_equal(shifted[:, 5:], IMAGE[:, :-5])
+  assert (shifted[:, :5] == aa.FILL).all()
+
+
+# ---------------------------------------------------------------------------
+# The string parser and its errors.
+# ---------------------------------------------------------------------------
+def test_parser_accepts_literals_and_keywords():
+  calls = ops.parse(" decode | inception_crop((224, 200), area_min=0.5)|keep('image', 'x|y') ")
+  assert [c.name for c in calls] == ["decode", "inception_crop", "keep"]
+  assert calls[1].args == ((224, 200),) and dict(calls[1].kwargs) == {"area_min": 0.5}
+  assert calls[2].args == ("image", "x|y")
+  assert ops.parse("") == []
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("decode|flip",
+     r"Unknown preprocessing op 'flip'.*Did you mean 'flip_lr'.*Registered ops: .*autoaugment.*value_range"),
+    ("decode||flip_lr", "Empty op"),
+    ("resize(", "Unclosed bracket"),
+    ("resize(size)", "must be Python literals"),
+    ("resize(1, 2, 3, 4, 5)", r"Bad arguments in 'resize\(1, 2, 3, 4, 5\)'.*Usage: resize\(size"),
+    ("inception_crop(-3)", "size must be a positive int"),
+    ("flip_lr(prob=2)", r"prob must be in \[0, 1\]"),
+    ("resize(8, method='cubic')", "method must be one of"),
+    ("onehot()", "missing a required argument: 'depth'"),
+    ("autoaugment('v9')", "policy must be one of"),
+    ("decode|two_views|two_views", "more than once"),
+])
+def test_bad_strings_raise_clear_errors(spec, message):
+  with pytest.raises(PreprocessError, match=message):
+    ops.get_preprocess_fn(spec)
+  assert issubclass(PreprocessError, DatasetError)
+
+
+def test_op_on_missing_feature_is_reported():
+  fn = ops.get_preprocess_fn("onehot(3, key='labels')")
+  with pytest.raises(PreprocessError, match="acts on the feature 'labels'"):
+    fn({"image": tf.constant(IMAGE), "label": tf.constant(1)})

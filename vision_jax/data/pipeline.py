@@ -1,0 +1,281 @@
+"""tf.data pipelines over a source (tensorflow-datasets or an image folder).
+
+`TfDataset` gives the trainer the same interface as the in-memory datasets:
+`train_iterator(...)` and `eval_iterator(...)` yield this process's numpy slice
+of each global batch.
+
+Training stream of process p of P, for a run seed and a global batch B:
+  * p reads its own share of the split (disjoint; sizes differ by at most one,
+    per "+"-joined part of a tfds split string);
+    every process takes the same number of steps per epoch,
+    S = min(share sizes) // (B / P); the rest of each epoch is dropped.
+  * Epoch e is the share shuffled with a seed that is a function of
+    (run seed, p, e) only, cut to S * B / P examples. Example k of epoch e is
+    augmented with a seed that is a function of (run seed, p, e, k) only.
+  * Batch s is therefore a pure function of (seed, s): starting at step s skips
+    (s mod S) * B / P examples of epoch s // S (before any decoding) and yields
+    exactly what an uninterrupted run yields from s on.
+  * Epochs follow each other inside one tf.data graph (no restart at the epoch
+    boundary); decoding and augmentation run in parallel (AUTOTUNE), in a
+    deterministic order, and batches are prefetched on the host. The trainer's
+    Prefetcher then puts them on the devices ahead of the step.
+
+Evaluation: each process reads its share in order; the last batch is padded
+with zeros and 'mask' False, and processes with a shorter share add padding
+batches, so all processes yield ceil(max share / (B / P)) batches and every
+example is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from vision_jax.data import ops as ops_lib
+from vision_jax.data.errors import DatasetError
+
+Batch = dict[str, np.ndarray]
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def share_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
+  """[start, end) of process `process_index`'s share; the first `n % P` shares get one more."""
+  per, extra = divmod(num_examples, process_count)
+  start = process_index * per + min(process_index, extra)
+  return start, start + per + (1 if process_index < extra else 0)
+
+
+def local_batch_size(global_batch: int, process_count: int) -> int:
+  if global_batch <= 0 or global_batch % process_count:
+    raise ValueError(f"The global batch size {global_batch} does not divide across "
+                     f"{process_count} processes.")
+  return global_batch // process_count
+
+
+def stream_seed(seed: int, *salt: int) -> tf.Tensor:
+  """A shape [2] int64 stateless seed that depends only on (seed, *salt)."""
+  words = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *salt]).generate_state(4)
+  return tf.constant([int(words[0]) << 31 | int(words[1]) >> 1,
+                      int(words[2]) << 31 | int(words[3]) >> 1], tf.int64)
+
+
+class Source(abc.ABC):
+  """Where examples come from. Subclasses: `TfdsSource`, `FolderSource`.
+
+  Examples are dicts with at least "image" (encoded bytes or uint8 [H, W, C])
+  and "label" (integer) once `load` has run.
+  """
+
+  num_classes: int
+  name: str
+
+  @abc.abstractmethod
+  def num_examples(self, split: str) -> int:
+    """Number of examples of a split."""
+
+  @abc.abstractmethod
+  def share_sizes(self, split: str, process_count: int) -> list[int]:
+    """Number of examples of each process's share of `split`."""
+
+  @abc.abstractmethod
+  def read(self, split: str, process_index: int, process_count: int, *,
+           training: bool, seed: int = 0) -> tf.data.Dataset:
+    """This process's share of `split`, in a fixed order (a function of `seed` at most)."""
+
+  def load(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Runs inside the parallel map, before preprocessing (e.g. reads a file)."""
+    return example
+
+  def shuffle_buffer(self, share_size: int, requested: int | None) -> int:
+    """Shuffle buffer for a share; `requested` is config.data.shuffle_buffer."""
+    return max(1, min(share_size, requested or 10_000))
+
+  def explain_failure(self, split: str, error: Exception) -> str:
+    """A message for an error raised while reading or decoding `split`."""
+    return (f"Reading split {split!r} of {self.name} failed: {error}. Check the data, or the "
+            "preprocessing strings.")
+
+
+class TfDataset:
+  """A source plus preprocessing strings, with the trainer's iterator interface.
+
+  Attributes:
+    source: where examples come from.
+    train_split, eval_split: split names of the source.
+    preprocess_train, preprocess_eval: the parsed op strings.
+    shuffle_buffer: config.data.shuffle_buffer (None: the source's default).
+    cache: keep this process's raw share in memory after the first epoch.
+  """
+
+  def __init__(self, source: Source, train_split: str, eval_split: str, preprocess_train: str,
+               preprocess_eval: str, shuffle_buffer: int | None = None, cache: bool = False):
+    self.source = source
+    self.train_split = train_split
+    self.eval_split = eval_split
+    self.preprocess_train = ops_lib.get_preprocess_fn(preprocess_train)
+    self.preprocess_eval = ops_lib.get_preprocess_fn(preprocess_eval)
+    self.shuffle_buffer = shuffle_buffer
+    self.cache = cache
+    self.num_classes = source.num_classes
+
+  @property
+  def num_train(self) -> int:
+    return self.source.num_examples(self.train_split)
+
+  @property
+  def num_eval(self) -> int:
+    return self.source.num_examples(self.eval_split)
+
+  # -------------------------------------------------------------------------
+  # Training.
+  # -------------------------------------------------------------------------
+  def train_dataset(self, global_batch: int, seed: int, start_step: int = 0,
+                    process_index: int = 0, process_count: int = 1) -> tf.data.Dataset:
+    """The endless tf.data stream of this process's training batches from `start_step` on."""
+    local = local_batch_size(global_batch, process_count)
+    sizes = self.source.share_sizes(self.train_split, process_count)
+    steps_per_epoch = min(sizes) // local
+    if steps_per_epoch == 0:
+      raise DatasetError(
+          f"The batch size {global_batch} is larger than the training split {self.train_split!r} "
+          f"of {self.source.name} ({sum(sizes)} examples over {process_count} processes).")
+    per_epoch = steps_per_epoch * local
+    start_epoch, offset = divmod(int(start_step), steps_per_epoch)
+    share = sizes[process_index]
+    buffer = self.source.shuffle_buffer(share, self.shuffle_buffer)
+    base = self.source.read(self.train_split, process_index, process_count, training=True,
+                            seed=seed)
+    if self.cache:
+      base = base.cache()
+    order_seed = stream_seed(seed, process_index, 1)
+    augment_seed = stream_seed(seed, process_index, 2)
+    preprocess = self.preprocess_train
+    source = self.source
+
+    def epoch_examples(epoch):
+      shuffle_seed = tf.random.stateless_uniform(
+          [], tf.random.experimental.stateless_fold_in(order_seed, epoch), minval=None,
+          maxval=None, dtype=tf.int64)
+      ds = base.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+      ds = ds.take(per_epoch).enumerate()
+      ds = ds.skip(tf.where(epoch == start_epoch, tf.constant(offset * local, tf.int64), 0))
+      return ds.map(lambda index, example: (epoch, index, example))
+
+    def process(epoch, index, example):
+      example_seed = tf.random.experimental.stateless_fold_in(
+          tf.random.experimental.stateless_fold_in(augment_seed, epoch), index)
+      return preprocess(source.load(example), example_seed)
+
+    ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_examples)
+    ds = ds.map(process, num_parallel_calls=AUTOTUNE, deterministic=True)
+    _check_outputs(ds, "preprocess_train", self.preprocess_train.spec)
+    ds = ds.batch(local, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(_finalize)
+    return ds.with_options(_options()).prefetch(AUTOTUNE)
+
+  def train_iterator(self, global_batch: int, seed: int, start_step: int = 0,
+                     process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+    """Endless training batches from `start_step` on; this process's slice of each."""
+    ds = self.train_dataset(global_batch, seed, start_step, process_index, process_count)
+    return self._numpy(ds, self.train_split)
+
+  # -------------------------------------------------------------------------
+  # Evaluation.
+  # -------------------------------------------------------------------------
+  def eval_iterator(self, global_batch: int, process_index: int = 0,
+                    process_count: int = 1) -> Iterator[Batch]:
+    """One ordered pass over the eval split; the last batch is padded, 'mask' marks real rows."""
+    local = local_batch_size(global_batch, process_count)
+    sizes = self.source.share_sizes(self.eval_split, process_count)
+    num_batches = math.ceil(max(sizes) / local)
+    base = self.source.read(self.eval_split, process_index, process_count, training=False)
+    preprocess, source = self.preprocess_eval, self.source
+    ds = base.map(lambda example: preprocess(source.load(example)), num_parallel_calls=AUTOTUNE,
+                  deterministic=True)
+    _check_outputs(ds, "preprocess_eval", self.preprocess_eval.spec)
+    ds = ds.batch(local, num_parallel_calls=AUTOTUNE, deterministic=True).map(_finalize)
+    if not ds.element_spec["label"].dtype.is_integer:
+      raise DatasetError(f"config.data.preprocess_eval={self.preprocess_eval.spec!r} makes "
+                         "non-integer labels; evaluation needs integer class labels (remove "
+                         "onehot from the eval string).")
+    ds = ds.with_options(_options()).prefetch(AUTOTUNE)
+    return self._padded(ds, local, num_batches)
+
+  def _padded(self, ds: tf.data.Dataset, local: int, num_batches: int) -> Iterator[Batch]:
+    template = None
+    count = 0
+    for batch in self._numpy(ds, self.eval_split):
+      n = len(batch["label"])
+      template = batch
+      mask = np.arange(local) < n
+      if n < local:
+        batch = {k: _pad_rows(v, local) for k, v in batch.items()}
+      batch["mask"] = mask
+      count += 1
+      yield batch
+    if count < num_batches and template is None:
+      spec = ds.element_spec
+      if not all(s.shape[1:].is_fully_defined() for s in spec.values()):
+        raise DatasetError("preprocess_eval must produce fixed-size images (e.g. end with "
+                           "resize(...) or central_crop(...)).")
+      template = {k: np.zeros((0,) + tuple(s.shape[1:]), s.dtype.as_numpy_dtype)
+                  for k, s in spec.items()}
+    for _ in range(count, num_batches):
+      batch = {k: _pad_rows(v[:0], local) for k, v in template.items()}
+      batch["mask"] = np.zeros(local, bool)
+      yield batch
+
+  def _numpy(self, ds: tf.data.Dataset, split: str) -> Iterator[Batch]:
+    iterator = iter(ds.as_numpy_iterator())
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      except tf.errors.OpError as e:
+        raise DatasetError(self.source.explain_failure(split, e)) from None
+      yield batch
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+  out = np.zeros((rows,) + array.shape[1:], array.dtype)
+  out[:len(array)] = array
+  return out
+
+
+def _finalize(batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  """The trainer's dtypes: float32 images, int32 labels (float32 if one-hot or soft)."""
+  out = dict(batch)
+  if "image" in out and out["image"].dtype != tf.float32:
+    out["image"] = tf.cast(out["image"], tf.float32)
+  if "label" in out:
+    label = out["label"]
+    out["label"] = tf.cast(label, tf.int32 if label.dtype.is_integer else tf.float32)
+  return out
+
+
+def _check_outputs(ds: tf.data.Dataset, field: str, spec: str) -> None:
+  outputs = ds.element_spec
+  missing = [k for k in ("image", "label") if k not in outputs]
+  if missing:
+    raise DatasetError(f"config.data.{field}={spec!r} leaves no {missing}; it makes "
+                       f"{sorted(outputs)}.")
+  for key, value in outputs.items():
+    if value.dtype == tf.string:
+      raise DatasetError(f"config.data.{field}={spec!r} leaves the string feature {key!r}; "
+                         "decode images (decode, or a crop op) and keep only numeric features.")
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True
+  options.experimental_optimization.map_parallelization = True
+  # Parallelism comes from parallel map calls; one thread per op avoids oversubscribing
+  # the cores that the train step also needs.
+  options.threading.max_intra_op_parallelism = 1
+  return options
+
