@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from vision_jax.models.heads import ProjectionHead
+from vision_jax.train import steps
 from vision_jax.train.steps import TrainState
 
 # Added to the self-similarity logits so that a view is never its own candidate.
@@ -168,16 +169,7 @@ def simclr_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: 
     return loss, (new_stats, accuracy)
 
   (loss, (batch_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema = state.ema_params
-  if ema is not None:
-    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-  finite = jnp.isfinite(loss)
-  first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
-                        state.first_nonfinite_step)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, ema_params=ema, first_nonfinite_step=first_bad)
+  new_state = steps.apply_gradients(state, grads, loss, batch_stats, tx=tx, ema_decay=ema_decay)
   metrics = {"loss": loss, "contrastive_accuracy": accuracy,
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
   return new_state, metrics

@@ -127,19 +127,24 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     grads = jax.tree_util.tree_map(lambda g: g / k, grads)
     loss = loss / k
 
+  new_state = apply_gradients(state, grads, loss, batch_stats, tx=tx, ema_decay=ema_decay)
+  metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0],
+             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
+  return new_state, metrics
+
+
+def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, batch_stats: Any, *,
+                    tx: optax.GradientTransformation, ema_decay: float) -> TrainState:
+  """The end of every recipe's step: optimizer update, EMA, NaN bookkeeping, step + 1."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = state.ema_params
   if ema is not None:
     ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
-  finite = jnp.isfinite(loss)
-  first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step,
+  first_bad = jnp.where((state.first_nonfinite_step < 0) & ~jnp.isfinite(loss), state.step,
                         state.first_nonfinite_step)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                            opt_state=opt_state, ema_params=ema, first_nonfinite_step=first_bad)
-  metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0],
-             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
-  return new_state, metrics
+  return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                       opt_state=opt_state, ema_params=ema, first_nonfinite_step=first_bad)
 
 
 def _top1_correct(logits, labels):

@@ -55,7 +55,7 @@ from flax import traverse_util
 
 from vision_jax import models
 from vision_jax.models import vit
-from vision_jax.weights.timm import Path, WeightLoadError, abstract_variables
+from vision_jax.weights.timm import Path, WeightLoadError, abstract_variables, listing as _listing
 
 _FAMILIES = ("vit", "resnet_v2")
 _BIT_PREFIX = "resnet/"
@@ -431,11 +431,3 @@ def to_npz(model_name: str, variables: Mapping[str, Any],
 
 def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
   return tuple(d for d in shape if d != 1)
-
-
-def _listing(title: str, items: list[str], limit: int = 25) -> str:
-  if not items:
-    return ""
-  shown = "\n".join(f"    {item}" for item in items[:limit])
-  more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
-  return f"  {title} ({len(items)}):\n{shown}{more}\n"

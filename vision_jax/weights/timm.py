@@ -146,8 +146,8 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], dtype: Any = jnp.fl
     raise WeightLoadError(
         f"from_timm({timm_name!r}): the state dict does not fit vision_jax model "
         f"{model_name!r} (num_classes={num_classes}, overrides={kwargs}).\n"
-        + _listing("missing keys", sorted(missing)) + _listing("unexpected keys", unexpected)
-        + _listing("shape mismatches", mismatched)
+        + listing("missing keys", sorted(missing)) + listing("unexpected keys", unexpected)
+        + listing("shape mismatches", mismatched)
         + "Check that the checkpoint belongs to this timm model name.")
   return module, {c: traverse_util.unflatten_dict(
       {p: jnp.asarray(v) for p, v in leaves.items()}) for c, leaves in variables.items()}
@@ -173,7 +173,7 @@ def abstract_variables(module, model_name: str, overrides: Mapping[str, Any]):
                             train=False), x)
 
 
-def _listing(title: str, items: list[str], limit: int = 25) -> str:
+def listing(title: str, items: list[str], limit: int = 25) -> str:
   if not items:
     return ""
   shown = "\n".join(f"    {item}" for item in items[:limit])
