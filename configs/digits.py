@@ -15,6 +15,13 @@ Arguments (`configs/digits.py:key=value,...`):
   smoke: a few steps on a tiny batch, for tests.
   epochs: training length.
   model: any registered model that accepts small inputs.
+  classes: the digits to keep, e.g. "01234" (relabelled 0..k-1).
+  shots: keep only this many training images per class (0: all).
+  lr: peak learning rate.
+
+Transfer check (experiments/digits_transfer.py): pretrain on classes=01234, then
+fine-tune with classes=56789,shots=10 and --config.init_from=<pretrain workdir>,
+against the same run from scratch.
 """
 
 import ml_collections
@@ -23,18 +30,22 @@ from vision_jax.config_util import parse_arg
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, smoke=False, epochs=30, model="cifar_resnet20", image_size=16)
+  arg = parse_arg(arg, smoke=False, epochs=30, model="cifar_resnet20", image_size=16,
+                  classes="0123456789", shots=0, lr=0.1)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.model = ml_collections.ConfigDict({"name": arg.model, "overrides": {}})
   config.dtype = "float32"
   config.data = ml_collections.ConfigDict(
-      {"name": "digits", "image_size": arg.image_size, "max_shift": 2})
-  config.batch_size = 64
+      {"name": "digits", "image_size": arg.image_size, "max_shift": 2,
+       "classes": tuple(int(c) for c in arg.classes),
+       "train_per_class": arg.shots or None})
+  # Few-shot runs hold shots x classes images: the largest batch (multiple of 8) that fits.
+  config.batch_size = 64 if not arg.shots else (arg.shots * len(arg.classes)) // 8 * 8
   config.eval_batch_size = 360 if not arg.smoke else 64
   config.total_epochs = arg.epochs
   config.schedule = ml_collections.ConfigDict(
-      {"base_lr": 0.1, "warmup_epochs": 1, "decay": "cosine"})
+      {"base_lr": arg.lr, "warmup_epochs": 1, "decay": "cosine"})
   config.optimizer = ml_collections.ConfigDict(
       {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4})
   config.label_smoothing = 0.0

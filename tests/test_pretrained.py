@@ -84,3 +84,21 @@ def test_init_from_another_workdir(tmp_path):
   assert not np.array_equal(fine["params"]["head"]["kernel"], pre["params"]["head"]["kernel"])
   with pytest.raises(ConfigError, match="neither a workdir"):
     trainer.train_and_evaluate(digits_config(init_from=str(tmp_path / "nope")), str(tmp_path / "x"))
+
+
+def test_digits_transfer_beats_scratch(tmp_path):
+  """The offline transfer check at CI size: 0-4 pretraining helps 10-shot 5-9."""
+  pre = digits_config("classes=01234")
+  pre.total_epochs, pre.total_steps, pre.batch_size = None, 100, 64
+  pre.checkpoint_every_steps, pre.schedule.warmup_epochs, pre.schedule.warmup_steps = 1000, None, 5
+  trainer.train_and_evaluate(pre, str(tmp_path / "pre"))
+  top1 = {}
+  for start in ("scratch", "pretrained"):
+    config = digits_config("classes=56789,shots=10,lr=0.05", total_epochs=None, total_steps=40,
+                           log_every_steps=20, checkpoint_every_steps=1000)
+    config.schedule.warmup_epochs, config.schedule.warmup_steps = None, 5
+    assert config.batch_size == 48
+    if start == "pretrained":
+      config.init_from = str(tmp_path / "pre")
+    top1[start] = trainer.train_and_evaluate(config, str(tmp_path / start))["eval_top1"]
+  assert top1["pretrained"] > top1["scratch"] + 0.15, top1

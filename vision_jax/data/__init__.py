@@ -56,7 +56,9 @@ def get_dataset(data_config: Any) -> Any:
     dataset = digits_dataset(image_size=data_config.get("image_size", 32),
                              max_shift=data_config.get("max_shift", 0),
                              train_split=data_config.get("train_split", "train"),
-                             eval_split=data_config.get("eval_split", "test"))
+                             eval_split=data_config.get("eval_split", "test"),
+                             classes=data_config.get("classes", None),
+                             train_per_class=data_config.get("train_per_class", None))
   elif name == "synthetic":
     dataset = synthetic_dataset(image_size=data_config.get("image_size", 224),
                                 num_classes=data_config.get("num_classes", 1000),
@@ -133,17 +135,41 @@ def resize_matrix(src: int, dst: int) -> np.ndarray:
 
 
 def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = "train",
-                   eval_split: str = "test") -> ArrayDataset:
+                   eval_split: str = "test", classes=None,
+                   train_per_class: int | None = None) -> ArrayDataset:
   """The embedded digits, upscaled bilinearly to `image_size` with values in [-1, 1].
 
   Training images are randomly shifted by up to `max_shift` pixels (after
-  upscaling; zero padding) when `max_shift` > 0.
+  upscaling; zero padding) when `max_shift` > 0. `classes` keeps only those
+  digits, relabelled 0..len(classes)-1 in the given order (both splits);
+  `train_per_class` keeps the first n training images of each kept class (a
+  fixed few-shot subset, for transfer experiments).
   """
   try:
     train = digits_lib.load_digits(train_split)
     evaluation = digits_lib.load_digits(eval_split)
   except ValueError as e:
     raise DatasetError(str(e)) from None
+  num_classes = digits_lib.NUM_CLASSES
+  if classes is not None:
+    classes = [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
+      raise DatasetError(f"config.data.classes={classes!r}: give distinct digits from 0 to 9.")
+    relabel = np.full(10, -1)
+    relabel[classes] = np.arange(len(classes))
+
+    def subset(images, labels, per_class=None):
+      keep = np.isin(labels, classes)
+      if per_class is not None:
+        rank = np.array([np.sum(labels[:i][keep[:i]] == labels[i]) for i in range(len(labels))])
+        keep &= rank < per_class
+      return images[keep], relabel[labels[keep]].astype(np.int32)
+
+    train = subset(*train, per_class=train_per_class)
+    evaluation = subset(*evaluation)
+    num_classes = len(classes)
+  elif train_per_class is not None:
+    raise DatasetError("config.data.train_per_class needs config.data.classes.")
   m = resize_matrix(8, image_size).astype(np.float32)
 
   def upscale(images: np.ndarray) -> np.ndarray:
@@ -164,5 +190,5 @@ def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = 
     cols = dx[:, None] + np.arange(image_size)[None]
     return padded[np.arange(len(images))[:, None, None], rows[:, :, None], cols[:, None, :]]
 
-  return ArrayDataset(train=train, eval=evaluation, num_classes=digits_lib.NUM_CLASSES,
+  return ArrayDataset(train=train, eval=evaluation, num_classes=num_classes,
                       preprocess_train=shift, preprocess_eval=lambda x, rng: x)
