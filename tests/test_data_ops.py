@@ -193,3 +193,16 @@ def test_op_on_missing_feature_is_reported():
   fn = ops.get_preprocess_fn("onehot(3, key='labels')")
   with pytest.raises(PreprocessError, match="acts on the feature 'labels'"):
     fn({"image": tf.constant(IMAGE), "label": tf.constant(1)})
+
+
+def test_inception_crop_keeps_the_channel_count_for_later_ops():
+  """In graph mode autoaugment needs a static channel count after the crop."""
+  png = tf.io.encode_png(tf.zeros([40, 48, 3], tf.uint8))
+  jpeg = tf.io.encode_jpeg(tf.zeros([40, 48, 3], tf.uint8))
+  for spec in ("inception_crop(32)|autoaugment", "decode|inception_crop(32)|autoaugment"):
+    fn = ops.get_preprocess_fn(spec)
+    graph = tf.function(lambda img: fn({"image": img, "label": tf.constant(0, tf.int64)},
+                                       tf.constant([1, 2], tf.int64))["image"],
+                        input_signature=[tf.TensorSpec([], tf.string)])
+    for encoded in (png, jpeg):
+      assert graph(encoded).shape == (32, 32, 3), spec

@@ -88,7 +88,11 @@ def crop_window(image: tf.Tensor, window_fn: WindowFn, seed: tf.Tensor) -> tf.Te
   """
   if image.dtype != tf.string:
     top, left, height, width = window_fn(tf.shape(image), seed)
-    return tf.slice(image, tf.stack([top, left, 0]), tf.stack([height, width, -1]))
+    # tf.slice with a dynamic size forgets the static channel count; later ops
+    # (autoaugment, say) need it.
+    return tf.ensure_shape(
+        tf.slice(image, tf.stack([top, left, 0]), tf.stack([height, width, -1])),
+        [None, None, image.shape[-1]])
 
   def fused():
     shape = tf.image.extract_jpeg_shape(image)
@@ -99,7 +103,9 @@ def crop_window(image: tf.Tensor, window_fn: WindowFn, seed: tf.Tensor) -> tf.Te
   def decode_then_crop():
     decoded = decode_image(image, 3)
     top, left, height, width = window_fn(tf.shape(decoded), seed)
-    return tf.slice(decoded, tf.stack([top, left, 0]), tf.stack([height, width, -1]))
+    return tf.ensure_shape(
+        tf.slice(decoded, tf.stack([top, left, 0]), tf.stack([height, width, -1])),
+        [None, None, 3])
 
   return tf.cond(tf.io.is_jpeg(image), fused, decode_then_crop)
 

@@ -1,0 +1,267 @@
+"""Every file in configs/ smoke-runs: `get_config('smoke')` for 2 steps, on tfds mock data
+(tfds datasets), a generated image folder (folder: datasets) or the embedded digits.
+
+A new config without a working smoke run fails this file: it is picked up by the glob below
+and run; the only files not run are listed in NOT_RUNNABLE with the reason. Also: the
+BiT-HyperRule arithmetic of configs/transfer.py, the recipe numbers of the paper configs, and
+parse_arg's error for unknown arguments.
+"""
+
+import glob
+import importlib.util
+import json
+import math
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from vision_jax.config_util import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES]
+
+# Config files that cannot run in the trainer yet, with the reason. Everything else must run.
+NOT_RUNNABLE = {
+    "simclr_imagenet": "the SimCLR recipe is not wired into vision_jax.train.trainer yet",
+    "simclr_cifar10": "the SimCLR recipe is not wired into vision_jax.train.trainer yet",
+    "simclr_digits": "the SimCLR recipe is not wired into vision_jax.train.trainer yet",
+}
+# The argument string of each config's smoke run; default "smoke". {folder} is a generated
+# image folder (root/train/<class>/*.png, root/val/<class>/*.png).
+SMOKE_ARGS = {
+    "imagenet21k_vit_hybrid": "smoke,data=folder:{folder}",
+    "bit_pretrain": "smoke,data=folder:{folder}",
+}
+# Configs whose smoke run fails today because of a bug outside configs/, with the bug. The mark
+# is a strict xfail: the run still happens, and once the bug is fixed the XPASS fails the suite
+# so that the entry is removed.
+KNOWN_BROKEN: dict[str, str] = {}  # config -> reason; strict xfail, so a fix is noticed
+MOCK_EXAMPLES = 32  # 2 training steps of 16 per epoch; 2 evaluation batches
+
+
+def load_config_module(name: str):
+  spec = importlib.util.spec_from_file_location(f"configs_{name}",
+                                                os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def write_tfds_metadata(root, name, splits):
+  """dataset_info.json with the given split sizes, so that the mocked builder knows its splits."""
+  builder = tfds.builder(name, data_dir=str(root))
+  infos = [tfds.core.SplitInfo(
+      name=split, shard_lengths=[n], num_bytes=0,
+      filename_template=tfds.core.ShardedFileTemplate(
+          data_dir=builder.data_path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+          dataset_name=name, split=split, filetype_suffix="tfrecord"))
+      for split, n in splits.items()]
+  builder.info.set_splits(tfds.core.SplitDict(infos))
+  os.makedirs(builder.data_dir, exist_ok=True)
+  builder.info.write_to_directory(builder.data_dir)
+
+
+def write_image_folder(root: str, splits=(("train", 8), ("val", 4)), classes: int = 3,
+                       size: int = 40) -> str:
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  for split, per_class in splits:
+    for c in range(classes):
+      directory = os.path.join(root, split, f"class_{c}")
+      os.makedirs(directory, exist_ok=True)
+      for i in range(per_class):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(directory, f"{i}.png"))
+  return root
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+  return write_image_folder(str(tmp_path_factory.mktemp("folder")))
+
+
+def test_every_config_file_is_covered():
+  assert NAMES, "no config files found"
+  for name in list(NOT_RUNNABLE) + list(SMOKE_ARGS):
+    assert name.isidentifier(), name
+  # A listed entry must name a real file once the file exists; stale SMOKE_ARGS entries are errors.
+  assert set(SMOKE_ARGS) <= set(NAMES), sorted(set(SMOKE_ARGS) - set(NAMES))
+  assert not set(SMOKE_ARGS) & set(NOT_RUNNABLE)
+  assert set(KNOWN_BROKEN) <= set(NAMES), sorted(set(KNOWN_BROKEN) - set(NAMES))
+
+
+def _params():
+  for name in NAMES:
+    if name in NOT_RUNNABLE:
+      yield pytest.param(name, marks=pytest.mark.skip(reason=f"{name}: {NOT_RUNNABLE[name]}"),
+                         id=name)
+    elif name in KNOWN_BROKEN:
+      yield pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[name]),
+                         id=name)
+    else:
+      yield pytest.param(name, id=name)
+
+
+@pytest.mark.parametrize("name", list(_params()))
+def test_config_smoke_run(name, tmp_path, image_folder):
+  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  module = load_config_module(name)
+  config = module.get_config(SMOKE_ARGS.get(name, "smoke").format(folder=image_folder))
+  assert config.batch_size == 16 or name == "digits", config.batch_size
+  data_name = config.data.name
+  workdir = str(tmp_path / "work")
+  if data_name in ("digits", "synthetic") or data_name.startswith("folder:"):
+    final = trainer.train_and_evaluate(config, workdir)
+  else:
+    tfds_name = data_name.split(":")[0]
+    eval_split = config.data.get("eval_split") or (
+        "validation" if tfds_name == "imagenet2012" else "test")
+    write_tfds_metadata(tmp_path / "tfds", tfds_name,
+                        {config.data.get("train_split", "train"): MOCK_EXAMPLES,
+                         eval_split: MOCK_EXAMPLES})
+    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=str(tmp_path / "tfds")):
+      final = trainer.train_and_evaluate(config, workdir)
+  for key in ("eval_loss", "eval_top1", "eval_top5", "eval_count"):
+    assert key in final and math.isfinite(final[key]), (key, final)
+  assert final["eval_count"] > 0
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  losses = [r["loss"] for r in records if "loss" in r]
+  assert losses and all(math.isfinite(x) for x in losses), records
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NOT_RUNNABLE])
+def test_unknown_argument_is_a_clear_error(name):
+  module = load_config_module(name)
+  with pytest.raises(ConfigError, match=r"Unknown config argument 'no_such_arg'.*Valid arguments"):
+    module.get_config("smoke,no_such_arg=1")
+
+
+# ---------------------------------------------------------------------------
+# configs/transfer.py: BiT-HyperRule.
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("num_train, small, expected", [
+    (1_020, False, dict(steps=500, warmup_steps=100, boundaries=(0.4, 0.6, 0.8), mixup=0.0,
+                        resize=448, crop=384)),
+    (19_999, True, dict(steps=500, warmup_steps=100, boundaries=(0.4, 0.6, 0.8), mixup=0.0,
+                        resize=160, crop=128)),
+    (20_000, True, dict(steps=10_000, warmup_steps=500, boundaries=(0.3, 0.6, 0.9), mixup=0.1,
+                        resize=160, crop=128)),
+    (499_999, False, dict(steps=10_000, warmup_steps=500, boundaries=(0.3, 0.6, 0.9), mixup=0.1,
+                          resize=448, crop=384)),
+    (1_281_167, False, dict(steps=20_000, warmup_steps=500, boundaries=(0.3, 0.6, 0.9),
+                            mixup=0.1, resize=448, crop=384)),
+])
+def test_hyperrule_regimes(num_train, small, expected):
+  assert load_config_module("transfer").hyperrule(num_train, small) == expected
+
+
+def _schedule_steps(config):
+  total = config.total_steps
+  return [int(b * total) for b in config.schedule.boundaries]
+
+
+def test_transfer_configs_follow_the_hyperrule():
+  transfer = load_config_module("transfer")
+  cifar = transfer.get_config("dataset=cifar10")  # 50k small images
+  assert (cifar.total_steps, cifar.schedule.warmup_steps) == (10_000, 500)
+  assert _schedule_steps(cifar) == [3_000, 6_000, 9_000]
+  assert cifar.data.mix == "mixup(0.1)"
+  assert "resize(160)|random_crop(128)" in cifar.data.preprocess_train
+  assert cifar.data.preprocess_eval.startswith("decode|resize(128)|")
+  assert cifar.schedule.base_lr == pytest.approx(0.003) and cifar.batch_size == 512
+  assert cifar.optimizer.name == "sgd" and cifar.optimizer.momentum == 0.9
+  assert cifar.schedule.decay == "step" and cifar.schedule.decay_factor == 0.1
+
+  pets = transfer.get_config("dataset=oxford_iiit_pet")  # 3,680 large images
+  assert (pets.total_steps, pets.schedule.warmup_steps) == (500, 100)
+  assert _schedule_steps(pets) == [200, 300, 400]
+  assert "mix" not in pets.data
+  assert "resize(448)|random_crop(384)" in pets.data.preprocess_train
+
+  vit = transfer.get_config("dataset=imagenet2012,model=vit_base_r50_s16_384,batch_size=1024")
+  assert vit.total_steps == 20_000 and vit.data.mix == "mixup(0.1)"
+  assert vit.model.overrides.img_size == 384
+  assert vit.schedule.base_lr == pytest.approx(0.006)
+
+  resnet = transfer.get_config("model=resnet50,dataset=cifar10")  # ImageNet mean/std
+  assert "normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))" in resnet.data.preprocess_train
+  assert transfer.get_config("init_from=/w").init_from == "/w"
+
+
+def test_transfer_on_an_image_folder(tmp_path):
+  transfer = load_config_module("transfer")
+  small = write_image_folder(str(tmp_path / "small"), splits=(("train", 5), ("val", 2)), size=40)
+  config = transfer.get_config(f"dataset=folder:{small}")
+  assert config.hyperrule.num_train == 15 and config.hyperrule.small_images
+  assert config.total_steps == 500 and "resize(160)|random_crop(128)" in config.data.preprocess_train
+  large = write_image_folder(str(tmp_path / "large"), splits=(("train", 2),), classes=2, size=100)
+  config = transfer.get_config(f"dataset=folder:{large},num_train=30000")
+  assert not config.hyperrule.small_images and config.total_steps == 10_000
+  assert config.data.mix == "mixup(0.1)" and "random_crop(384)" in config.data.preprocess_train
+  config = transfer.get_config(f"dataset=folder:{large},resolution=small")
+  assert "random_crop(128)" in config.data.preprocess_train
+  with pytest.raises(ConfigError, match="has no 'train' folder"):
+    transfer.get_config(f"dataset=folder:{tmp_path / 'missing'}")
+
+
+def test_transfer_unknown_dataset_needs_its_size():
+  transfer = load_config_module("transfer")
+  with pytest.raises(ConfigError, match="num_train=.*resolution=small|large"):
+    transfer.get_config("dataset=not_in_table")
+  config = transfer.get_config("dataset=not_in_table,num_train=100000,resolution=large")
+  assert config.total_steps == 10_000
+  with pytest.raises(ConfigError, match="needs a value"):
+    transfer.get_config("dataset")
+  with pytest.raises(ConfigError, match="is not a int"):
+    transfer.get_config("num_train=many")
+
+
+# ---------------------------------------------------------------------------
+# The recipe numbers of the paper configs.
+# ---------------------------------------------------------------------------
+def test_imagenet_resnet_recipe():
+  module = load_config_module("imagenet_resnet")
+  config = module.get_config("depth=50")
+  assert config.model.name == "resnet50" and config.total_epochs == 90
+  assert config.batch_size == 1024 and config.schedule.base_lr == pytest.approx(0.4)
+  assert config.schedule.warmup_epochs == 5 and config.schedule.decay == "step"
+  assert [round(b * 90) for b in config.schedule.boundaries] == [30, 60, 80]
+  assert config.optimizer.weight_decay == 1e-4 and config.label_smoothing == 0.0
+  cosine = module.get_config("depth=101,variant=cosine,batch_size=256")
+  assert cosine.model.name == "resnet101" and cosine.schedule.decay == "cosine"
+  assert cosine.label_smoothing == 0.1 and cosine.schedule.base_lr == pytest.approx(0.1)
+  with pytest.raises(ConfigError, match="depth=49"):
+    module.get_config("depth=49")
+
+
+def test_imagenet_efficientnet_recipe():
+  module = load_config_module("imagenet_efficientnet")
+  config = module.get_config("variant=b0")
+  assert config.schedule.base_lr == pytest.approx(0.256) and config.batch_size == 4096
+  # x0.97 every 2.4 epochs of 1,281,167 images at batch 4096.
+  assert config.schedule.decay == "exponential" and config.schedule.decay_every == 751
+  assert config.optimizer.to_dict() == {"name": "rmsprop", "decay": 0.9, "momentum": 0.9,
+                                        "eps": 1e-3, "weight_decay": 1e-5}
+  assert config.model.overrides.bn_momentum == 0.99 and config.model.overrides.drop_path_rate == 0.2
+  assert config.ema_decay == 0.9999 and "autoaugment" in config.data.preprocess_train
+  b7 = module.get_config("variant=b7")
+  assert b7.model.name == "efficientnet_b7" and "inception_crop(600" in b7.data.preprocess_train
+  with pytest.raises(ConfigError, match="variant='b8'"):
+    module.get_config("variant=b8")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in NOT_RUNNABLE])
+def test_full_size_configs_name_valid_models_and_overrides(name):
+  """The non-smoke configs build their models (constructing the module checks every override);
+  ViTs are built at the size of their evaluation crop."""
+  from vision_jax import models  # pylint: disable=import-outside-toplevel
+  config = load_config_module(name).get_config("")
+  overrides = dict(config.model.get("overrides", None) or {})
+  module = models.create_model(config.model.name, num_classes=10, **overrides)
+  if models.model_info(config.model.name).family == "vit":
+    assert str(module.img_size) in config.data.preprocess_eval, (module.img_size, config.data)
