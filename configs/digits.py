@@ -26,7 +26,7 @@ against the same run from scratch.
 
 import ml_collections
 
-from vision_jax.config_util import parse_arg
+from vision_jax.config_util import add_trainer_options, parse_arg
 
 
 def get_config(arg=None):
@@ -52,16 +52,9 @@ def get_config(arg=None):
   config.ema_decay = 0.0
   config.log_every_steps = 50
   config.checkpoint_every_steps = 200
-  config.keep_checkpoints = 2
-  config.fsdp = False
-  config.num_devices = ml_collections.config_dict.placeholder(int)  # None: all devices
-  config.grad_accum_steps = 1
-  # Start from another run's workdir or a tools/convert_weights.py directory; the
+  # init_from: another run's workdir or a tools/convert_weights.py directory; the
   # classifier (dont_load) keeps its fresh, zeroed init.
-  config.init_from = ml_collections.config_dict.placeholder(str)
-  config.dont_load = ("params/head/.*",)
-  config.zero_init_head = True
-  config.freeze_bn = False
+  add_trainer_options(config)
   if arg.smoke:
     config.total_epochs = None
     config.total_steps = 4

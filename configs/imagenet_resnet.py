@@ -36,7 +36,7 @@ Arguments (`configs/imagenet_resnet.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, parse_arg
+from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -83,14 +83,7 @@ def get_config(arg=None):
   config.log_every_steps = 100
   config.eval_every_epochs = 10
   config.checkpoint_every_steps = 2000
-  config.keep_checkpoints = 2
-  config.fsdp = False
-  config.num_devices = ml_collections.config_dict.placeholder(int)
-  config.grad_accum_steps = 1
-  config.init_from = ml_collections.config_dict.placeholder(str)
-  config.dont_load = ("params/head/.*",)
-  config.zero_init_head = False
-  config.freeze_bn = False
+  add_trainer_options(config, zero_init_head=False)
   if arg.smoke:
     config.model.overrides = {"stage_sizes": (1, 1, 1, 1), "widths": (8, 8, 16, 16),
                               "stem_width": 8}

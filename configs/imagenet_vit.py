@@ -38,7 +38,7 @@ Arguments (`configs/imagenet_vit.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import parse_arg
+from vision_jax.config_util import add_trainer_options, parse_arg
 
 
 def get_config(arg=None):
@@ -69,16 +69,9 @@ def get_config(arg=None):
   config.log_every_steps = 50
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 1000
-  config.keep_checkpoints = 2
-  config.fsdp = False
-  config.num_devices = ml_collections.config_dict.placeholder(int)
-  config.grad_accum_steps = 1
-  config.init_from = ml_collections.config_dict.placeholder(str)
+  add_trainer_options(config)
   if arg.init_from:
     config.init_from = arg.init_from
-  config.dont_load = ("params/head/.*",)
-  config.zero_init_head = True
-  config.freeze_bn = False
   if arg.smoke:
     config.model.overrides = {"img_size": 32, "backbone_layers": (), "patch_size": 4,
                               "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}

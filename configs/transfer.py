@@ -61,7 +61,7 @@ import os
 import ml_collections
 
 from vision_jax import models
-from vision_jax.config_util import ConfigError, parse_arg
+from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg
 
 # tfds name -> (training examples, images smaller than 96x96, evaluation split).
 KNOWN_DATASETS = {
@@ -189,16 +189,9 @@ def get_config(arg=None):
   config.log_every_steps = 50
   config.eval_every_steps = max(rule["steps"] // 10, 1)
   config.checkpoint_every_steps = 1000
-  config.keep_checkpoints = 2
-  config.fsdp = False
-  config.num_devices = ml_collections.config_dict.placeholder(int)
-  config.grad_accum_steps = 1
-  config.init_from = ml_collections.config_dict.placeholder(str)
+  add_trainer_options(config)
   if arg.init_from:
     config.init_from = arg.init_from
-  config.dont_load = ("params/head/.*",)
-  config.zero_init_head = True
-  config.freeze_bn = False
   if arg.smoke:
     config.model.overrides = dict(SMOKE_OVERRIDES.get(family, {}))
     if family == "vit":

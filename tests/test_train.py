@@ -322,3 +322,13 @@ def test_eval_with_running_statistics_matches_train_mode(tmp_path):
   assert running == pytest.approx(final["eval_top1"], abs=1e-6)
   assert final["eval_top1"] > 0.85, final
   assert abs(running - batch_acc) < 0.03, (running, batch_acc)
+
+
+def test_add_trainer_options():
+  from vision_jax.config_util import add_trainer_options
+  config = ml_collections.ConfigDict()
+  add_trainer_options(config, zero_init_head=False)
+  assert config.zero_init_head is False and config.fsdp is False and config.get("init_from") is None
+  config.init_from = "/some/dir"  # placeholders accept a value later (--config.init_from=...)
+  with pytest.raises(ConfigError, match="unknown option.*fsdb"):
+    add_trainer_options(ml_collections.ConfigDict(), fsdb=True)

@@ -79,3 +79,24 @@ def steps_from(config: Any, prefix: str, *, examples_per_epoch: int | None, batc
   if not examples_per_epoch:
     raise ConfigError(f"{prefix}_epochs needs the size of the training split, which is unknown.")
   return int(math.ceil(value * examples_per_epoch / batch_size))
+
+
+def add_trainer_options(config: Any, **values: Any) -> None:
+  """Adds the trainer's optional fields with their defaults (`values` override them).
+
+  Declaring them in every config lets `--config.FIELD=...` set them from the
+  command line: fsdp, num_devices (None: all), grad_accum_steps, init_from
+  (another workdir or converted weights), dont_load (regexes kept freshly
+  initialised when loading), zero_init_head, freeze_bn, keep_checkpoints.
+  """
+  defaults = {
+      "keep_checkpoints": 2, "fsdp": False,
+      "num_devices": ml_collections.config_dict.placeholder(int), "grad_accum_steps": 1,
+      "init_from": ml_collections.config_dict.placeholder(str),
+      "dont_load": ("params/head/.*",), "zero_init_head": True, "freeze_bn": False,
+  }
+  unknown = sorted(set(values) - set(defaults))
+  if unknown:
+    raise ConfigError(f"add_trainer_options: unknown option(s) {unknown}; valid: {sorted(defaults)}.")
+  for key, value in {**defaults, **values}.items():
+    config[key] = value
