@@ -20,6 +20,8 @@ import tensorflow_datasets as tfds
 
 from vision_jax.config_util import ConfigError
 
+from tests.test_data_pipeline import write_metadata  # shared mock-tfds split metadata
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES]
@@ -49,20 +51,6 @@ def load_config_module(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
-
-
-def write_tfds_metadata(root, name, splits):
-  """dataset_info.json with the given split sizes, so that the mocked builder knows its splits."""
-  builder = tfds.builder(name, data_dir=str(root))
-  infos = [tfds.core.SplitInfo(
-      name=split, shard_lengths=[n], num_bytes=0,
-      filename_template=tfds.core.ShardedFileTemplate(
-          data_dir=builder.data_path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
-          dataset_name=name, split=split, filetype_suffix="tfrecord"))
-      for split, n in splits.items()]
-  builder.info.set_splits(tfds.core.SplitDict(infos))
-  os.makedirs(builder.data_dir, exist_ok=True)
-  builder.info.write_to_directory(builder.data_dir)
 
 
 def write_image_folder(root: str, splits=(("train", 8), ("val", 4)), classes: int = 3,
@@ -120,7 +108,7 @@ def test_config_smoke_run(name, tmp_path, image_folder):
     tfds_name = data_name.split(":")[0]
     eval_split = config.data.get("eval_split") or (
         "validation" if tfds_name == "imagenet2012" else "test")
-    write_tfds_metadata(tmp_path / "tfds", tfds_name,
+    write_metadata(tmp_path / "tfds", tfds_name,
                         {config.data.get("train_split", "train"): MOCK_EXAMPLES,
                          eval_split: MOCK_EXAMPLES})
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=str(tmp_path / "tfds")):
