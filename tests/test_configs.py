@@ -27,16 +27,18 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES]
 
 # Config files that cannot run in the trainer yet, with the reason. Everything else must run.
-NOT_RUNNABLE = {
-    "simclr_imagenet": "the SimCLR recipe is not wired into vision_jax.train.trainer yet",
-    "simclr_cifar10": "the SimCLR recipe is not wired into vision_jax.train.trainer yet",
-    "simclr_digits": "the SimCLR recipe is not wired into vision_jax.train.trainer yet",
-}
+NOT_RUNNABLE: dict[str, str] = {}
 # The argument string of each config's smoke run; default "smoke". {folder} is a generated
 # image folder (root/train/<class>/*.png, root/val/<class>/*.png).
 SMOKE_ARGS = {
     "imagenet21k_vit_hybrid": "smoke,data=folder:{folder}",
     "bit_pretrain": "smoke,data=folder:{folder}",
+}
+# Further smoke runs of a config (its other stages), on top of the one above.
+EXTRA_SMOKE_ARGS = {
+    "simclr_digits": ["smoke,stage=linear"],
+    "simclr_cifar10": ["smoke,stage=linear", "smoke,depth=50"],
+    "simclr_imagenet": ["smoke,stage=linear"],
 }
 # Configs whose smoke run fails today because of a bug outside configs/, with the bug. The mark
 # is a strict xfail: the run still happens, and once the bug is fixed the XPASS fails the suite
@@ -78,27 +80,31 @@ def test_every_config_file_is_covered():
     assert name.isidentifier(), name
   # A listed entry must name a real file once the file exists; stale SMOKE_ARGS entries are errors.
   assert set(SMOKE_ARGS) <= set(NAMES), sorted(set(SMOKE_ARGS) - set(NAMES))
+  assert set(EXTRA_SMOKE_ARGS) <= set(NAMES), sorted(set(EXTRA_SMOKE_ARGS) - set(NAMES))
+  assert set(NOT_RUNNABLE) <= set(NAMES), sorted(set(NOT_RUNNABLE) - set(NAMES))
   assert not set(SMOKE_ARGS) & set(NOT_RUNNABLE)
   assert set(KNOWN_BROKEN) <= set(NAMES), sorted(set(KNOWN_BROKEN) - set(NAMES))
 
 
 def _params():
   for name in NAMES:
-    if name in NOT_RUNNABLE:
-      yield pytest.param(name, marks=pytest.mark.skip(reason=f"{name}: {NOT_RUNNABLE[name]}"),
-                         id=name)
-    elif name in KNOWN_BROKEN:
-      yield pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[name]),
-                         id=name)
-    else:
-      yield pytest.param(name, id=name)
+    for arg in [SMOKE_ARGS.get(name, "smoke")] + EXTRA_SMOKE_ARGS.get(name, []):
+      test_id = name if arg == SMOKE_ARGS.get(name, "smoke") else f"{name}:{arg}"
+      if name in NOT_RUNNABLE:
+        yield pytest.param(name, arg, id=test_id,
+                           marks=pytest.mark.skip(reason=f"{name}: {NOT_RUNNABLE[name]}"))
+      elif name in KNOWN_BROKEN:
+        yield pytest.param(name, arg, id=test_id,
+                           marks=pytest.mark.xfail(strict=True, reason=KNOWN_BROKEN[name]))
+      else:
+        yield pytest.param(name, arg, id=test_id)
 
 
-@pytest.mark.parametrize("name", list(_params()))
-def test_config_smoke_run(name, tmp_path, image_folder):
+@pytest.mark.parametrize("name,arg", list(_params()))
+def test_config_smoke_run(name, arg, tmp_path, image_folder):
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
   module = load_config_module(name)
-  config = module.get_config(SMOKE_ARGS.get(name, "smoke").format(folder=image_folder))
+  config = module.get_config(arg.format(folder=image_folder))
   assert config.batch_size == 16 or name == "digits", config.batch_size
   data_name = config.data.name
   workdir = str(tmp_path / "work")
@@ -113,7 +119,11 @@ def test_config_smoke_run(name, tmp_path, image_folder):
                          eval_split: MOCK_EXAMPLES})
     with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=str(tmp_path / "tfds")):
       final = trainer.train_and_evaluate(config, workdir)
-  for key in ("eval_loss", "eval_top1", "eval_top5", "eval_count"):
+  if config.get("recipe", "supervised") == "simclr":  # representation metrics, no classifier
+    keys = ("knn_top1", "linear_top1", "eval_count")
+  else:
+    keys = ("eval_loss", "eval_top1", "eval_top5", "eval_count")
+  for key in keys:
     assert key in final and math.isfinite(final[key]), (key, final)
   assert final["eval_count"] > 0
   with open(os.path.join(workdir, "metrics.jsonl")) as f:

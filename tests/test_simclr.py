@@ -1,16 +1,25 @@
 """SimCLR: NT-Xent loss, global negatives and BN across devices, LARS, train step, monitors."""
 
 import functools
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from vision_jax import models
+from vision_jax.config_util import ConfigError
+from vision_jax.data import digits as digits_lib
+from vision_jax.data import digits_dataset, resize_matrix
 from vision_jax.models.heads import ProjectionHead
 from vision_jax.train import optim, sharding, simclr, steps
+from vision_jax.train.checkpoint import Checkpointer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------
@@ -331,3 +340,189 @@ def test_linear_eval():
   chance = simclr.linear_eval(train_x, rng.integers(0, 10, 1000), test_x,
                               rng.integers(0, 10, 1000), steps=300, num_classes=10)
   assert abs(chance - 0.1) < 0.05, chance
+
+
+# ---------------------------------------------------------------------------
+# 6. Two views of the digits.
+# ---------------------------------------------------------------------------
+def test_crop_resize_matrices():
+  full = digits_lib.crop_resize_matrices(np.zeros(1), np.full(1, 8.0), 8, 16)[0]
+  np.testing.assert_allclose(full, resize_matrix(8, 16), atol=1e-6)  # whole image: plain resize
+  m = digits_lib.crop_resize_matrices(np.array([2.0, 0.0]), np.array([4.0, 2.0]), 8, 4)
+  np.testing.assert_allclose(m.sum(-1), 1.0, rtol=1e-6)
+  # A 4-pixel window resampled to 4 pixels picks exactly source pixels 2..5.
+  np.testing.assert_allclose(m[0], np.eye(8)[2:6], atol=1e-6)
+  # Everything comes from inside the window [0, 2).
+  assert np.all(m[1][:, 2:] == 0)
+
+
+def test_digits_simclr_views():
+  dataset = digits_dataset(16, augment="simclr", views=2)
+  assert dataset.views == 2
+  batches = dataset.train_iterator(32, seed=0)
+  batch = next(batches)
+  assert batch["image"].shape == (32, 2, 16, 16, 1) and batch["image"].dtype == np.float32
+  first, second = batch["image"][:, 0], batch["image"][:, 1]
+  assert np.abs(first - second).mean() > 0.1  # two different augmentations
+  # Same (seed, step): same views; an example's views do not depend on its batch-mates.
+  again = next(dataset.train_iterator(32, seed=0))
+  np.testing.assert_array_equal(batch["image"], again["image"])
+  half = dataset.train_iterator(32, seed=0, process_index=1, process_count=2)
+  np.testing.assert_array_equal(next(half)["image"], batch["image"][16:])
+  assert not np.array_equal(next(dataset.train_iterator(32, seed=1))["image"], batch["image"])
+  # Evaluation: single, unaugmented, the same images as the supervised source.
+  plain = digits_dataset(16)
+  eval_batch = next(dataset.eval_iterator(8))
+  np.testing.assert_array_equal(eval_batch["image"], next(plain.eval_iterator(8))["image"])
+  # Views keep the digit's pixel scale: background -1, strokes up to about 1.
+  views = digits_lib.simclr_view(digits_lib.load_digits("train")[0][:64],
+                                 [np.random.default_rng(i) for i in range(64)], 16, noise=0.0)
+  assert views.min() >= -1.0 - 1e-6 and views.max() <= 1.0 + 1e-6
+
+
+def test_digits_augment_and_views_are_checked():
+  from vision_jax.data import DatasetError  # pylint: disable=import-outside-toplevel
+  with pytest.raises(DatasetError, match="augment='rotate'"):
+    digits_dataset(16, augment="rotate")
+  with pytest.raises(DatasetError, match="views=3"):
+    digits_dataset(16, views=3)
+  assert next(digits_dataset(16, max_shift=2, views=2).train_iterator(4, 0))["image"].shape == (
+      4, 2, 16, 16, 1)
+
+
+# ---------------------------------------------------------------------------
+# 7. The recipe in the trainer: configs/simclr_digits.py, resume, errors, linear probe.
+# ---------------------------------------------------------------------------
+def simclr_digits_config(arg="smoke", **changes):
+  spec = importlib.util.spec_from_file_location(
+      "simclr_digits_cfg", os.path.join(ROOT, "configs", "simclr_digits.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+TINY_ENCODER = {"stage_sizes": (1, 1, 1), "widths": (4, 8, 8), "stem_width": 4}
+
+
+def _tiny(config):
+  config.model.overrides = dict(TINY_ENCODER)
+  config.schedule.decay = "constant"
+  config.schedule.warmup_steps = 0
+  return config
+
+
+def test_simclr_recipe_runs_and_resumes_exactly(tmp_path):
+  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  straight = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
+  final = trainer.train_and_evaluate(straight, str(tmp_path / "straight"))
+  assert set(final) == {"knn_top1", "linear_top1", "eval_count"} and final["eval_count"] == 360
+  assert 0.1 < final["knn_top1"] <= 1.0 and 0.1 < final["linear_top1"] <= 1.0
+
+  # The same 4 steps as 2 + 2 (a restart from the step-2 checkpoint) give the same state.
+  first = _tiny(simclr_digits_config(**{"total_steps": 2}))
+  trainer.train_and_evaluate(first, str(tmp_path / "resumed"))
+  second = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
+  resumed = trainer.train_and_evaluate(second, str(tmp_path / "resumed"))
+  assert resumed == final
+
+  def state(workdir):
+    manager = Checkpointer(str(workdir), async_save=False)
+    raw = manager.restore_raw()
+    manager.close()
+    return raw
+
+  a, b = state(tmp_path / "straight"), state(tmp_path / "resumed")
+  assert int(a["step"]) == int(b["step"]) == 4
+  for key in ("params", "batch_stats", "opt_state"):
+    for x, y in zip(jax.tree_util.tree_leaves(a[key]), jax.tree_util.tree_leaves(b[key])):
+      np.testing.assert_array_equal(x, y)
+  assert set(a["params"]) == {"encoder", "head"}
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"grad_accum_steps": 2}, "grad_accum_steps > 1 is not available with recipe='simclr'"),
+    ({"data.views": 1}, "two augmented views"),
+    ({"data.mix": "mixup(0.2)"}, "config.data.mix does not apply"),
+    ({"simclr.temperature": 0.0}, "must be > 0"),
+    ({"recipe": "byol"}, r"config.recipe='byol'; choose one of \('supervised', 'simclr'\)"),
+    ({"trainable_params": "head/.*"}, "trainable_params is for supervised runs"),
+])
+def test_simclr_config_errors(tmp_path, changes, match):
+  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  config = simclr_digits_config(**changes)
+  with pytest.raises(ConfigError, match=match):
+    trainer.train_and_evaluate(config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_linear_probe_from_a_simclr_workdir(tmp_path):
+  """stage=linear loads the encoder (not the projection head) and trains only the classifier:
+  every encoder parameter and BN statistic stays bit-exact, through SGD with momentum."""
+  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  pretrain = _tiny(simclr_digits_config(**{"total_steps": 2}))
+  trainer.train_and_evaluate(pretrain, str(tmp_path / "pre"))
+  probe = simclr_digits_config("smoke,stage=linear", total_steps=3,
+                               init_from=str(tmp_path / "pre"))
+  probe.model.overrides = dict(TINY_ENCODER)
+  final = trainer.train_and_evaluate(probe, str(tmp_path / "probe"))
+  assert final["eval_count"] == 360
+
+  def restore(workdir):
+    manager = Checkpointer(str(workdir), async_save=False)
+    raw = manager.restore_raw()
+    manager.close()
+    return raw
+
+  pre, post = restore(tmp_path / "pre"), restore(tmp_path / "probe")
+  encoder = {k: v for k, v in post["params"].items() if k != "head"}
+  assert jax.tree_util.tree_structure(encoder) == jax.tree_util.tree_structure(
+      pre["params"]["encoder"])
+  for x, y in zip(jax.tree_util.tree_leaves(encoder),
+                  jax.tree_util.tree_leaves(pre["params"]["encoder"])):
+    np.testing.assert_array_equal(x, y)
+  for x, y in zip(jax.tree_util.tree_leaves(post["batch_stats"]),
+                  jax.tree_util.tree_leaves(pre["batch_stats"]["encoder"])):
+    np.testing.assert_array_equal(x, y)
+  assert np.abs(post["params"]["head"]["kernel"]).max() > 0  # zero-initialised, then trained
+
+
+def test_trainable_params_stop_gradients_and_freeze_updates():
+  model = models.create_model("cifar_resnet20", num_classes=3, **TINY_ENCODER)
+  schedule = optim.make_schedule(opt_config(base_lr=0.5, decay="constant"), 10, 0)
+  tx = optim.make_optimizer(opt_config(name="sgd", momentum=0.9, weight_decay=0.1), schedule)
+  frozen_tx = optim.freeze_except(tx, "head/.*")
+  rng = np.random.default_rng(8)
+  batch = {"image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
+  state0 = steps.create_train_state(jax.random.key(0), model, frozen_tx, (1, 8, 8, 1), False)
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=frozen_tx, schedule=schedule,
+                                   num_classes=3, freeze_bn=True, trainable="head/.*"))
+  state = state0
+  for _ in range(3):
+    state, metrics = step(state, batch)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+    before = state0.params
+    for key in path:
+      before = before[key.key]
+    if path[0].key == "head":
+      assert not np.array_equal(leaf, before), path
+    else:
+      np.testing.assert_array_equal(leaf, before, err_msg=str(path))
+  # The reported gradient is the head's alone: the backbone is behind stop_gradient.
+  def head_loss(head):
+    params = dict(state0.params, head=head)
+    logits = model.apply({"params": params, "batch_stats": state0.batch_stats}, batch["image"],
+                         train=False)
+    return jnp.mean(steps.cross_entropy(logits, batch["label"], 3))
+  _, first = step(state0, batch)
+  want = optax.tree.norm(jax.grad(head_loss)(state0.params["head"]))
+  np.testing.assert_allclose(float(first["grad_norm"]), float(want), rtol=1e-5)
+  with pytest.raises(ConfigError, match="matches no parameter"):
+    optim.freeze_except(tx, "classifier/.*").init(state0.params)

@@ -87,13 +87,16 @@ def add_trainer_options(config: Any, **values: Any) -> None:
   Declaring them in every config lets `--config.FIELD=...` set them from the
   command line: fsdp, num_devices (None: all), grad_accum_steps, init_from
   (another workdir or converted weights), dont_load (regexes kept freshly
-  initialised when loading), zero_init_head, freeze_bn, keep_checkpoints.
+  initialised when loading), zero_init_head, freeze_bn, trainable_params (regex
+  of the only parameters trained, e.g. 'head/.*' for a linear probe),
+  keep_checkpoints.
   """
   defaults = {
       "keep_checkpoints": 2, "fsdp": False,
       "num_devices": ml_collections.config_dict.placeholder(int), "grad_accum_steps": 1,
       "init_from": ml_collections.config_dict.placeholder(str),
       "dont_load": ("params/head/.*",), "zero_init_head": True, "freeze_bn": False,
+      "trainable_params": ml_collections.config_dict.placeholder(str),
   }
   unknown = sorted(set(values) - set(defaults))
   if unknown:

@@ -58,7 +58,9 @@ def get_dataset(data_config: Any) -> Any:
                              train_split=data_config.get("train_split", "train"),
                              eval_split=data_config.get("eval_split", "test"),
                              classes=data_config.get("classes", None),
-                             train_per_class=data_config.get("train_per_class", None))
+                             train_per_class=data_config.get("train_per_class", None),
+                             augment=data_config.get("augment", "shift"),
+                             views=data_config.get("views", 1))
   elif name == "synthetic":
     dataset = synthetic_dataset(image_size=data_config.get("image_size", 224),
                                 num_classes=data_config.get("num_classes", 1000),
@@ -136,11 +138,16 @@ def resize_matrix(src: int, dst: int) -> np.ndarray:
 
 def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = "train",
                    eval_split: str = "test", classes=None,
-                   train_per_class: int | None = None) -> ArrayDataset:
+                   train_per_class: int | None = None, augment: str = "shift",
+                   views: int = 1) -> ArrayDataset:
   """The embedded digits, upscaled bilinearly to `image_size` with values in [-1, 1].
 
-  Training images are randomly shifted by up to `max_shift` pixels (after
-  upscaling; zero padding) when `max_shift` > 0. `classes` keeps only those
+  Training augmentation (`augment`): "shift" moves each training image by up to
+  `max_shift` pixels (after upscaling; background padding) when `max_shift` > 0;
+  "simclr" draws a SimCLR-style view instead (random resized crop, brightness
+  and contrast jitter, pixel noise, random erasing: `digits.simclr_view`).
+  `views=2` returns two independent augmentations of every training image,
+  batch['image'] being [N, 2, H, W, 1] (for SimCLR); evaluation is unchanged. `classes` keeps only those
   digits, relabelled 0..len(classes)-1 in the given order (both splits);
   `train_per_class` keeps the first n training images of each kept class (a
   fixed few-shot subset, for transfer experiments).
@@ -170,6 +177,12 @@ def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = 
     num_classes = len(classes)
   elif train_per_class is not None:
     raise DatasetError("config.data.train_per_class needs config.data.classes.")
+  if augment not in ("shift", "simclr"):
+    raise DatasetError(f"config.data.augment={augment!r}: the digits source knows 'shift' "
+                       "(supervised) and 'simclr' (contrastive views).")
+  if views not in (1, 2):
+    raise DatasetError(f"config.data.views={views!r}: use 1, or 2 for SimCLR pairs.")
+  raw_train = train
   m = resize_matrix(8, image_size).astype(np.float32)
 
   def upscale(images: np.ndarray) -> np.ndarray:
@@ -190,5 +203,22 @@ def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = 
     cols = dx[:, None] + np.arange(image_size)[None]
     return padded[np.arange(len(images))[:, None, None], rows[:, :, None], cols[:, None, :]]
 
+  if augment == "simclr":
+    train = raw_train  # cropped from the 8x8 originals: one resampling per view
+
+    def one_view(images, rngs):
+      if rngs is None:
+        return upscale(images)
+      return digits_lib.simclr_view(images, rngs, image_size)
+  else:
+    one_view = shift
+
+  def preprocess_train(images, rngs):
+    if views == 1 or rngs is None:
+      return one_view(images, rngs)
+    # Each example's generator continues its stream, so the second view differs from the first.
+    return np.stack([one_view(images, rngs), one_view(images, rngs)], axis=1)
+
   return ArrayDataset(train=train, eval=evaluation, num_classes=num_classes,
-                      preprocess_train=shift, preprocess_eval=lambda x, rng: x)
+                      preprocess_train=preprocess_train, preprocess_eval=lambda x, rng: x,
+                      views=views)

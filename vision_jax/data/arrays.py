@@ -30,6 +30,8 @@ class ArrayDataset:
       Generator per example, seeded by (seed, epoch, example index), so that an
       example's augmentation does not depend on the batch or process it lands in.
     preprocess_eval: same, called with rngs None (deterministic).
+    views: augmented views per training example (2: batch['image'] is
+      [N, 2, H, W, C], for SimCLR); evaluation batches always hold one.
   """
 
   train: tuple[np.ndarray, np.ndarray]
@@ -37,6 +39,7 @@ class ArrayDataset:
   num_classes: int
   preprocess_train: Preprocess
   preprocess_eval: Preprocess
+  views: int = 1
 
   @property
   def num_train(self) -> int:

@@ -127,6 +127,11 @@ class TfDataset:
     return self.source.num_examples(self.train_split)
 
   @property
+  def views(self) -> int:
+    """Augmented views per training example: 2 when preprocess_train holds `two_views`."""
+    return self.preprocess_train.views
+
+  @property
   def num_eval(self) -> int:
     return self.source.num_examples(self.eval_split)
 

@@ -9,6 +9,10 @@ config.optimizer: name ('sgd' | 'adamw' | 'rmsprop' | 'lars'), momentum,
   lr_mults: [(regex, multiplier), ...] over '/'-joined parameter paths
   ('head/kernel'); the first match scales that parameter's updates, 0 freezes it
   (a linear probe is [('head/.*', 1.0), ('.*', 0.0)]).
+config.trainable_params (top level, read by the trainer): a regex over the same
+  paths; everything else is frozen outright (`freeze_except`: zero updates and no
+  optimizer state; the train step also stops its gradient, so a linear probe
+  costs one forward pass of the backbone).
 
 Weight decay skips biases and normalisation parameters (every parameter with
 fewer than two dimensions), as Goyal et al., BiT, EfficientNet and SimCLR do.
@@ -115,3 +119,23 @@ def scale_by_path(rules) -> optax.GradientTransformation:
     return traverse_util.unflatten_dict(scaled), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def freeze_except(tx: optax.GradientTransformation, trainable: str) -> optax.GradientTransformation:
+  """`tx` for the parameters whose '/'-joined path fully matches `trainable`; zero updates
+  (no weight decay, no optimizer state) for all others: a frozen backbone stays bit-exact."""
+  from vision_jax.train.steps import trainable_mask  # pylint: disable=import-outside-toplevel
+
+  def labels(params):
+    mask = trainable_mask(params, trainable)
+    if not any(jax.tree_util.tree_leaves(mask)):
+      raise ConfigError(f"config.trainable_params={trainable!r} matches no parameter; paths look "
+                        f"like {_example_paths(params)}.")
+    return jax.tree_util.tree_map(lambda t: "train" if t else "frozen", mask)
+
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _example_paths(params, limit: int = 3) -> list[str]:
+  flat = traverse_util.flatten_dict(params)
+  return ["/".join(k) for k in list(flat)[:limit]] + ["/".join(k) for k in list(flat)[-1:]]

@@ -311,3 +311,61 @@ def _fit_linear(x, y, rng, *, num_classes, steps, learning_rate, weight_decay, b
 
   params, _ = jax.lax.fori_loop(0, steps, body, (params, tx.init(params)))
   return params
+
+
+# ---------------------------------------------------------------------------
+# What the trainer needs (config.recipe = 'simclr').
+# ---------------------------------------------------------------------------
+def build_model(config: Any, dtype: Any) -> SimCLRModel:
+  """`SimCLRModel` from config.model (the encoder, built with num_classes=0) and config.simclr.head."""
+  from vision_jax import models  # pylint: disable=import-outside-toplevel
+  overrides = dict(config.model.get("overrides", None) or {})
+  encoder = models.create_model(config.model.name, num_classes=0, dtype=dtype, **overrides)
+  head = dict(config.simclr.get("head", None) or {})
+  return SimCLRModel(encoder=encoder, head=ProjectionHead(
+      hidden_dim=head.get("hidden_dim", None), out_dim=int(head.get("out_dim", 128)),
+      num_layers=int(head.get("num_layers", 2)), dtype=dtype))
+
+
+def extract_features(feature_fn: Callable, params: Any, batch_stats: Any, dataset: Any,
+                     batch_size: int, mesh: Any) -> tuple[np.ndarray, np.ndarray]:
+  """(features, labels) of one ordered pass over `dataset`'s eval split, padding removed.
+
+  `feature_fn(params, batch_stats, batch) -> (features, labels, mask)` must be
+  jitted with replicated outputs, so that every process gets the whole global
+  batch back (the kNN and linear monitors then run on each host alike).
+  """
+  from vision_jax.train import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
+  features, labels = [], []
+  for batch in dataset.eval_iterator(batch_size, jax.process_index(), jax.process_count()):
+    f, y, m = jax.device_get(feature_fn(params, batch_stats,
+                                        sharding_lib.make_global_batch(batch, mesh)))
+    m = m.astype(bool)
+    features.append(f[m])
+    labels.append(y[m])
+  return np.concatenate(features), np.concatenate(labels)
+
+
+def feature_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
+                 model: SimCLRModel) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(encoder features, labels, mask) of an eval batch, for `extract_features`."""
+  mask = batch.get("mask", jnp.ones(batch["label"].shape[:1], bool))
+  return simclr_features(params, batch_stats, batch["image"], model=model), batch["label"], mask
+
+
+def representation_metrics(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                           config: Any, num_classes: int, linear: bool) -> dict[str, float]:
+  """kNN top-1 (and with `linear`, linear-probe top-1) of frozen features; config = config.simclr."""
+  knn = dict(config.get("knn", None) or {})
+  out = {"knn_top1": knn_accuracy(*train, *test, k=int(knn.get("k", 200)),
+                                  temperature=float(knn.get("temperature", 0.1)),
+                                  num_classes=num_classes),
+         "eval_count": float(len(test[1]))}
+  if linear:
+    lin = dict(config.get("linear", None) or {})
+    out["linear_top1"] = linear_eval(
+        *train, *test, num_classes=num_classes, steps=int(lin.get("steps", 1000)),
+        learning_rate=float(lin.get("learning_rate", 1e-2)),
+        weight_decay=float(lin.get("weight_decay", 0.0)),
+        batch_size=int(lin.get("batch_size", 4096)))
+  return out

@@ -11,6 +11,7 @@ result does not depend on the number of devices.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import flax
@@ -84,7 +85,7 @@ def _forward(model, params, batch_stats, images, rng, train):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
                num_classes: int, label_smoothing: float = 0.0, grad_accum_steps: int = 1,
-               ema_decay: float = 0.0, freeze_bn: bool = False
+               ema_decay: float = 0.0, freeze_bn: bool = False, trainable: str | None = None
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and step metrics.
 
@@ -93,11 +94,16 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   gradients are averaged, and BatchNorm statistics update once per micro-batch.
   With `freeze_bn` the model runs in inference mode while training: BatchNorm
   uses and keeps its running statistics (dropout and stochastic depth are off
-  too, since one `train` flag drives both).
+  too, since one `train` flag drives both). With `trainable` (a regex over
+  '/'-joined parameter paths, e.g. 'head/.*') every other parameter is behind
+  stop_gradient: no gradient is computed for it (a frozen backbone costs only its
+  forward pass) and the optimizer must leave it alone (`optim.freeze_except`).
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params, batch_stats, micro, micro_rng):
+    if trainable is not None:
+      params = stop_gradient_except(params, trainable)
     logits, new_stats = _forward(model, params, batch_stats, micro["image"], micro_rng,
                                  not freeze_bn)
     loss = jnp.mean(cross_entropy(logits, micro["label"], num_classes, label_smoothing))
@@ -131,6 +137,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0],
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
   return new_state, metrics
+
+
+def trainable_mask(params: Any, trainable: str) -> Any:
+  """A bool tree: True where the '/'-joined path of a parameter fully matches `trainable`."""
+  pattern = re.compile(trainable)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(pattern.fullmatch("/".join(str(getattr(k, "key", k)) for k in path))),
+      params)
+
+
+def stop_gradient_except(params: Any, trainable: str) -> Any:
+  """`params` with jax.lax.stop_gradient on every parameter that `trainable` does not match."""
+  return jax.tree_util.tree_map(lambda p, t: p if t else jax.lax.stop_gradient(p), params,
+                                trainable_mask(params, trainable))
 
 
 def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, batch_stats: Any, *,

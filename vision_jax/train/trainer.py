@@ -30,9 +30,11 @@ from vision_jax.train import metrics as metrics_lib
 from vision_jax.train import optim
 from vision_jax.train import pretrained
 from vision_jax.train import sharding as sharding_lib
+from vision_jax.train import simclr as simclr_lib
 from vision_jax.train import steps as steps_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+RECIPES = ("supervised", "simclr")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -172,7 +174,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   if eval_batch % n_dev:
     raise ConfigError(f"config.eval_batch_size={eval_batch} does not divide across {n_dev} "
                       f"devices; use a multiple of {n_dev}.")
+  recipe = config.get("recipe", "supervised")
+  if recipe not in RECIPES:
+    raise ConfigError(f"config.recipe={recipe!r}; choose one of {RECIPES}.")
   dataset = data_lib.get_dataset(config.data)
+  if recipe == "simclr":
+    _check_simclr(config, dataset, accum)
   per_epoch = dataset.num_train
   total_steps = steps_from(config, "total", examples_per_epoch=per_epoch, batch_size=batch_size)
   warmup = steps_from(config.schedule, "warmup", examples_per_epoch=per_epoch,
@@ -189,10 +196,16 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   if dtype_name not in DTYPES:
     raise ConfigError(f"config.dtype={dtype_name!r}; choose one of {sorted(DTYPES)}.")
   overrides = dict(config.model.get("overrides", None) or {})
-  model = models.create_model(config.model.name, num_classes=dataset.num_classes,
-                              dtype=DTYPES[dtype_name], **overrides)
+  if recipe == "simclr":
+    model = simclr_lib.build_model(config, DTYPES[dtype_name])
+  else:
+    model = models.create_model(config.model.name, num_classes=dataset.num_classes,
+                                dtype=DTYPES[dtype_name], **overrides)
   schedule = optim.make_schedule(config.schedule, total_steps, warmup)
   tx = optim.make_optimizer(config.optimizer, schedule)
+  trainable = config.get("trainable_params", None)
+  if trainable:
+    tx = optim.freeze_except(tx, trainable)
   ema_decay = float(config.get("ema_decay", 0.0) or 0.0)
   sample = next(dataset.eval_iterator(n_dev))["image"]
   input_shape = (1,) + sample.shape[1:]
@@ -207,6 +220,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)))
   meta = {"model": config.model.name, "num_classes": dataset.num_classes,
           "overrides": {k: str(v) for k, v in overrides.items()}}
+  if recipe != "supervised":
+    meta["recipe"] = recipe
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(
         ckpt_lib.abstract_with_shardings(abstract_state, state_shardings), meta)
@@ -224,19 +239,43 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     logging.info("Parameters of %s:\n%s", config.model.name, overview)
 
   # --- Jitted steps: state donated, shardings pinned.
-  step_fn = functools.partial(
-      steps_lib.train_step, model=model, tx=tx, schedule=schedule,
-      num_classes=dataset.num_classes, label_smoothing=float(config.get("label_smoothing", 0.0)),
-      grad_accum_steps=accum, ema_decay=ema_decay, freeze_bn=bool(config.get("freeze_bn", False)))
+  if recipe == "simclr":
+    step_fn = functools.partial(
+        simclr_lib.simclr_train_step, model=model, tx=tx, schedule=schedule,
+        temperature=float(config.simclr.temperature), ema_decay=ema_decay)
+  else:
+    step_fn = functools.partial(
+        steps_lib.train_step, model=model, tx=tx, schedule=schedule,
+        num_classes=dataset.num_classes, label_smoothing=float(config.get("label_smoothing", 0.0)),
+        grad_accum_steps=accum, ema_decay=ema_decay, freeze_bn=bool(config.get("freeze_bn", False)),
+        trainable=trainable or None)
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
                        out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
                        donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(steps_lib.eval_step, model=model,
-                                      num_classes=dataset.num_classes))
 
-  def run_eval(state) -> dict[str, float]:
-    params = state.ema_params if state.ema_params is not None else state.params
-    return evaluate(eval_fn, params, state.batch_stats, dataset, eval_batch, mesh)
+  if recipe == "simclr":
+    # Representation monitors: kNN (every eval) and a linear probe (final eval) on frozen
+    # encoder features of the memory split (the train split, eval preprocessing) and the eval split.
+    memory = data_lib.get_dataset(_memory_data_config(config))
+    feature_fn = jax.jit(functools.partial(simclr_lib.feature_step, model=model),
+                         out_shardings=sharding_lib.replicated(mesh))
+
+    def run_eval(state, final: bool = False) -> dict[str, float]:
+      params = state.ema_params if state.ema_params is not None else state.params
+      train = simclr_lib.extract_features(feature_fn, params, state.batch_stats, memory,
+                                          eval_batch, mesh)
+      test = simclr_lib.extract_features(feature_fn, params, state.batch_stats, dataset,
+                                         eval_batch, mesh)
+      return simclr_lib.representation_metrics(train, test, config.simclr, dataset.num_classes,
+                                               linear=final)
+  else:
+    eval_fn = jax.jit(functools.partial(steps_lib.eval_step, model=model,
+                                        num_classes=dataset.num_classes))
+
+    def run_eval(state, final: bool = False) -> dict[str, float]:
+      del final
+      params = state.ema_params if state.ema_params is not None else state.params
+      return evaluate(eval_fn, params, state.batch_stats, dataset, eval_batch, mesh)
 
   def save(step: int, state) -> None:
     bad = int(jax.device_get(state.first_nonfinite_step))
@@ -277,7 +316,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
           save(step, state)
           checkpointer.wait()
           raise Preempted()
-      final = run_eval(state)
+      final = run_eval(state, final=True)
       writer.write(total_steps, final)
       logging.info("Final eval at step %d: %s", total_steps, final)
       if checkpointer.latest_step() != total_steps:
@@ -290,6 +329,62 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
       checkpointer.close()
       writer.close()
   return final
+
+
+def _check_simclr(config: Any, dataset: Any, accum: int) -> None:
+  """The SimCLR recipe's requirements on the config and the data, as ConfigErrors."""
+  _require(config, "simclr.temperature")
+  if float(config.simclr.temperature) <= 0:
+    raise ConfigError(f"config.simclr.temperature={config.simclr.temperature} must be > 0.")
+  if accum > 1:
+    raise ConfigError("config.grad_accum_steps > 1 is not available with recipe='simclr': the "
+                      "negatives and the BatchNorm batch would shrink to one micro-batch. Use "
+                      "more devices or a smaller batch instead.")
+  if config.data.get("mix"):
+    raise ConfigError("config.data.mix does not apply to recipe='simclr' (no labels are used "
+                      "in training); remove it.")
+  if config.get("trainable_params"):
+    raise ConfigError("config.trainable_params is for supervised runs (e.g. a linear probe); "
+                      "SimCLR pretraining trains encoder and head.")
+  if getattr(dataset, "views", 1) != 2:
+    raise ConfigError(
+        "recipe='simclr' needs two augmented views of every training image: set "
+        "config.data.views=2 (digits, with augment='simclr'), or put 'two_views' in "
+        "config.data.preprocess_train (e.g. 'decode|two_views|inception_crop(224)|flip_lr|"
+        "color_jitter(1.0)|random_grayscale(0.2)|value_range(0,1)').")
+
+
+def _memory_data_config(config: Any) -> Any:
+  """config.data for the kNN / linear-probe memory: the training split, eval preprocessing."""
+  memory = config.data.copy_and_resolve_references()
+  with memory.unlocked():
+    memory.eval_split = (config.simclr.get("memory_split", None)
+                         or config.data.get("train_split", None) or "train")
+    if "views" in memory:
+      memory.views = 1
+    if "mix" in memory:
+      memory.mix = None
+  return memory
+
+
+def _match_encoder_nesting(source: dict, target_params: Any, init_from: str) -> dict:
+  """Bridges SimCLR and plain checkpoints: a SimCLR run keeps its encoder under 'encoder/'.
+
+  Loading a SimCLR workdir into a plain model (linear evaluation, fine-tuning)
+  takes the encoder and drops the projection head; loading plain weights into
+  a SimCLR run (pretraining from a supervised start) puts them under 'encoder/'.
+  """
+  params = source.get("params") or {}
+  src_nested = "encoder" in params and "head" in params and len(params) == 2
+  dst_nested = "encoder" in target_params and "head" in target_params and len(target_params) == 2
+  if src_nested and not dst_nested:
+    logging.info("%s is a SimCLR checkpoint: loading its encoder; its projection head is "
+                 "dropped.", init_from)
+    return {key: (tree or {}).get("encoder", {}) for key, tree in source.items()}
+  if dst_nested and not src_nested:
+    logging.info("Loading %s as the SimCLR encoder.", init_from)
+    return {key: {"encoder": tree} for key, tree in source.items() if tree}
+  return source
 
 
 def _nonfinite_message(step: int, checkpointer) -> str:
@@ -317,10 +412,14 @@ def _load_init(state, config, shardings):
   else:
     raise ConfigError(f"config.init_from={init_from!r} is neither a workdir with checkpoints/ "
                       "nor a directory written by tools/convert_weights.py.")
+  source = _match_encoder_nesting(source, state.params, init_from)
   target = {"params": state.params, "batch_stats": state.batch_stats}
   merged, report = pretrained.merge_pretrained(
       target, source, dont_load=tuple(config.get("dont_load", None) or ("params/head/.*",)),
-      zero_head=bool(config.get("zero_init_head", True)), origin=f"init_from={init_from}")
+      # A SimCLR projection head is never zeroed: its output would be constant.
+      zero_head=(bool(config.get("zero_init_head", True))
+                 and config.get("recipe", "supervised") == "supervised"),
+      origin=f"init_from={init_from}")
   logging.info("Loaded %s:\n%s", init_from, report.table())
   params = merged["params"]
   new = state.replace(params=params, batch_stats=merged.get("batch_stats", {}),
