@@ -35,7 +35,7 @@ Arguments (`configs/bit_pretrain.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import add_trainer_options, parse_arg
+from vision_jax.config_util import add_trainer_options, parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -72,14 +72,7 @@ def get_config(arg=None):
   if arg.smoke:
     config.model.overrides = {"layers": (1, 1), "channels": (128, 128),
                               "stem_chs": 32}
-    config.dtype = "float32"
+    shrink_for_smoke(config)
     config.data.validate_files = "full"
-    config.batch_size = config.eval_batch_size = 16
     config.schedule.base_lr = 0.03 * 16 / 256
-    config.total_epochs = None
-    config.total_steps = 2
-    config.schedule.warmup_steps = 1
-    config.eval_every_steps = None
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
   return config

@@ -38,7 +38,7 @@ Arguments (`configs/imagenet21k_vit_hybrid.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import add_trainer_options, parse_arg
+from vision_jax.config_util import add_trainer_options, parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -76,13 +76,6 @@ def get_config(arg=None):
     config.model.overrides = {"img_size": 32, "backbone_layers": (), "patch_size": 4,
                               "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2,
                               "pos_drop_rate": 0.1, "proj_drop_rate": 0.1}
-    config.dtype = "float32"
+    shrink_for_smoke(config)
     config.data.validate_files = "full"
-    config.batch_size = config.eval_batch_size = 16
-    config.total_epochs = None
-    config.total_steps = 2
-    config.schedule.warmup_steps = 1
-    config.eval_every_steps = None
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
   return config

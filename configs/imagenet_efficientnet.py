@@ -32,7 +32,7 @@ Arguments (`configs/imagenet_efficientnet.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg
+from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -86,15 +86,7 @@ def get_config(arg=None):
   if arg.smoke:
     config.model.overrides = {"bn_momentum": 0.99, "drop_path_rate": 0.2, "width_mult": 0.25,
                               "depth_mult": 0.1, "head_width": 64}
-    config.dtype = "float32"
-    config.batch_size = config.eval_batch_size = 16
+    shrink_for_smoke(config)
     config.schedule.base_lr = 0.016 * 16 / 256
     config.schedule.decay_every = 1
-    config.total_epochs = None
-    config.total_steps = 2
-    config.schedule.warmup_epochs = None
-    config.schedule.warmup_steps = 1
-    config.eval_every_epochs = None
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
   return config

@@ -36,7 +36,7 @@ Arguments (`configs/imagenet_resnet.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg
+from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,14 +87,6 @@ def get_config(arg=None):
   if arg.smoke:
     config.model.overrides = {"stage_sizes": (1, 1, 1, 1), "widths": (8, 8, 16, 16),
                               "stem_width": 8}
-    config.dtype = "float32"
-    config.batch_size = config.eval_batch_size = 16
+    shrink_for_smoke(config)
     config.schedule.base_lr = 0.1 * 16 / 256
-    config.total_epochs = None
-    config.total_steps = 2
-    config.schedule.warmup_epochs = None
-    config.schedule.warmup_steps = 1
-    config.eval_every_epochs = None
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
   return config

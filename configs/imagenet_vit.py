@@ -38,7 +38,7 @@ Arguments (`configs/imagenet_vit.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import add_trainer_options, parse_arg
+from vision_jax.config_util import add_trainer_options, parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -75,11 +75,5 @@ def get_config(arg=None):
   if arg.smoke:
     config.model.overrides = {"img_size": 32, "backbone_layers": (), "patch_size": 4,
                               "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2}
-    config.dtype = "float32"
-    config.batch_size = config.eval_batch_size = 16
-    config.total_steps = 2
-    config.schedule.warmup_steps = 1
-    config.eval_every_steps = None
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
+    shrink_for_smoke(config)
   return config

@@ -40,7 +40,7 @@ temperature, smoke.
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg
+from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -103,15 +103,7 @@ def get_config(arg=None):
   if arg.smoke:
     config.model.overrides = {"stem": "cifar", "stage_sizes": (1, 1, 1, 1),
                               "widths": (8, 8, 16, 16), "stem_width": 8}
-    config.dtype = "float32"
-    config.batch_size = config.eval_batch_size = 16
-    config.total_epochs = None
-    config.total_steps = 2
-    config.schedule.warmup_epochs = None
-    config.schedule.warmup_steps = 1
-    config.eval_every_epochs = None
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
+    shrink_for_smoke(config)
     if arg.stage == "pretrain":
       config.simclr.knn.k = 5
       config.simclr.linear.steps = 20

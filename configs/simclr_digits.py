@@ -39,7 +39,7 @@ import math
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg
+from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -51,7 +51,7 @@ def get_config(arg=None):
   config.seed = 0
   config.model = ml_collections.ConfigDict({"name": arg.model, "overrides": {}})
   config.dtype = "float32"
-  config.eval_batch_size = 360 if not arg.smoke else 64
+  config.eval_batch_size = 360
   config.log_every_steps = 50
   add_trainer_options(config)
   if arg.stage == "pretrain":
@@ -89,14 +89,8 @@ def get_config(arg=None):
     config.freeze_bn = True
     config.checkpoint_every_epochs = 10
   if arg.smoke:
-    config.total_epochs = None
-    config.total_steps = 2
-    config.batch_size = 16
-    config.log_every_steps = 1
-    config.eval_every_epochs = None
-    config.checkpoint_every_epochs = None
-    config.schedule.warmup_epochs = None
-    config.schedule.warmup_steps = 1
+    shrink_for_smoke(config)
+    config.eval_batch_size = 64
     if arg.stage == "pretrain":
       config.simclr.linear.steps = 20
   return config

@@ -61,7 +61,7 @@ import os
 import ml_collections
 
 from vision_jax import models
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg
+from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
 
 # tfds name -> (training examples, images smaller than 96x96, evaluation split).
 KNOWN_DATASETS = {
@@ -196,12 +196,6 @@ def get_config(arg=None):
     config.model.overrides = dict(SMOKE_OVERRIDES.get(family, {}))
     if family == "vit":
       config.model.overrides["img_size"] = crop
-    config.dtype = "float32"
-    config.batch_size = config.eval_batch_size = 16
+    shrink_for_smoke(config)
     config.schedule.base_lr = 0.003 * 16 / 512
-    config.total_steps = 2
-    config.schedule.warmup_steps = 1
-    config.eval_every_steps = None
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 2
   return config

@@ -1,7 +1,6 @@
 """SimCLR: NT-Xent loss, global negatives and BN across devices, LARS, train step, monitors."""
 
 import functools
-import importlib.util
 import os
 
 import jax
@@ -394,18 +393,8 @@ def test_digits_augment_and_views_are_checked():
 # 7. The recipe in the trainer: configs/simclr_digits.py, resume, errors, linear probe.
 # ---------------------------------------------------------------------------
 def simclr_digits_config(arg="smoke", **changes):
-  spec = importlib.util.spec_from_file_location(
-      "simclr_digits_cfg", os.path.join(ROOT, "configs", "simclr_digits.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  for key, value in changes.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  from tests.test_train import config_file  # pylint: disable=import-outside-toplevel
+  return config_file("simclr_digits", arg, **changes)
 
 
 TINY_ENCODER = {"stage_sizes": (1, 1, 1), "widths": (4, 8, 8), "stem_width": 4}
@@ -526,3 +515,27 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
   np.testing.assert_allclose(float(first["grad_norm"]), float(want), rtol=1e-5)
   with pytest.raises(ConfigError, match="matches no parameter"):
     optim.freeze_except(tx, "classifier/.*").init(state0.params)
+
+
+def test_simclr_two_processes_match_one_process(tmp_path):
+  """Two hosts (2 devices each) against one host with 4 devices: same losses (the negatives and
+  BN statistics span both processes) and the same kNN / linear-probe figures (every process
+  gathers the whole feature set)."""
+  from tests.test_train import losses, read_metrics, run_main  # pylint: disable=import-outside-toplevel
+  flags = ["--config=configs/simclr_digits.py:smoke", "--config.total_steps=3",
+           "--config.log_every_steps=1"]
+  single = run_main(flags + ["--config.num_devices=4", f"--workdir={tmp_path / 'one'}"], devices=4)
+  assert single.returncode == 0, single.stdout + single.stderr
+  port = 20000 + (os.getpid() + 7919) % 20000
+  procs = [run_main(flags + [f"--workdir={tmp_path / 'two'}",
+                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                             f"--process_id={i}", "--cpu_collectives=gloo"],
+                    devices=2, popen=True) for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+  final = lambda d: [m for m in read_metrics(d) if "knn_top1" in m][-1]  # noqa: E731
+  two, one = final(tmp_path / "two"), final(tmp_path / "one")
+  assert two["eval_count"] == one["eval_count"] == 360
+  assert two["knn_top1"] == pytest.approx(one["knn_top1"], abs=1 / 360 + 1e-9)
+  assert two["linear_top1"] == pytest.approx(one["linear_top1"], abs=2 / 360 + 1e-9)

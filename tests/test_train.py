@@ -24,8 +24,9 @@ from vision_jax.train.checkpoint import CheckpointError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def digits_config(arg="smoke", **changes):
-  spec = importlib.util.spec_from_file_location("digits_cfg", os.path.join(ROOT, "configs", "digits.py"))
+def config_file(name, arg="smoke", **changes):
+  """configs/{name}.py's get_config(arg), then `changes` ({'a.b': value}) applied."""
+  spec = importlib.util.spec_from_file_location(f"{name}_cfg", os.path.join(ROOT, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg)
@@ -36,6 +37,10 @@ def digits_config(arg="smoke", **changes):
       node = node[p]
     node[leaf] = value
   return config
+
+
+def digits_config(arg="smoke", **changes):
+  return config_file("digits", arg, **changes)
 
 
 def read_metrics(workdir):

@@ -103,3 +103,26 @@ def add_trainer_options(config: Any, **values: Any) -> None:
     raise ConfigError(f"add_trainer_options: unknown option(s) {unknown}; valid: {sorted(defaults)}.")
   for key, value in {**defaults, **values}.items():
     config[key] = value
+
+
+def shrink_for_smoke(config: Any, steps: int = 2, batch_size: int = 16) -> None:
+  """The common part of every config's `smoke` argument: a few float32 steps on tiny batches.
+
+  Sets total_steps=`steps`, warmup_steps=1, a log line every step, a checkpoint
+  at the end, no intermediate evaluation, batch_size (and eval_batch_size) =
+  `batch_size`; every other unit of those durations (_epochs, _examples) is
+  cleared so that exactly one stays set. The model and learning rate are the
+  config's to shrink.
+  """
+  for node, prefix in ((config, "total"), (config, "log_every"), (config, "eval_every"),
+                       (config, "checkpoint_every"), (config.schedule, "warmup")):
+    for unit in ("steps", "epochs", "examples"):
+      if f"{prefix}_{unit}" in node:
+        node[f"{prefix}_{unit}"] = None
+  config.total_steps = steps
+  config.schedule.warmup_steps = 1
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = steps
+  config.dtype = "float32"
+  config.batch_size = batch_size
+  config.eval_batch_size = batch_size
