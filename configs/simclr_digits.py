@@ -7,7 +7,7 @@ views (`digits.simclr_view`: random resized crop of the 8x8 original to 16x16,
 brightness/contrast jitter, pixel noise, random erasing; no flips, a flipped
 digit is another symbol). Encoder: cifar_resnet20 (0.27M parameters, 64
 features); projection head: 2-layer MLP with BatchNorm to 64 dimensions.
-NT-Xent at temperature 0.2 over the global batch of 512 views; LARS, warmup +
+NT-Xent at temperature 0.5 over the global batch of 512 views; LARS, warmup +
 cosine, weight decay 1e-6 on kernels only (the paper's settings, lr scaled as
 0.075 x sqrt(batch), the paper's rule for small batches).
 
@@ -44,7 +44,7 @@ from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, 
 
 def get_config(arg=None):
   arg = parse_arg(arg, smoke=False, stage="pretrain", epochs=0, model="cifar_resnet20",
-                  batch_size=256, lr=0.0, temperature=0.2)
+                  batch_size=256, lr=0.0, temperature=0.5)
   if arg.stage not in ("pretrain", "linear"):
     raise ConfigError(f"stage={arg.stage!r}: use stage=pretrain or stage=linear.")
   config = ml_collections.ConfigDict()

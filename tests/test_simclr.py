@@ -442,6 +442,7 @@ def test_simclr_recipe_runs_and_resumes_exactly(tmp_path):
     ({"simclr.temperature": 0.0}, "must be > 0"),
     ({"recipe": "byol"}, r"config.recipe='byol'; choose one of \('supervised', 'simclr'\)"),
     ({"trainable_params": "head/.*"}, "trainable_params is for supervised runs"),
+    ({"freeze_bn": True}, "freeze_bn does not apply to recipe='simclr'"),
 ])
 def test_simclr_config_errors(tmp_path, changes, match):
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
@@ -539,3 +540,28 @@ def test_simclr_two_processes_match_one_process(tmp_path):
   assert two["eval_count"] == one["eval_count"] == 360
   assert two["knn_top1"] == pytest.approx(one["knn_top1"], abs=1 / 360 + 1e-9)
   assert two["linear_top1"] == pytest.approx(one["linear_top1"], abs=2 / 360 + 1e-9)
+
+
+# ---------------------------------------------------------------------------
+# 8. The offline SimCLR check at CI size (full size: experiments/simclr_digits.py, 3 seeds).
+# ---------------------------------------------------------------------------
+def test_simclr_digits_beats_random_encoder_and_raw_pixels(tmp_path):
+  """Label-free pretraining (20 epochs at batch 128, instead of 100 at 256) against the same
+  linear probe and kNN on a randomly initialised encoder and on the raw pixels."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(
+      "simclr_digits_experiment", os.path.join(ROOT, "experiments", "simclr_digits.py"))
+  experiment = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(experiment)
+  changes = {"batch_size": 128, "total_epochs": 20, "schedule.warmup_epochs": 2,
+             "simclr.linear.steps": 1000, "eval_every_epochs": None,
+             "checkpoint_every_epochs": None}
+  r = experiment.run(str(tmp_path), [0], "", changes)
+  simclr_linear, simclr_knn = r["simclr_linear_top1"][0], r["simclr_knn_top1"][0]
+  # Measured on this CPU: 98.3% linear / 98.1% kNN after pretraining; random encoder 78.3% /
+  # 63.6%; raw pixels 95.3% (same probe) / 96.9% (kNN), scikit-learn logistic regression 96.7%.
+  assert simclr_linear > r["random_linear_top1"][0] + 0.10, r
+  assert simclr_knn > r["random_knn_top1"][0] + 0.20, r
+  assert simclr_linear > r["pixels_linear_top1"] + 0.015, r
+  assert simclr_knn > r["pixels_knn_top1"], r
+  assert simclr_linear > r["pixels_sklearn_logreg_top1"], r  # scikit-learn is a test dependency

@@ -343,6 +343,9 @@ def _check_simclr(config: Any, dataset: Any, accum: int) -> None:
   if config.data.get("mix"):
     raise ConfigError("config.data.mix does not apply to recipe='simclr' (no labels are used "
                       "in training); remove it.")
+  if config.get("freeze_bn"):
+    raise ConfigError("config.freeze_bn does not apply to recipe='simclr': contrastive "
+                      "pretraining needs BatchNorm's batch statistics; remove it.")
   if config.get("trainable_params"):
     raise ConfigError("config.trainable_params is for supervised runs (e.g. a linear probe); "
                       "SimCLR pretraining trains encoder and head.")
