@@ -17,11 +17,13 @@ Evaluation (labels used only here): frozen encoder features of the train split
 standardised features (`train/simclr.linear_eval`). The run reports knn_top1
 and linear_top1.
 
-Hardware and time: 2 CPU cores, about 15 minutes.
+Hardware and time: 2 CPU cores, about 8 minutes for the whole process.
 Target: linear_top1 above both baselines of experiments/simclr_digits.py, which
 runs the same linear evaluation on a randomly initialised encoder and on raw
-pixels (logistic regression on pixels gives 93-97% on digits, depending on the
-split and regularisation).
+pixels. Measured (seeds 0, 1, 2): linear_top1 98.9 / 99.7 / 98.6%, knn_top1
+98.1 / 99.2 / 98.6%; random encoder 77.5% (mean, same probe); raw pixels 95.6%
+(same probe), 96.7% with scikit-learn's logistic regression on the 8x8 pixels.
+stage=linear from the seed-0 run: 97.8% eval_top1.
 
 Second stage (`stage=linear`): the paper's protocol instead of frozen features:
 a linear head trained through the frozen encoder (config.trainable_params, frozen

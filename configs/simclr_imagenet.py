@@ -113,5 +113,5 @@ def get_config(arg=None):
       config.simclr.head.out_dim = 16
       config.simclr.knn.k = 5
       config.simclr.linear.steps = 20
-      config.simclr.memory_split = "train"
+      config.simclr.memory_split = "train[:50%]"  # a slice, as the full config
   return config
