@@ -443,6 +443,7 @@ def test_simclr_recipe_runs_and_resumes_exactly(tmp_path):
     ({"recipe": "byol"}, r"config.recipe='byol'; choose one of \('supervised', 'simclr'\)"),
     ({"trainable_params": "head/.*"}, "trainable_params is for supervised runs"),
     ({"freeze_bn": True}, "freeze_bn does not apply to recipe='simclr'"),
+    ({"recipe": "supervised"}, "two views per image .* only recipe='simclr' uses"),
 ])
 def test_simclr_config_errors(tmp_path, changes, match):
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel

@@ -1,7 +1,10 @@
 """The training loop. It reads top to bottom: setup, state, resume, loop, finish.
 
 `train_and_evaluate(config, workdir)` is the only place where models, data and
-the optimizer meet. Everything inside the loop is asynchronous: metrics stay on
+the optimizer meet. `config.recipe` picks the step and the evaluation:
+'supervised' (default: `steps.train_step`, classification metrics) or 'simclr'
+(`simclr.simclr_train_step` on two views, kNN / linear-probe metrics of the
+frozen encoder). Everything inside the loop is asynchronous: metrics stay on
 the device until a log step, batches are prefetched to the devices by a thread,
 and the state is donated to the jitted step.
 """
@@ -180,6 +183,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   dataset = data_lib.get_dataset(config.data)
   if recipe == "simclr":
     _check_simclr(config, dataset, accum)
+  elif getattr(dataset, "views", 1) != 1:
+    raise ConfigError("The training data gives two views per image (config.data.views=2 or "
+                      "'two_views' in preprocess_train), which only recipe='simclr' uses; set "
+                      "config.recipe='simclr' or remove the second view.")
   per_epoch = dataset.num_train
   total_steps = steps_from(config, "total", examples_per_epoch=per_epoch, batch_size=batch_size)
   warmup = steps_from(config.schedule, "warmup", examples_per_epoch=per_epoch,
