@@ -397,6 +397,14 @@ def simclr_digits_config(arg="smoke", **changes):
   return config_file("simclr_digits", arg, **changes)
 
 
+def latest_state(workdir):
+  """The latest checkpointed state of a workdir, as host arrays."""
+  manager = Checkpointer(str(workdir), async_save=False)
+  raw = manager.restore_raw()
+  manager.close()
+  return raw
+
+
 TINY_ENCODER = {"stage_sizes": (1, 1, 1), "widths": (4, 8, 8), "stem_width": 4}
 
 
@@ -421,13 +429,7 @@ def test_simclr_recipe_runs_and_resumes_exactly(tmp_path):
   resumed = trainer.train_and_evaluate(second, str(tmp_path / "resumed"))
   assert resumed == final
 
-  def state(workdir):
-    manager = Checkpointer(str(workdir), async_save=False)
-    raw = manager.restore_raw()
-    manager.close()
-    return raw
-
-  a, b = state(tmp_path / "straight"), state(tmp_path / "resumed")
+  a, b = latest_state(tmp_path / "straight"), latest_state(tmp_path / "resumed")
   assert int(a["step"]) == int(b["step"]) == 4
   for key in ("params", "batch_stats", "opt_state"):
     for x, y in zip(jax.tree_util.tree_leaves(a[key]), jax.tree_util.tree_leaves(b[key])):
@@ -465,13 +467,7 @@ def test_linear_probe_from_a_simclr_workdir(tmp_path):
   final = trainer.train_and_evaluate(probe, str(tmp_path / "probe"))
   assert final["eval_count"] == 360
 
-  def restore(workdir):
-    manager = Checkpointer(str(workdir), async_save=False)
-    raw = manager.restore_raw()
-    manager.close()
-    return raw
-
-  pre, post = restore(tmp_path / "pre"), restore(tmp_path / "probe")
+  pre, post = latest_state(tmp_path / "pre"), latest_state(tmp_path / "probe")
   encoder = {k: v for k, v in post["params"].items() if k != "head"}
   assert jax.tree_util.tree_structure(encoder) == jax.tree_util.tree_structure(
       pre["params"]["encoder"])
