@@ -22,7 +22,8 @@ of the google-research/simclr README):
   cosine, weight decay 1e-6 on kernels only, temperature 0.5.
 - Monitor: weighted kNN (k 200) on the 50,000 training images every 100 epochs;
   the final eval adds a linear probe on the frozen features.
-- Linear stage (README): 100 epochs, batch 512, SGD momentum 0.9 (Nesterov), lr
+- Linear stage (README command; Nesterov as in the paper's Appendix B.6, where the
+  README uses plain momentum): 100 epochs, batch 512, SGD momentum 0.9, lr
   0.1 x B/256, no weight decay, crop + flip, frozen BN statistics; only the new
   zero-initialised `head` trains.
 

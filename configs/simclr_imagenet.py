@@ -26,8 +26,9 @@ Representations", arXiv:2002.05709, sections 2-4 and Appendix B):
 - 100 or 1000 epochs (epochs=...).
 - Monitor: weighted kNN (k 200) on the first 50,000 training images every 10%
   of training; the final eval adds a linear probe on those frozen features.
-- Linear stage (the authors' README command): 90 epochs, batch 4096, Nesterov SGD
-  momentum 0.9, lr 0.1 x B/256 = 1.6, weight decay 1e-6, no warmup; only the new,
+- Linear stage (paper Appendix B.6; weight decay from the authors' README command):
+  90 epochs, batch 4096, Nesterov SGD momentum 0.9 (the README command uses plain
+  momentum), lr 0.1 x B/256 = 1.6, weight decay 1e-6, no warmup; only the new,
   zero-initialised `head` trains (config.trainable_params) and the BatchNorm
   statistics are frozen.
 
