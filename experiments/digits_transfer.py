@@ -9,19 +9,20 @@ hyper-parameters). Test accuracy is on all 180 test images of digits 5-9.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 
 import numpy as np
 
+from vision_jax import config_util
+
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "digits.py")
+
 
 def load_config(arg):
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "digits.py")
-  spec = importlib.util.spec_from_file_location("digits_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_util.load_config(CONFIG, arg)
 
 
 def main() -> None:

@@ -18,20 +18,20 @@ Prints one JSON line with every figure.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 
 import numpy as np
 
+from vision_jax import config_util
 
-def load_config(arg: str = ""):
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "simclr_digits.py")
-  spec = importlib.util.spec_from_file_location("simclr_digits_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+
+
+def load_config(arg: str = "", **changes):
+  return config_util.load_config(CONFIG, arg, **changes)
 
 
 def pixel_baselines(config) -> dict[str, float]:
@@ -65,13 +65,7 @@ def run(workdir: str, seeds, arg: str = "", changes: dict | None = None) -> dict
   config = None
   for seed in seeds:
     for start in ("random", "simclr"):
-      config = load_config(arg)
-      for key, value in (changes or {}).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-          node = node[p]
-        node[leaf] = value
+      config = load_config(arg, **(changes or {}))
       config.seed = seed
       if start == "random":  # no update: the features of the freshly initialised encoder
         config.total_epochs, config.total_steps = None, 0

@@ -1,13 +1,13 @@
 """A training run from a folder source: the digits written out as PNG files in class folders reach
 the accuracy of the embedded source."""
 
-import importlib.util
 import os
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from vision_jax.config_util import load_config
 from vision_jax.data import digits as digits_lib
 from vision_jax.train import trainer
 
@@ -29,10 +29,7 @@ def write_digits_folder(root: str) -> None:
 
 
 def short_run_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location("digits_cfg", os.path.join(ROOT, "configs", "digits.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke")
+  config = load_config(os.path.join(ROOT, "configs", "digits.py"), "smoke")
   config.data = data
   config.num_devices = 1  # cheaper than 8 simulated devices on 2 cores; same arithmetic
   config.batch_size = 64

@@ -102,3 +102,19 @@ def test_digits_transfer_beats_scratch(tmp_path):
       config.init_from = str(tmp_path / "pre")
     top1[start] = trainer.train_and_evaluate(config, str(tmp_path / start))["eval_top1"]
   assert top1["pretrained"] > top1["scratch"] + 0.15, top1
+
+
+def test_match_encoder_nesting_both_ways():
+  encoder = {"conv1": {"kernel": np.ones((3, 3, 1, 4))}}
+  simclr_ckpt = {"params": {"encoder": encoder, "head": {"dense_0": {"kernel": np.ones((4, 4))}}},
+                 "batch_stats": {"encoder": {"bn1": {"mean": np.zeros(4)}}, "head": {}}}
+  plain_params = {"conv1": {"kernel": None}, "head": {"kernel": None}}
+  # SimCLR checkpoint into a plain model: the encoder, without the projection head.
+  got = pretrained.match_encoder_nesting(simclr_ckpt, plain_params, "w")
+  assert got == {"params": encoder, "batch_stats": simclr_ckpt["batch_stats"]["encoder"]}
+  # Plain weights into a SimCLR model: everything under encoder/.
+  plain_ckpt = {"params": encoder, "batch_stats": {}}
+  got = pretrained.match_encoder_nesting(plain_ckpt, {"encoder": {}, "head": {}}, "w")
+  assert got == {"params": {"encoder": encoder}}
+  # Same nesting on both sides: unchanged.
+  assert pretrained.match_encoder_nesting(plain_ckpt, plain_params, "w") is plain_ckpt

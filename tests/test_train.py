@@ -1,6 +1,5 @@
 """The training engine: sharding, FSDP, multi-process, resume, failures, optimizers."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -16,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from vision_jax.config_util import ConfigError, parse_arg, steps_from
+from vision_jax.config_util import ConfigError, load_config, parse_arg, steps_from
 from vision_jax.data import DatasetError
 from vision_jax.train import optim, steps, trainer
 from vision_jax.train.checkpoint import CheckpointError
@@ -26,17 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def config_file(name, arg="smoke", **changes):
   """configs/{name}.py's get_config(arg), then `changes` ({'a.b': value}) applied."""
-  spec = importlib.util.spec_from_file_location(f"{name}_cfg", os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  for key, value in changes.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return load_config(os.path.join(ROOT, "configs", f"{name}.py"), arg, **changes)
 
 
 def digits_config(arg="smoke", **changes):
@@ -140,6 +129,15 @@ def test_config_arguments_are_typed_and_checked():
     parse_arg("dpth=50", depth=18)
   with pytest.raises(ConfigError, match="not a int"):
     parse_arg("depth=fifty", depth=18)
+
+
+def test_load_config_and_set_fields(tmp_path):
+  config = load_config(os.path.join(ROOT, "configs", "digits.py"), "smoke,lr=0.2",
+                       **{"schedule.decay": "linear", "batch_size": 32})
+  assert config.schedule.base_lr == 0.2 and config.schedule.decay == "linear"
+  assert config.batch_size == 32
+  with pytest.raises(ConfigError, match="No config file at"):
+    load_config(str(tmp_path / "missing.py"))
 
 
 def test_durations_in_any_unit():

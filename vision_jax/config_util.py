@@ -126,3 +126,32 @@ def shrink_for_smoke(config: Any, steps: int = 2, batch_size: int = 16) -> None:
   config.dtype = "float32"
   config.batch_size = batch_size
   config.eval_batch_size = batch_size
+
+
+def load_config(path: str, arg: str | None = None, **changes: Any) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`, then `set_fields(config, changes)`.
+
+  For scripts and tests; the command line gets the same through
+  `--config=path:arg --config.a.b=value`.
+  """
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  if not os.path.isfile(path):
+    raise ConfigError(f"No config file at {path!r}.")
+  name = "config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  set_fields(config, changes)
+  return config
+
+
+def set_fields(config: Any, changes: dict[str, Any]) -> None:
+  """Sets dotted fields in place: {'schedule.base_lr': 0.1} is config.schedule.base_lr = 0.1."""
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value

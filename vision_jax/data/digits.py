@@ -75,6 +75,8 @@ def simclr_view(images: np.ndarray, rngs, image_size: int, *, min_scale: float =
     Views with values around [-1, 1] (background -1).
   """
   n, src = len(images), images.shape[1]
+  # 12 uniform draws per example; draw 7 is unused (the pixel noise comes from the generator
+  # afterwards) and kept so that a given seed still gives the same views.
   draws = np.stack([rng.random(12) for rng in rngs]) if n else np.zeros((0, 12))
   area = min_scale + (1.0 - min_scale) * draws[:, 0]
   log_ratio = np.log(3 / 4) + (np.log(4 / 3) - np.log(3 / 4)) * draws[:, 1]

@@ -7,7 +7,9 @@ trained and takes each leaf from the pretrained ones when it can:
 - ViT position embeddings of another grid are resampled to the new resolution;
 - any other shape mismatch is an error naming the parameter and both shapes.
 It returns the merged variables and a `LoadReport` whose `table()` lists what
-was loaded, skipped, resampled, missing and unexpected.
+was loaded, skipped, resampled, missing and unexpected. `match_encoder_nesting`
+first lines up a SimCLR checkpoint (encoder under 'encoder/') with a plain model,
+and the other way round.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import traverse_util
 
 from vision_jax.config_util import ConfigError
@@ -95,3 +98,23 @@ def merge_pretrained(target: Mapping[str, Any], source: Mapping[str, Any],
                       "a checkpoint of another architecture?")
   unflat = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()})
   return unflat, report
+
+
+def match_encoder_nesting(source: dict, target_params: Any, init_from: str) -> dict:
+  """Bridges SimCLR and plain checkpoints: a SimCLR run keeps its encoder under 'encoder/'.
+
+  Loading a SimCLR workdir into a plain model (linear evaluation, fine-tuning)
+  takes the encoder and drops the projection head; loading plain weights into
+  a SimCLR run (pretraining from a supervised start) puts them under 'encoder/'.
+  """
+  params = source.get("params") or {}
+  src_nested = "encoder" in params and "head" in params and len(params) == 2
+  dst_nested = "encoder" in target_params and "head" in target_params and len(target_params) == 2
+  if src_nested and not dst_nested:
+    logging.info("%s is a SimCLR checkpoint: loading its encoder; its projection head is "
+                 "dropped.", init_from)
+    return {key: (tree or {}).get("encoder", {}) for key, tree in source.items()}
+  if dst_nested and not src_nested:
+    logging.info("Loading %s as the SimCLR encoder.", init_from)
+    return {key: {"encoder": tree} for key, tree in source.items() if tree}
+  return source

@@ -377,26 +377,6 @@ def _memory_data_config(config: Any) -> Any:
   return memory
 
 
-def _match_encoder_nesting(source: dict, target_params: Any, init_from: str) -> dict:
-  """Bridges SimCLR and plain checkpoints: a SimCLR run keeps its encoder under 'encoder/'.
-
-  Loading a SimCLR workdir into a plain model (linear evaluation, fine-tuning)
-  takes the encoder and drops the projection head; loading plain weights into
-  a SimCLR run (pretraining from a supervised start) puts them under 'encoder/'.
-  """
-  params = source.get("params") or {}
-  src_nested = "encoder" in params and "head" in params and len(params) == 2
-  dst_nested = "encoder" in target_params and "head" in target_params and len(target_params) == 2
-  if src_nested and not dst_nested:
-    logging.info("%s is a SimCLR checkpoint: loading its encoder; its projection head is "
-                 "dropped.", init_from)
-    return {key: (tree or {}).get("encoder", {}) for key, tree in source.items()}
-  if dst_nested and not src_nested:
-    logging.info("Loading %s as the SimCLR encoder.", init_from)
-    return {key: {"encoder": tree} for key, tree in source.items() if tree}
-  return source
-
-
 def _nonfinite_message(step: int, checkpointer) -> str:
   latest = checkpointer.latest_step()
   kept = (f"The last good checkpoint (step {latest}) is kept in {checkpointer.directory}."
@@ -422,7 +402,7 @@ def _load_init(state, config, shardings):
   else:
     raise ConfigError(f"config.init_from={init_from!r} is neither a workdir with checkpoints/ "
                       "nor a directory written by tools/convert_weights.py.")
-  source = _match_encoder_nesting(source, state.params, init_from)
+  source = pretrained.match_encoder_nesting(source, state.params, init_from)
   target = {"params": state.params, "batch_stats": state.batch_stats}
   merged, report = pretrained.merge_pretrained(
       target, source, dont_load=tuple(config.get("dont_load", None) or ("params/head/.*",)),
