@@ -35,16 +35,16 @@ Arguments (`configs/bit_pretrain.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import add_trainer_options, parse_arg, shrink_for_smoke
+from vision_jax.config_base import base_config
+from vision_jax.config_util import parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="folder:/data/imagenet21k", model="resnetv2_50x1_bit",
                   batch_size=4096, epochs=90, smoke=False)
   size = 32 if arg.smoke else 224
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict({"name": arg.model, "overrides": {}})
+  config = base_config()
+  config.model.update({"name": arg.model, "overrides": {}})
   config.dtype = "bfloat16"
   config.data = ml_collections.ConfigDict({
       "name": arg.data,
@@ -58,17 +58,14 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1024
   config.total_epochs = arg.epochs
-  config.schedule = ml_collections.ConfigDict({
+  config.schedule.update({
       "base_lr": 0.03 * arg.batch_size / 256, "warmup_steps": 5000, "decay": "step",
       "boundaries": (30 / 90, 60 / 90, 80 / 90), "decay_factor": 0.1})
-  config.optimizer = ml_collections.ConfigDict(
+  config.optimizer.update(
       {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4})
-  config.label_smoothing = 0.0
-  config.ema_decay = 0.0
   config.log_every_steps = 100
   config.eval_every_steps = 10_000
   config.checkpoint_every_steps = 2000
-  add_trainer_options(config)
   if arg.smoke:
     config.model.overrides = {"layers": (1, 1), "channels": (128, 128),
                               "stem_chs": 32}

@@ -26,41 +26,34 @@ against the same run from scratch.
 
 import ml_collections
 
-from vision_jax.config_util import add_trainer_options, parse_arg
+from vision_jax.config_base import base_config
+from vision_jax.config_util import parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, smoke=False, epochs=30, model="cifar_resnet20", image_size=16,
                   classes="0123456789", shots=0, lr=0.1)
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict({"name": arg.model, "overrides": {}})
-  config.dtype = "float32"
+  config = base_config()
+  config.model.update({"name": arg.model, "overrides": {}})
   config.data = ml_collections.ConfigDict(
       {"name": "digits", "image_size": arg.image_size, "max_shift": 2,
        "classes": tuple(int(c) for c in arg.classes),
        "train_per_class": arg.shots or None})
   # Few-shot runs hold shots x classes images: the largest batch (multiple of 8) that fits.
   config.batch_size = 64 if not arg.shots else (arg.shots * len(arg.classes)) // 8 * 8
-  config.eval_batch_size = 360 if not arg.smoke else 64
+  config.eval_batch_size = 360
   config.total_epochs = arg.epochs
-  config.schedule = ml_collections.ConfigDict(
+  config.schedule.update(
       {"base_lr": arg.lr, "warmup_epochs": 1, "decay": "cosine"})
-  config.optimizer = ml_collections.ConfigDict(
+  config.optimizer.update(
       {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4})
-  config.label_smoothing = 0.0
-  config.ema_decay = 0.0
-  config.log_every_steps = 50
   config.checkpoint_every_steps = 200
   # init_from: another run's workdir or a tools/convert_weights.py directory; the
   # classifier (dont_load) keeps its fresh, zeroed init.
-  add_trainer_options(config)
   if arg.smoke:
-    config.total_epochs = None
-    config.total_steps = 4
-    config.batch_size = 16
+    shrink_for_smoke(config, steps=4, batch_size=16)
+    # Two checkpoints in the 4 steps, so that resume tests can stop half-way.
     config.log_every_steps = 2
     config.checkpoint_every_steps = 2
-    config.schedule.warmup_epochs = None
-    config.schedule.warmup_steps = 1
+    config.eval_batch_size = 64
   return config

@@ -38,16 +38,16 @@ Arguments (`configs/imagenet21k_vit_hybrid.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import add_trainer_options, parse_arg, shrink_for_smoke
+from vision_jax.config_base import base_config
+from vision_jax.config_util import parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, data="folder:/data/imagenet21k", model="vit_base_r50_s16_224",
                   batch_size=4096, epochs=90, smoke=False)
   size = 32 if arg.smoke else 224
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict({
+  config = base_config()
+  config.model.update({
       "name": arg.model, "overrides": {"pos_drop_rate": 0.1, "proj_drop_rate": 0.1}})
   config.dtype = "bfloat16"
   config.data = ml_collections.ConfigDict({
@@ -62,16 +62,13 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1024
   config.total_epochs = arg.epochs
-  config.schedule = ml_collections.ConfigDict({
+  config.schedule.update({
       "base_lr": 1e-3, "warmup_steps": 10_000, "decay": "linear", "end_lr_factor": 0.0})
-  config.optimizer = ml_collections.ConfigDict({
+  config.optimizer.update({
       "name": "adamw", "b1": 0.9, "b2": 0.999, "weight_decay": 0.03, "grad_clip_norm": 1.0})
-  config.label_smoothing = 0.0
-  config.ema_decay = 0.0
   config.log_every_steps = 100
   config.eval_every_steps = 10_000
   config.checkpoint_every_steps = 2000
-  add_trainer_options(config)
   if arg.smoke:
     config.model.overrides = {"img_size": 32, "backbone_layers": (), "patch_size": 4,
                               "width": 32, "depth": 1, "mlp_dim": 64, "num_heads": 2,

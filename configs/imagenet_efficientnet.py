@@ -32,7 +32,8 @@ Arguments (`configs/imagenet_efficientnet.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
+from vision_jax.config_base import base_config
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,9 +51,8 @@ def get_config(arg=None):
   size = 32 if arg.smoke else RESOLUTION[arg.variant]
   norm = f"value_range(0, 1)|normalize({IMAGENET_MEAN}, {IMAGENET_STD})"
 
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict({
+  config = base_config()
+  config.model.update({
       "name": f"efficientnet_{arg.variant}",
       "overrides": {"bn_momentum": 0.99, "drop_path_rate": 0.2}})
   config.dtype = "bfloat16"
@@ -68,21 +68,21 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1000
   config.total_epochs = arg.epochs
-  config.schedule = ml_collections.ConfigDict({
+  config.schedule.update({
       "base_lr": 0.016 * arg.batch_size / 256,
       "warmup_epochs": 5,
       "decay": "exponential",
       "decay_factor": 0.97,
       "decay_every": max(1, round(2.4 * IMAGENET_TRAIN / arg.batch_size)),
   })
-  config.optimizer = ml_collections.ConfigDict({
+  config.optimizer.update({
       "name": "rmsprop", "decay": 0.9, "momentum": 0.9, "eps": 1e-3, "weight_decay": 1e-5})
   config.label_smoothing = 0.1
   config.ema_decay = 0.9999
   config.log_every_steps = 100
   config.eval_every_epochs = 10
   config.checkpoint_every_steps = 2000
-  add_trainer_options(config, zero_init_head=False)
+  config.zero_init_head = False
   if arg.smoke:
     config.model.overrides = {"bn_momentum": 0.99, "drop_path_rate": 0.2, "width_mult": 0.25,
                               "depth_mult": 0.1, "head_width": 64}

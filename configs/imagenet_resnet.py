@@ -36,7 +36,8 @@ Arguments (`configs/imagenet_resnet.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
+from vision_jax.config_base import base_config
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,9 +53,8 @@ def get_config(arg=None):
   size, resize = (32, 36) if arg.smoke else (224, 256)
   norm = f"value_range(0, 1)|normalize({IMAGENET_MEAN}, {IMAGENET_STD})"
 
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict({"name": f"resnet{arg.depth}", "overrides": {}})
+  config = base_config()
+  config.model.update({"name": f"resnet{arg.depth}", "overrides": {}})
   config.dtype = "bfloat16"
   config.data = ml_collections.ConfigDict({
       "name": "imagenet2012",
@@ -66,24 +66,22 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1000
   config.total_epochs = 90
-  config.schedule = ml_collections.ConfigDict({
+  config.schedule.update({
       "base_lr": 0.1 * arg.batch_size / 256, "warmup_epochs": 5})
   if arg.variant == "step":
     config.schedule.decay = "step"
     config.schedule.boundaries = (30 / 90, 60 / 90, 80 / 90)
     config.schedule.decay_factor = 0.1
-    config.label_smoothing = 0.0
   else:
     config.schedule.decay = "cosine"
     config.schedule.end_lr_factor = 0.0
     config.label_smoothing = 0.1
-  config.optimizer = ml_collections.ConfigDict(
+  config.optimizer.update(
       {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4})
-  config.ema_decay = 0.0
   config.log_every_steps = 100
   config.eval_every_epochs = 10
   config.checkpoint_every_steps = 2000
-  add_trainer_options(config, zero_init_head=False)
+  config.zero_init_head = False
   if arg.smoke:
     config.model.overrides = {"stage_sizes": (1, 1, 1, 1), "widths": (8, 8, 16, 16),
                               "stem_width": 8}

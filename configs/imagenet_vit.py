@@ -38,16 +38,16 @@ Arguments (`configs/imagenet_vit.py:key=value,...`):
 
 import ml_collections
 
-from vision_jax.config_util import add_trainer_options, parse_arg, shrink_for_smoke
+from vision_jax.config_base import base_config
+from vision_jax.config_util import parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, init_from="", model="vit_base_r50_s16_384", lr=0.01, steps=20_000,
                   batch_size=512, smoke=False)
   size = 32 if arg.smoke else 384
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict({"name": arg.model, "overrides": {"img_size": size}})
+  config = base_config()
+  config.model.update({"name": arg.model, "overrides": {"img_size": size}})
   config.dtype = "bfloat16"
   config.data = ml_collections.ConfigDict({
       "name": "imagenet2012",
@@ -59,17 +59,13 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.eval_batch_size = 512
   config.total_steps = arg.steps
-  config.schedule = ml_collections.ConfigDict({
+  config.schedule.update({
       "base_lr": arg.lr, "warmup_steps": 500, "decay": "cosine", "end_lr_factor": 0.0})
-  config.optimizer = ml_collections.ConfigDict({
+  config.optimizer.update({
       "name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
       "grad_clip_norm": 1.0})
-  config.label_smoothing = 0.0
-  config.ema_decay = 0.0
-  config.log_every_steps = 50
   config.eval_every_steps = 2000
   config.checkpoint_every_steps = 1000
-  add_trainer_options(config)
   if arg.init_from:
     config.init_from = arg.init_from
   if arg.smoke:

@@ -41,7 +41,8 @@ temperature, smoke.
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
+from vision_jax.config_base import base_config
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -53,16 +54,13 @@ def get_config(arg=None):
     raise ConfigError(f"stage={arg.stage!r}: use stage=pretrain or stage=linear.")
   eval_ops = "decode|value_range(0, 1)"
 
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict(
+  config = base_config()
+  config.model.update(
       {"name": f"resnet{arg.depth}", "overrides": {"stem": "cifar"}})
   config.dtype = "bfloat16"
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1000
-  config.log_every_steps = 50
   config.checkpoint_every_steps = 2000
-  add_trainer_options(config, zero_init_head=True)
   if arg.stage == "pretrain":
     config.recipe = "simclr"
     config.data = ml_collections.ConfigDict({
@@ -72,10 +70,10 @@ def get_config(arg=None):
         "preprocess_eval": eval_ops,
     })
     config.total_epochs = arg.epochs
-    config.schedule = ml_collections.ConfigDict(
+    config.schedule.update(
         {"base_lr": 1.0 * arg.batch_size / 256, "warmup_epochs": 10, "decay": "cosine",
          "end_lr_factor": 0.0})
-    config.optimizer = ml_collections.ConfigDict(
+    config.optimizer.update(
         {"name": "lars", "momentum": 0.9, "weight_decay": 1e-6, "trust_coefficient": 0.001})
     config.simclr = ml_collections.ConfigDict({
         "temperature": arg.temperature,
@@ -93,10 +91,10 @@ def get_config(arg=None):
         "preprocess_eval": eval_ops,
     })
     config.total_epochs = 100
-    config.schedule = ml_collections.ConfigDict(
+    config.schedule.update(
         {"base_lr": 0.1 * arg.batch_size / 256, "warmup_epochs": 0, "decay": "cosine",
          "end_lr_factor": 0.0})
-    config.optimizer = ml_collections.ConfigDict(
+    config.optimizer.update(
         {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 0.0})
     config.trainable_params = "head/.*"
     config.freeze_bn = True

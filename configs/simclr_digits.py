@@ -41,7 +41,8 @@ import math
 
 import ml_collections
 
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
+from vision_jax.config_base import base_config
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -49,23 +50,19 @@ def get_config(arg=None):
                   batch_size=256, lr=0.0, temperature=0.5)
   if arg.stage not in ("pretrain", "linear"):
     raise ConfigError(f"stage={arg.stage!r}: use stage=pretrain or stage=linear.")
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.model = ml_collections.ConfigDict({"name": arg.model, "overrides": {}})
-  config.dtype = "float32"
+  config = base_config()
+  config.model.update({"name": arg.model, "overrides": {}})
   config.eval_batch_size = 360
-  config.log_every_steps = 50
-  add_trainer_options(config)
   if arg.stage == "pretrain":
     config.recipe = "simclr"
     config.data = ml_collections.ConfigDict(
         {"name": "digits", "image_size": 16, "augment": "simclr", "views": 2})
     config.batch_size = arg.batch_size
     config.total_epochs = arg.epochs or 100
-    config.schedule = ml_collections.ConfigDict(
+    config.schedule.update(
         {"base_lr": arg.lr or 0.075 * math.sqrt(arg.batch_size), "warmup_epochs": 10,
          "decay": "cosine"})
-    config.optimizer = ml_collections.ConfigDict(
+    config.optimizer.update(
         {"name": "lars", "momentum": 0.9, "weight_decay": 1e-6, "trust_coefficient": 0.001})
     config.simclr = ml_collections.ConfigDict({
         "temperature": arg.temperature,
@@ -83,9 +80,9 @@ def get_config(arg=None):
     config.data = ml_collections.ConfigDict({"name": "digits", "image_size": 16, "max_shift": 2})
     config.batch_size = 128
     config.total_epochs = arg.epochs or 30
-    config.schedule = ml_collections.ConfigDict(
+    config.schedule.update(
         {"base_lr": arg.lr or 0.1, "warmup_epochs": 0, "decay": "cosine"})
-    config.optimizer = ml_collections.ConfigDict(
+    config.optimizer.update(
         {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 0.0})
     config.trainable_params = "head/.*"
     config.freeze_bn = True

@@ -61,7 +61,8 @@ import os
 import ml_collections
 
 from vision_jax import models
-from vision_jax.config_util import ConfigError, add_trainer_options, parse_arg, shrink_for_smoke
+from vision_jax.config_base import base_config
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
 
 # tfds name -> (training examples, images smaller than 96x96, evaluation split).
 KNOWN_DATASETS = {
@@ -158,11 +159,10 @@ def get_config(arg=None):
   family = models.model_info(arg.model).family
   norm = _normalize(arg.model)
 
-  config = ml_collections.ConfigDict()
-  config.seed = 0
+  config = base_config()
   config.hyperrule = ml_collections.ConfigDict(
       {"num_train": num_train, "small_images": small, **rule})
-  config.model = ml_collections.ConfigDict({"name": arg.model, "overrides": {}})
+  config.model.update({"name": arg.model, "overrides": {}})
   if family == "vit":
     config.model.overrides = {"img_size": crop}
   config.dtype = "bfloat16"
@@ -179,17 +179,13 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.eval_batch_size = 512
   config.total_steps = rule["steps"]
-  config.schedule = ml_collections.ConfigDict({
+  config.schedule.update({
       "base_lr": 0.003 * arg.batch_size / 512, "warmup_steps": rule["warmup_steps"],
       "decay": "step", "boundaries": rule["boundaries"], "decay_factor": 0.1})
-  config.optimizer = ml_collections.ConfigDict(
+  config.optimizer.update(
       {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0})
-  config.label_smoothing = 0.0
-  config.ema_decay = 0.0
-  config.log_every_steps = 50
   config.eval_every_steps = max(rule["steps"] // 10, 1)
   config.checkpoint_every_steps = 1000
-  add_trainer_options(config)
   if arg.init_from:
     config.init_from = arg.init_from
   if arg.smoke:

@@ -13,7 +13,7 @@ import pytest
 from vision_jax import models
 from vision_jax.config_util import ConfigError
 from vision_jax.data import digits as digits_lib
-from vision_jax.data import digits_dataset, resize_matrix
+from vision_jax.data import digits_dataset
 from vision_jax.models.heads import ProjectionHead
 from vision_jax.train import optim, sharding, simclr, steps
 from vision_jax.train.checkpoint import Checkpointer
@@ -333,11 +333,11 @@ def test_linear_eval():
   rng = np.random.default_rng(7)
   train_x, train_y, centers = clusters(rng, 1000, noise=1.0)
   test_x, test_y, _ = clusters(rng, 1000, noise=1.0, centers=centers)
-  assert simclr.linear_eval(train_x, train_y, test_x, test_y, steps=300) >= 0.98
+  assert simclr.linear_eval(train_x, train_y, test_x, test_y, num_steps=300) >= 0.98
   # Mini-batch path.
-  assert simclr.linear_eval(train_x, train_y, test_x, test_y, steps=300, batch_size=128) >= 0.98
+  assert simclr.linear_eval(train_x, train_y, test_x, test_y, num_steps=300, batch_size=128) >= 0.98
   chance = simclr.linear_eval(train_x, rng.integers(0, 10, 1000), test_x,
-                              rng.integers(0, 10, 1000), steps=300, num_classes=10)
+                              rng.integers(0, 10, 1000), num_steps=300, num_classes=10)
   assert abs(chance - 0.1) < 0.05, chance
 
 
@@ -346,7 +346,9 @@ def test_linear_eval():
 # ---------------------------------------------------------------------------
 def test_crop_resize_matrices():
   full = digits_lib.crop_resize_matrices(np.zeros(1), np.full(1, 8.0), 8, 16)[0]
-  np.testing.assert_allclose(full, resize_matrix(8, 16), atol=1e-6)  # whole image: plain resize
+  # Whole image: a plain bilinear resize (half-pixel centres), as jax.image.resize does it.
+  plain = np.asarray(jax.image.resize(jnp.eye(8), (16, 8), "linear"))
+  np.testing.assert_allclose(full, plain, atol=1e-6)
   m = digits_lib.crop_resize_matrices(np.array([2.0, 0.0]), np.array([4.0, 2.0]), 8, 4)
   np.testing.assert_allclose(m.sum(-1), 1.0, rtol=1e-6)
   # A 4-pixel window resampled to 4 pixels picks exactly source pixels 2..5.
@@ -442,7 +444,7 @@ def test_simclr_recipe_runs_and_resumes_exactly(tmp_path):
     ({"data.views": 1}, "two augmented views"),
     ({"data.mix": "mixup(0.2)"}, "config.data.mix does not apply"),
     ({"simclr.temperature": 0.0}, "must be > 0"),
-    ({"recipe": "byol"}, r"config.recipe='byol'; choose one of \('supervised', 'simclr'\)"),
+    ({"recipe": "byol"}, r"config.recipe='byol' is not a recipe; choose one of \['simclr', 'supervised'\]"),
     ({"trainable_params": "head/.*"}, "trainable_params is for supervised runs"),
     ({"freeze_bn": True}, "freeze_bn does not apply to recipe='simclr'"),
     ({"recipe": "supervised"}, "two views per image .* only recipe='simclr' uses"),

@@ -327,11 +327,25 @@ def test_eval_with_running_statistics_matches_train_mode(tmp_path):
   assert abs(running - batch_acc) < 0.03, (running, batch_acc)
 
 
-def test_add_trainer_options():
-  from vision_jax.config_util import add_trainer_options
-  config = ml_collections.ConfigDict()
-  add_trainer_options(config, zero_init_head=False)
-  assert config.zero_init_head is False and config.fsdp is False and config.get("init_from") is None
+def test_base_config_defaults_are_written_once():
+  from vision_jax import config_base
+  from vision_jax.config_util import load_config
+  config = config_base.base_config()
+  for key, value in config_base.TRAINER_DEFAULTS.items():
+    assert key in config, key
+  assert config.keep_checkpoints == config_base.TRAINER_DEFAULTS["keep_checkpoints"]
   config.init_from = "/some/dir"  # placeholders accept a value later (--config.init_from=...)
-  with pytest.raises(ConfigError, match="unknown option.*fsdb"):
-    add_trainer_options(ml_collections.ConfigDict(), fsdb=True)
+  # A hand-built config gets the same defaults; what it sets is kept.
+  merged = config_base.with_defaults(ml_collections.ConfigDict({"seed": 3, "schedule": {"base_lr": 1.0}}))
+  assert merged.seed == 3 and merged.fsdp is False and merged.dont_load == ("params/head/.*",)
+  assert merged.schedule.base_lr == 1.0 and merged.schedule.decay == "cosine"
+  assert merged.optimizer.name == "sgd"
+  # Durations: one unit set, the others cleared.
+  config_base.set_duration(config, "total", epochs=3)
+  config_base.set_duration(config, "total", steps=7)
+  assert config.total_steps == 7 and config.total_epochs is None
+  with pytest.raises(ValueError, match="exactly one"):
+    config_base.set_duration(config, "total", weeks=1)
+  # Every config file builds on the base: a trainer field missing from one is a bug.
+  digits = load_config("configs/digits.py")
+  assert set(config_base.TRAINER_DEFAULTS) <= set(digits.keys())

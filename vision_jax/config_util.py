@@ -81,28 +81,15 @@ def steps_from(config: Any, prefix: str, *, examples_per_epoch: int | None, batc
   return int(math.ceil(value * examples_per_epoch / batch_size))
 
 
-def add_trainer_options(config: Any, **values: Any) -> None:
-  """Adds the trainer's optional fields with their defaults (`values` override them).
-
-  Declaring them in every config lets `--config.FIELD=...` set them from the
-  command line: fsdp, num_devices (None: all), grad_accum_steps, init_from
-  (another workdir or converted weights), dont_load (regexes kept freshly
-  initialised when loading), zero_init_head, freeze_bn, trainable_params (regex
-  of the only parameters trained, e.g. 'head/.*' for a linear probe),
-  keep_checkpoints.
-  """
-  defaults = {
-      "keep_checkpoints": 2, "fsdp": False,
-      "num_devices": ml_collections.config_dict.placeholder(int), "grad_accum_steps": 1,
-      "init_from": ml_collections.config_dict.placeholder(str),
-      "dont_load": ("params/head/.*",), "zero_init_head": True, "freeze_bn": False,
-      "trainable_params": ml_collections.config_dict.placeholder(str),
-  }
-  unknown = sorted(set(values) - set(defaults))
-  if unknown:
-    raise ConfigError(f"add_trainer_options: unknown option(s) {unknown}; valid: {sorted(defaults)}.")
-  for key, value in {**defaults, **values}.items():
-    config[key] = value
+def require_fields(config: Any, *fields: str) -> None:
+  """Raises ConfigError naming the first dotted field that is absent or None."""
+  for field in fields:
+    node = config
+    for part in field.split("."):
+      if not hasattr(node, "keys") or part not in node.keys() or node[part] is None:
+        raise ConfigError(f"The config has no {field!r}; set it in the config file or with "
+                          f"--config.{field}=...")
+      node = node[part]
 
 
 def shrink_for_smoke(config: Any, steps: int = 2, batch_size: int = 16) -> None:
@@ -114,15 +101,12 @@ def shrink_for_smoke(config: Any, steps: int = 2, batch_size: int = 16) -> None:
   cleared so that exactly one stays set. The model and learning rate are the
   config's to shrink.
   """
-  for node, prefix in ((config, "total"), (config, "log_every"), (config, "eval_every"),
-                       (config, "checkpoint_every"), (config.schedule, "warmup")):
-    for unit in ("steps", "epochs", "examples"):
-      if f"{prefix}_{unit}" in node:
-        node[f"{prefix}_{unit}"] = None
-  config.total_steps = steps
-  config.schedule.warmup_steps = 1
-  config.log_every_steps = 1
-  config.checkpoint_every_steps = steps
+  from vision_jax.config_base import set_duration  # pylint: disable=import-outside-toplevel
+  set_duration(config, "total", steps=steps)
+  set_duration(config.schedule, "warmup", steps=1)
+  set_duration(config, "log_every", steps=1)
+  set_duration(config, "checkpoint_every", steps=steps)
+  set_duration(config, "eval_every", steps=steps)
   config.dtype = "float32"
   config.batch_size = batch_size
   config.eval_batch_size = batch_size

@@ -87,3 +87,16 @@ def _local_size(global_batch: int, process_count: int) -> int:
     raise ValueError(f"The global batch size {global_batch} does not divide across "
                      f"{process_count} processes.")
   return global_batch // process_count
+
+
+def synthetic_dataset(image_size: int = 224, num_classes: int = 1000, num_train: int = 256,
+                      num_eval: int = 64, channels: int = 3) -> ArrayDataset:
+  """Random images and labels, for benchmarks: the input pipeline costs almost nothing."""
+  rng = np.random.default_rng(0)
+  shape = (image_size, image_size, channels)
+  train = rng.standard_normal((num_train,) + shape).astype(np.float32)
+  labels = rng.integers(0, num_classes, num_train).astype(np.int32)
+  eval_labels = rng.integers(0, num_classes, num_eval).astype(np.int32)
+  return ArrayDataset(train=(train, labels), eval=(train[np.arange(num_eval) % num_train], eval_labels),
+                      num_classes=num_classes, preprocess_train=lambda x, rngs: x,
+                      preprocess_eval=lambda x, rngs: x)

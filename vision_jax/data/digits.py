@@ -13,6 +13,9 @@ import os
 
 import numpy as np
 
+from vision_jax.data.arrays import ArrayDataset
+from vision_jax.data.errors import DatasetError
+
 _PATH = os.path.join(os.path.dirname(__file__), "digits.npz")
 NUM_CLASSES = 10
 SPLITS = ("train", "test", "all")
@@ -111,3 +114,92 @@ def simclr_view(images: np.ndarray, rngs, image_size: int, *, min_scale: float =
   erase = inside & (draws[:, 11] < erase_prob)[:, None, None]
   x = np.where(erase, -1.0, x)
   return x[..., None].astype(np.float32)
+
+
+def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = "train",
+                   eval_split: str = "test", classes=None,
+                   train_per_class: int | None = None, augment: str = "shift",
+                   views: int = 1) -> ArrayDataset:
+  """The embedded digits, upscaled bilinearly to `image_size` with values in [-1, 1].
+
+  Training augmentation (`augment`): "shift" moves each training image by up to
+  `max_shift` pixels (after upscaling; background padding) when `max_shift` > 0;
+  "simclr" draws a SimCLR-style view instead (random resized crop, brightness
+  and contrast jitter, pixel noise, random erasing: `digits.simclr_view`).
+  `views=2` returns two independent augmentations of every training image,
+  batch['image'] being [N, 2, H, W, 1] (for SimCLR); evaluation is unchanged. `classes` keeps only those
+  digits, relabelled 0..len(classes)-1 in the given order (both splits);
+  `train_per_class` keeps the first n training images of each kept class (a
+  fixed few-shot subset, for transfer experiments).
+  """
+  try:
+    train = load_digits(train_split)
+    evaluation = load_digits(eval_split)
+  except ValueError as e:
+    raise DatasetError(str(e)) from None
+  num_classes = NUM_CLASSES
+  if classes is not None:
+    classes = [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
+      raise DatasetError(f"config.data.classes={classes!r}: give distinct digits from 0 to 9.")
+    relabel = np.full(10, -1)
+    relabel[classes] = np.arange(len(classes))
+
+    def subset(images, labels, per_class=None):
+      keep = np.isin(labels, classes)
+      if per_class is not None:
+        rank = np.array([np.sum(labels[:i][keep[:i]] == labels[i]) for i in range(len(labels))])
+        keep &= rank < per_class
+      return images[keep], relabel[labels[keep]].astype(np.int32)
+
+    train = subset(*train, per_class=train_per_class)
+    evaluation = subset(*evaluation)
+    num_classes = len(classes)
+  elif train_per_class is not None:
+    raise DatasetError("config.data.train_per_class needs config.data.classes.")
+  if augment not in ("shift", "simclr"):
+    raise DatasetError(f"config.data.augment={augment!r}: the digits source knows 'shift' "
+                       "(supervised) and 'simclr' (contrastive views).")
+  if views not in (1, 2):
+    raise DatasetError(f"config.data.views={views!r}: use 1, or 2 for SimCLR pairs.")
+  raw_train = train
+  # A plain bilinear resize of the whole 8x8 image (half-pixel centres).
+  m = crop_resize_matrices(np.zeros(1), np.full(1, 8.0), 8, image_size)[0]
+
+  def upscale(images: np.ndarray) -> np.ndarray:
+    x = images[..., 0].astype(np.float32) / 16.0
+    x = np.einsum("hi,nij,wj->nhw", m, x, m)
+    return (x * 2.0 - 1.0)[..., None]
+
+  train = (upscale(train[0]), train[1])
+  evaluation = (upscale(evaluation[0]), evaluation[1])
+
+  def shift(images: np.ndarray, rngs) -> np.ndarray:
+    if rngs is None or max_shift == 0:
+      return images
+    s = max_shift
+    padded = np.pad(images, ((0, 0), (s, s), (s, s), (0, 0)), constant_values=-1.0)
+    dy, dx = np.stack([rng.integers(0, 2 * s + 1, size=2) for rng in rngs], axis=1)
+    rows = dy[:, None] + np.arange(image_size)[None]
+    cols = dx[:, None] + np.arange(image_size)[None]
+    return padded[np.arange(len(images))[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+  if augment == "simclr":
+    train = raw_train  # cropped from the 8x8 originals: one resampling per view
+
+    def one_view(images, rngs):
+      if rngs is None:
+        return upscale(images)
+      return simclr_view(images, rngs, image_size)
+  else:
+    one_view = shift
+
+  def preprocess_train(images, rngs):
+    if views == 1 or rngs is None:
+      return one_view(images, rngs)
+    # Each example's generator continues its stream, so the second view differs from the first.
+    return np.stack([one_view(images, rngs), one_view(images, rngs)], axis=1)
+
+  return ArrayDataset(train=train, eval=evaluation, num_classes=num_classes,
+                      preprocess_train=preprocess_train, preprocess_eval=lambda x, rng: x,
+                      views=views)

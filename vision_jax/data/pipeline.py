@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -284,3 +284,33 @@ def _options() -> tf.data.Options:
   options.threading.max_intra_op_parallelism = 1
   return options
 
+
+def tf_dataset(data_config: Any, folder: str | None = None, tfds_name: str | None = None):
+  """`TfDataset` over an image folder (`folder`) or a tfds builder (`tfds_name`), from config.data."""
+  # pylint: disable=import-outside-toplevel
+  train_split = data_config.get("train_split") or "train"
+  eval_split = data_config.get("eval_split")
+  if folder is not None:
+    from vision_jax.data.folder import FolderSource, default_eval_split
+    if not folder:
+      raise DatasetError("config.data.name='folder:' needs a path: 'folder:/path/to/root'.")
+    eval_split = eval_split or default_eval_split(folder)
+    source = FolderSource(folder, [train_split, eval_split],
+                          data_config.get("validate_files") or "auto")
+  else:
+    from vision_jax.data.tfds_source import TfdsSource
+    source = TfdsSource(tfds_name, data_dir=data_config.get("data_dir"),
+                        image_key=data_config.get("image_key") or "image",
+                        label_key=data_config.get("label_key") or "label")
+    eval_split = eval_split or source.default_eval_split()
+  specs = {}
+  for field in ("preprocess_train", "preprocess_eval"):
+    specs[field] = data_config.get(field)
+    if not specs[field]:
+      raise DatasetError(
+          f"config.data.{field} is required for {source.name}: an op string such as "
+          "'decode|inception_crop(224)|flip_lr|value_range(-1,1)' (train) or "
+          "'decode|resize_small(256)|central_crop(224)|value_range(-1,1)' (eval).")
+  return TfDataset(source, train_split, eval_split, specs["preprocess_train"],
+                   specs["preprocess_eval"], shuffle_buffer=data_config.get("shuffle_buffer"),
+                   cache=bool(data_config.get("cache", False)))

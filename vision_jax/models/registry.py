@@ -22,15 +22,21 @@ INCEPTION_MEAN = (0.5, 0.5, 0.5)
 INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
+class ModelError(ValueError):
+  """An unknown model name, or arguments the model cannot be built with; says how to fix it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
   """Pretrained metadata carried by each registered name.
 
   Attributes:
     name: registry name.
-    family: module family ("resnet", "resnet_v2", "efficientnet", "vit").
+    family: module family ("resnet", "resnet_v2", "efficientnet", "vit", "vgg", "convnext").
     input_size: side of the square input the variant (and its weights) expects.
     crop_pct: centre-crop fraction used at evaluation (resize to size/crop_pct, crop size).
+    interpolation: resize filter of that evaluation ('bicubic' or 'bilinear'), as the
+      reference weights were evaluated.
     mean: per-channel mean of the input normalisation, for values in [0, 1].
     std: per-channel std of the input normalisation.
     classifier: '/'-joined path of the classifier inside `params`.
@@ -51,6 +57,7 @@ class ModelInfo:
   timm_name: str | None = None
   license: str = "apache-2.0"
   source: str = ""
+  interpolation: str = "bicubic"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +87,7 @@ def _entry(name: str) -> _Entry:
   if name not in _REGISTRY:
     close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
     hint = f" Did you mean one of {close}?" if close else ""
-    raise ValueError(
+    raise ModelError(
         f"Unknown model {name!r}.{hint} `vision_jax.models.list_models()` lists all "
         f"{len(_REGISTRY)} registered names.")
   return _REGISTRY[name]
@@ -107,7 +114,7 @@ def create_model(name: str, num_classes: int = 1000, dtype: Any = jnp.float32,
   """
   entry = _entry(name)
   if num_classes < 0:
-    raise ValueError(f"num_classes must be >= 0, got {num_classes}.")
+    raise ModelError(f"create_model({name!r}): num_classes must be >= 0, got {num_classes}.")
   try:
     return entry.constructor(num_classes=num_classes, dtype=dtype, **overrides)
   except TypeError as e:
@@ -117,7 +124,7 @@ def create_model(name: str, num_classes: int = 1000, dtype: Any = jnp.float32,
         if f.name not in ("parent", "name") and f.init) if module_cls else []
     unknown = sorted(set(overrides) - set(fields)) if fields else []
     if unknown:
-      raise ValueError(
+      raise ModelError(
           f"create_model({name!r}): unknown override(s) {unknown}. "
           f"Valid fields of {module_cls.__name__}: {fields}.") from None
     raise

@@ -37,8 +37,6 @@ VIT_SIZES: dict[str, tuple[int, int, int, int]] = {
     "L": (1024, 24, 4096, 16),
 }
 
-# The word each size has in timm / registry names.
-SIZE_WORDS: dict[str, str] = {"Ti": "tiny", "S": "small", "B": "base", "L": "large"}
 
 # Hybrid name stem -> (size, ResNetV2 stage depths, patch size on the feature map).
 # An empty stage tuple is the ResNetV2 stem alone (conv 7x7/2 + GroupNorm + max-pool/2).
@@ -372,11 +370,10 @@ class VisionTransformer(nn.Module):
     return classifier_head(x, self.num_classes, self.dtype)
 
 
-# Registered variants: name -> (architecture, input size, crop_pct, timm weights tag).
-# The tag is timm's default pretrained tag for that name (input size / crop / mean /
-# std come from its pretrained config; all of them use mean = std = 0.5).
-_PLAIN_VARIANTS: dict[str, tuple[str, str]] = {
-    # registry name (without resolution) -> (spec, tag at 224, tag at 384)
+# Plain ViTs: registry name without the resolution -> (size/patch spec, timm's default
+# pretrained tag at 224, at 384). Each is registered at both resolutions; input size,
+# crop and mean/std follow that tag's pretrained config (mean = std = 0.5 for all).
+_PLAIN_VARIANTS: dict[str, tuple[str, str, str]] = {
     "vit_tiny_patch16": ("Ti/16", "augreg_in21k_ft_in1k", "augreg_in21k_ft_in1k"),
     "vit_small_patch16": ("S/16", "augreg_in21k_ft_in1k", "augreg_in21k_ft_in1k"),
     "vit_small_patch32": ("S/32", "augreg_in21k_ft_in1k", "augreg_in21k_ft_in1k"),

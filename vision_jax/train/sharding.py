@@ -10,7 +10,9 @@ replicated.
 
 from __future__ import annotations
 
-from typing import Any
+import queue
+import threading
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -65,3 +67,53 @@ def make_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[st
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+class Prefetcher:
+  """Moves host batches onto the mesh (`make_global_batch`) in a background thread.
+
+  It keeps up to `size` global batches ahead of the step. `close()` stops the
+  thread and waits for it, so that no transfer is in flight when the process
+  exits. An exception raised by the host iterator is re-raised by `next()`.
+  """
+
+  _DONE = object()
+
+  def __init__(self, batches: Iterator[dict[str, np.ndarray]], mesh: Mesh, size: int = 2):
+    self._queue: queue.Queue = queue.Queue(maxsize=size)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._produce, args=(batches, mesh), daemon=True)
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.05)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _produce(self, batches, mesh) -> None:
+    try:
+      for batch in batches:
+        if not self._put(make_global_batch(batch, mesh)):
+          return
+      self._put(self._DONE)
+    except Exception as e:  # pylint: disable=broad-except
+      self._put(e)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    item = self._queue.get()
+    if item is self._DONE:
+      raise StopIteration
+    if isinstance(item, Exception):
+      raise item
+    return item
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join()

@@ -240,7 +240,7 @@ def knn_accuracy(train_features: Any, train_labels: Any, test_features: Any, tes
 
 
 def linear_eval(train_features: Any, train_labels: Any, test_features: Any, test_labels: Any,
-                *, num_classes: int | None = None, steps: int = 1000,
+                *, num_classes: int | None = None, num_steps: int = 1000,
                 learning_rate: float = 1e-2, weight_decay: float = 0.0,
                 batch_size: int = 4096, normalize: bool = True, seed: int = 0) -> float:
   """Test accuracy of a linear (softmax) classifier trained on frozen features.
@@ -258,7 +258,7 @@ def linear_eval(train_features: Any, train_labels: Any, test_features: Any, test
     test_features: (M, D) frozen features of the test split.
     test_labels: (M,) integer labels.
     num_classes: number of classes; default max label + 1.
-    steps: optimizer steps.
+    num_steps: optimizer steps.
     learning_rate: AdamW peak learning rate (cosine-decayed to 0).
     weight_decay: AdamW decoupled weight decay on the kernel.
     batch_size: examples per step.
@@ -279,19 +279,19 @@ def linear_eval(train_features: Any, train_labels: Any, test_features: Any, test
     std = jnp.std(x_train, axis=0) + 1e-6
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
   weights = _fit_linear(x_train, y_train, jax.random.key(seed), num_classes=num_classes,
-                        steps=int(steps), learning_rate=float(learning_rate),
+                        num_steps=int(num_steps), learning_rate=float(learning_rate),
                         weight_decay=float(weight_decay),
                         batch_size=min(int(batch_size), x_train.shape[0]))
   logits = x_test @ weights["kernel"] + weights["bias"]
   return float(np.mean(np.asarray(jnp.argmax(logits, -1)) == y_test))
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "batch_size"))
-def _fit_linear(x, y, rng, *, num_classes, steps, learning_rate, weight_decay, batch_size):
+@functools.partial(jax.jit, static_argnames=("num_classes", "num_steps", "batch_size"))
+def _fit_linear(x, y, rng, *, num_classes, num_steps, learning_rate, weight_decay, batch_size):
   n, d = x.shape
   params = {"kernel": jnp.zeros((d, num_classes), jnp.float32),
             "bias": jnp.zeros((num_classes,), jnp.float32)}
-  tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, steps), weight_decay=weight_decay,
+  tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, num_steps), weight_decay=weight_decay,
                    mask={"kernel": True, "bias": False})
   targets = jax.nn.one_hot(y, num_classes)
 
@@ -309,24 +309,13 @@ def _fit_linear(x, y, rng, *, num_classes, steps, learning_rate, weight_decay, b
     updates, opt_state = tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state
 
-  params, _ = jax.lax.fori_loop(0, steps, body, (params, tx.init(params)))
+  params, _ = jax.lax.fori_loop(0, num_steps, body, (params, tx.init(params)))
   return params
 
 
 # ---------------------------------------------------------------------------
-# What the trainer needs (config.recipe = 'simclr').
+# Monitors of the SimCLR recipe (vision_jax/train/recipes/simclr.py).
 # ---------------------------------------------------------------------------
-def build_model(config: Any, dtype: Any) -> SimCLRModel:
-  """`SimCLRModel` from config.model (the encoder, built with num_classes=0) and config.simclr.head."""
-  from vision_jax import models  # pylint: disable=import-outside-toplevel
-  overrides = dict(config.model.get("overrides", None) or {})
-  encoder = models.create_model(config.model.name, num_classes=0, dtype=dtype, **overrides)
-  head = dict(config.simclr.get("head", None) or {})
-  return SimCLRModel(encoder=encoder, head=ProjectionHead(
-      hidden_dim=head.get("hidden_dim", None), out_dim=int(head.get("out_dim", 128)),
-      num_layers=int(head.get("num_layers", 2)), dtype=dtype))
-
-
 def extract_features(feature_fn: Callable, params: Any, batch_stats: Any, dataset: Any,
                      batch_size: int, mesh: Any) -> tuple[np.ndarray, np.ndarray]:
   """(features, labels) of one ordered pass over `dataset`'s eval split, padding removed.
@@ -364,7 +353,7 @@ def representation_metrics(train: tuple[np.ndarray, np.ndarray], test: tuple[np.
   if linear:
     lin = dict(config.get("linear", None) or {})
     out["linear_top1"] = linear_eval(
-        *train, *test, num_classes=num_classes, steps=int(lin.get("steps", 1000)),
+        *train, *test, num_classes=num_classes, num_steps=int(lin.get("steps", 1000)),
         learning_rate=float(lin.get("learning_rate", 1e-2)),
         weight_decay=float(lin.get("weight_decay", 0.0)),
         batch_size=int(lin.get("batch_size", 4096)))

@@ -1,0 +1,115 @@
+"""The trainer's fields and their defaults, written once.
+
+Every config file starts from `base_config()` and sets only what differs (big_vision
+keeps such a `configs/common.py`). The trainer calls `with_defaults(config)`, so a
+config built by hand (a test, a notebook) gets the same defaults, and then reads
+fields directly instead of `config.get(field, default)`.
+
+Durations (`total`, `warmup`, `log_every`, `eval_every`, `checkpoint_every`) can be
+given in steps, epochs or examples: `base_config()` declares the three units as
+unset placeholders, so exactly one of them can be set from a config or the command
+line, and `DURATION_DEFAULTS` says what an unset duration means.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+placeholder = ml_collections.config_dict.placeholder
+
+DURATION_UNITS = ("steps", "epochs", "examples")
+
+# What an unset duration means, in steps; None: one of its units must be set.
+# "run" stands for the total number of steps of the run.
+DURATION_DEFAULTS: dict[str, int | str | None] = {
+    "total": None,
+    "warmup": 0,
+    "log_every": 50,
+    "eval_every": "run",
+    "checkpoint_every": "run",
+}
+
+# Top-level trainer fields and their defaults. Fields set to None are optional.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    # The recipe: what the model is trained on and how it is evaluated
+    # (vision_jax.train.recipes lists them).
+    "recipe": "supervised",
+    "dtype": "float32",
+    "batch_size": placeholder(int),
+    "eval_batch_size": placeholder(int),  # None: batch_size
+    "num_devices": placeholder(int),  # None: every device of every process
+    "fsdp": False,
+    "grad_accum_steps": 1,
+    "label_smoothing": 0.0,
+    "ema_decay": 0.0,
+    "prefetch": 2,
+    "keep_checkpoints": 2,
+    # Starting from pretrained weights: another run's workdir or converted weights.
+    "init_from": placeholder(str),
+    "dont_load": ("params/head/.*",),  # regexes kept at their fresh init
+    "zero_init_head": True,
+    "freeze_bn": False,
+    "trainable_params": placeholder(str),  # regex of the only trained parameters
+}
+
+MODEL_DEFAULTS: dict[str, Any] = {"name": placeholder(str), "overrides": {}}
+SCHEDULE_DEFAULTS: dict[str, Any] = {"base_lr": placeholder(float), "decay": "cosine"}
+OPTIMIZER_DEFAULTS: dict[str, Any] = {"name": "sgd", "weight_decay": 0.0}
+
+
+def _duration_fields(prefix: str) -> dict[str, Any]:
+  return {f"{prefix}_{unit}": placeholder(float if unit == "epochs" else int)
+          for unit in DURATION_UNITS}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every trainer field with its default; a config file sets what differs.
+
+  `config.model`, `config.schedule` and `config.optimizer` exist with their
+  defaults; `config.data` is the config's own (see docs/data.md).
+  """
+  config = ml_collections.ConfigDict(dict(TRAINER_DEFAULTS))
+  for prefix in DURATION_DEFAULTS:
+    if prefix != "warmup":
+      config.update(_duration_fields(prefix))
+  config.model = ml_collections.ConfigDict(dict(MODEL_DEFAULTS))
+  config.schedule = ml_collections.ConfigDict(
+      {**SCHEDULE_DEFAULTS, **_duration_fields("warmup")})
+  config.optimizer = ml_collections.ConfigDict(dict(OPTIMIZER_DEFAULTS))
+  return config
+
+
+def set_duration(node: Any, prefix: str, **value: Any) -> None:
+  """Sets one unit of a duration and clears the others: set_duration(config, 'total', epochs=30)."""
+  if len(value) != 1 or next(iter(value)) not in DURATION_UNITS:
+    raise ValueError(f"set_duration({prefix!r}): give exactly one of {DURATION_UNITS}.")
+  for unit in DURATION_UNITS:
+    if f"{prefix}_{unit}" in node:
+      node[f"{prefix}_{unit}"] = None
+  unit, amount = next(iter(value.items()))
+  node[f"{prefix}_{unit}"] = amount
+
+
+def with_defaults(config: Any) -> ml_collections.ConfigDict:
+  """A copy of `config` with every trainer default filled in where the field is absent.
+
+  Fields the config sets (None included) are kept; unknown fields are kept too, so
+  a recipe can read its own block (`config.simclr`).
+  """
+  merged = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") \
+      else ml_collections.ConfigDict(config)
+  with merged.unlocked():
+    for key, value in TRAINER_DEFAULTS.items():
+      if key not in merged:
+        merged[key] = value
+    for block, defaults in (("model", MODEL_DEFAULTS), ("schedule", SCHEDULE_DEFAULTS),
+                            ("optimizer", OPTIMIZER_DEFAULTS)):
+      if block not in merged or merged[block] is None:
+        merged[block] = ml_collections.ConfigDict()
+      for key, value in defaults.items():
+        if key not in merged[block]:
+          merged[block][key] = value
+  return merged

@@ -1,0 +1,111 @@
+"""The SimCLR recipe (Chen et al. 2020): contrastive pretraining on two views of each image.
+
+The model is `SimCLRModel`: the registered `config.model.name` built with
+`num_classes=0` as the encoder, plus a projection MLP (`config.simclr.head`).
+Step: `vision_jax.train.simclr.simclr_train_step` (NT-Xent at
+`config.simclr.temperature`, negatives and BatchNorm over the global batch).
+Evaluation: frozen encoder features of the memory split (the training split with
+eval preprocessing, `config.simclr.memory_split`) and of the eval split; a
+weighted kNN at every eval, and a linear probe added at the final one.
+A SimCLR projection head is never zeroed when `init_from` loads weights: its
+output would be constant.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+
+from vision_jax import data as data_lib
+from vision_jax import models
+from vision_jax.config_util import ConfigError, require_fields
+from vision_jax.models.heads import ProjectionHead
+from vision_jax.train import sharding as sharding_lib
+from vision_jax.train import simclr as simclr_lib
+from vision_jax.train.recipes.base import Recipe, register_recipe
+from vision_jax.train.recipes.supervised import eval_params
+
+
+def build_model(config: Any, dtype: Any) -> simclr_lib.SimCLRModel:
+  """`SimCLRModel` from config.model (the encoder, built with num_classes=0) and config.simclr.head."""
+  encoder = models.create_model(config.model.name, num_classes=0, dtype=dtype,
+                                **dict(config.model.overrides or {}))
+  head = dict(config.simclr.get("head", None) or {})
+  return simclr_lib.SimCLRModel(encoder=encoder, head=ProjectionHead(
+      hidden_dim=head.get("hidden_dim", None), out_dim=int(head.get("out_dim", 128)),
+      num_layers=int(head.get("num_layers", 2)), dtype=dtype))
+
+
+def memory_data_config(config: Any) -> Any:
+  """config.data for the kNN / linear-probe memory: the training split, eval preprocessing."""
+  memory = config.data.copy_and_resolve_references()
+  with memory.unlocked():
+    memory.eval_split = (config.simclr.get("memory_split", None)
+                         or config.data.get("train_split", None) or "train")
+    if "views" in memory:
+      memory.views = 1
+    if "mix" in memory:
+      memory.mix = None
+  return memory
+
+
+class SimCLR(Recipe):
+  """Label-free contrastive pretraining with kNN and linear-probe monitors."""
+
+  name = "simclr"
+  zero_head_on_load = False
+  checkpoint_tag = "simclr"
+
+  def check(self, config: Any, dataset: Any) -> None:
+    require_fields(config, "simclr.temperature")
+    if float(config.simclr.temperature) <= 0:
+      raise ConfigError(f"config.simclr.temperature={config.simclr.temperature} must be > 0.")
+    if int(config.grad_accum_steps) > 1:
+      raise ConfigError("config.grad_accum_steps > 1 is not available with recipe='simclr': the "
+                        "negatives and the BatchNorm batch would shrink to one micro-batch. Use "
+                        "more devices or a smaller batch instead.")
+    if config.data.get("mix"):
+      raise ConfigError("config.data.mix does not apply to recipe='simclr' (no labels are used "
+                        "in training); remove it.")
+    if config.freeze_bn:
+      raise ConfigError("config.freeze_bn does not apply to recipe='simclr': contrastive "
+                        "pretraining needs BatchNorm's batch statistics; remove it.")
+    if config.trainable_params:
+      raise ConfigError("config.trainable_params is for supervised runs (e.g. a linear probe); "
+                        "SimCLR pretraining trains encoder and head.")
+    if getattr(dataset, "views", 1) != 2:
+      raise ConfigError(
+          "recipe='simclr' needs two augmented views of every training image: set "
+          "config.data.views=2 (digits, with augment='simclr'), or put 'two_views' in "
+          "config.data.preprocess_train (e.g. 'decode|two_views|inception_crop(224)|flip_lr|"
+          "color_jitter(1.0)|random_grayscale(0.2)|value_range(0,1)').")
+
+  def build_model(self, config: Any, dataset: Any, dtype: Any):
+    del dataset  # no classifier: the number of classes does not matter
+    return build_model(config, dtype)
+
+  def train_step(self, config: Any, dataset: Any, model, tx, schedule):
+    return functools.partial(
+        simclr_lib.simclr_train_step, model=model, tx=tx, schedule=schedule,
+        temperature=float(config.simclr.temperature), ema_decay=float(config.ema_decay or 0.0))
+
+  def make_eval(self, config: Any, dataset: Any, model, mesh, batch_size: int):
+    memory = data_lib.get_dataset(memory_data_config(config))
+    feature_fn = jax.jit(functools.partial(simclr_lib.feature_step, model=model),
+                         out_shardings=sharding_lib.replicated(mesh))
+
+    def run_eval(state, final: bool = False) -> dict[str, float]:
+      params = eval_params(state)
+      train = simclr_lib.extract_features(feature_fn, params, state.batch_stats, memory,
+                                          batch_size, mesh)
+      test = simclr_lib.extract_features(feature_fn, params, state.batch_stats, dataset,
+                                         batch_size, mesh)
+      return simclr_lib.representation_metrics(train, test, config.simclr, dataset.num_classes,
+                                               linear=final)
+
+    return run_eval
+
+
+register_recipe(SimCLR())
