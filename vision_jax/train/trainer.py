@@ -24,6 +24,7 @@ from absl import logging
 from clu import parameter_overview
 
 from vision_jax import data as data_lib
+from vision_jax import environment
 from vision_jax.config_base import DURATION_DEFAULTS, with_defaults
 from vision_jax.config_util import ConfigError, require_fields, steps_from
 from vision_jax.train import checkpoint as ckpt_lib
@@ -142,6 +143,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   rng = jax.random.key(int(config.seed))
   abstract_state = jax.eval_shape(init_fn, rng)
   state_shardings = sharding_lib.state_shardings(abstract_state, mesh, fsdp=bool(config.fsdp))
+
+  # What this run runs on (code, packages, devices, CPU, XLA flags, the resolved config).
+  environment.write_environment(workdir, config)
 
   # --- Resume order: workdir checkpoint, then config.init_from, then scratch.
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=int(config.keep_checkpoints))
