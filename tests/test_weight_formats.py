@@ -263,3 +263,52 @@ def test_npz_bit_accepts_broadcast_norm_shapes():
   module2, variables2 = from_npz(name, padded)
   assert module2.num_classes == 7
   _assert_same_variables(variables2, variables)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared matching core: every loader error is a WeightLoadError.
+
+
+def test_unmapped_leaf_is_a_weight_load_error_not_a_key_error(resnet18_state_dict):
+  # A leaf the resnet mapping has no timm key for (before the core, its KeyError escaped).
+  from vision_jax.weights import core, timm_resnet  # pylint: disable=import-outside-toplevel
+  leaf = jax.ShapeDtypeStruct((64,), jnp.float32)
+  target = {"params": {"bn1": {"scale": leaf, "gamma": leaf}}}
+
+  def lookup(collection, path, shape):
+    return core.Slot.single(*timm_resnet.leaf_key(collection, path))
+
+  sd = {"bn1.weight": resnet18_state_dict["bn1.weight"]}
+  with pytest.raises(WeightLoadError) as info:
+    core.match(target, lookup, sd, header="test:")
+  assert not isinstance(info.value, KeyError)
+  message = str(info.value)
+  assert "variables without a counterpart in the checkpoint (1):\n    params/bn1/gamma" in message
+  assert "missing keys" not in message and "unexpected keys" not in message
+  # Not strict: the report comes back with the leaf that did load.
+  variables, report = core.match(target, lookup, sd, strict=False)
+  assert report.unmapped == ["params/bn1/gamma"] and not report.missing
+  np.testing.assert_array_equal(variables["params"]["bn1"]["scale"], sd["bn1.weight"])
+
+
+def test_bad_keys_and_layouts_are_weight_load_errors(resnet18_state_dict):
+  sd = dict(resnet18_state_dict)
+  sd["conv1.weight"] = np.zeros((64,), np.float32)  # 1-D where a conv is expected
+  with pytest.raises(WeightLoadError, match=r"shape mismatches \(1\)[\s\S]*conv1\.weight \(64,\)"):
+    from_timm("resnet18", sd)
+  with pytest.raises(WeightLoadError, match="cannot build 'resnet18'"):
+    from_timm("resnet18", resnet18_state_dict, not_a_field=1)
+  # A position embedding that is no square grid is reported by the one inference helper.
+  with pytest.raises(WeightLoadError, match="not a square grid"):
+    from_timm("vit_tiny_patch16_224", {"pos_embed": np.zeros((1, 7, 192), np.float32)})
+
+
+def test_infer_architecture_reads_classes_depth_and_image_size():
+  from vision_jax.weights.core import infer_architecture  # pylint: disable=import-outside-toplevel
+  shapes = {"head.weight": (7, 192), "blocks.0.x": (1,), "blocks.11.x": (1,),
+            "pos_embed": (1, 1 + 24 * 24, 192)}
+  assert infer_architecture(shapes, "t", classifier=("head.weight", 0),
+                            block_pattern=r"blocks\.(\d+)\.", pos_embed="pos_embed",
+                            pixels_per_token=16) == {"num_classes": 7, "depth": 12,
+                                                     "img_size": 384}
+  assert infer_architecture({}, "t", classifier=("head.weight", 0)) == {"num_classes": 0}

@@ -1,9 +1,12 @@
-"""Import and export of foreign checkpoints."""
+"""Import and export of foreign checkpoints (timm, torchvision, google-research .npz).
 
-from vision_jax.weights.timm import WeightLoadError, from_timm
+Every loader matches through `weights.core` and reports every mismatch in one
+`WeightLoadError`.
+"""
 
-__all__ = ["WeightLoadError", "from_timm"]
-from vision_jax.weights.npz import from_npz, to_npz  # noqa: E402
-from vision_jax.weights.torchvision import from_torchvision  # noqa: E402
+from vision_jax.weights.core import WeightLoadError
+from vision_jax.weights.npz import from_npz, to_npz
+from vision_jax.weights.timm import from_timm
+from vision_jax.weights.torchvision import from_torchvision
 
-__all__ += ["from_npz", "from_torchvision", "to_npz"]
+__all__ = ["WeightLoadError", "from_npz", "from_timm", "from_torchvision", "to_npz"]

@@ -29,11 +29,14 @@ BiT (google-research/big_transfer), under 'resnet/':
   group_norm/{gamma,beta}                                   norm
   head/conv2d/{kernel (1, 1, C, classes), bias}             head
 
-Each leaf of our variables is tied to one or more .npz arrays by a `Slot` (the
-fused qkv to three), so loading checks every array the same way `from_timm`
-does: missing keys, unexpected keys and shapes, all listed in one
-`WeightLoadError`. Arrays whose shape differs from the expected one only by
-size-1 dimensions (a (1, 1, 1, C) GroupNorm gamma, say) are accepted.
+Each leaf of our variables is tied to one or more .npz arrays by an `NpzSlot`
+(the fused qkv to three), and `weights.core.match` checks every array the same
+way as for `from_timm`: missing keys, unexpected keys, shapes and leaves without
+an .npz counterpart, all listed in one `WeightLoadError`. Arrays whose shape
+differs from the expected one only by size-1 dimensions (a (1, 1, 1, C)
+GroupNorm gamma, say) are accepted. Classes, depth and image size are read by
+`weights.core.infer_architecture`, from the file on import and from our
+variables on export.
 
 Not covered: big_vision's own ViT layout ('pos_embedding' at the top level,
 'MultiHeadDotProductAttention_0', scanned 'encoderblock'), 'params/' or
@@ -44,27 +47,26 @@ ImageNet-21k ViT checkpoints (vision_jax's ViT has no such layer).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from typing import Any, Callable, Mapping, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
 from vision_jax import models
 from vision_jax.models import vit
-from vision_jax.weights.timm import Path, WeightLoadError, abstract_variables, listing as _listing
+from vision_jax.weights.core import (NoCounterpart, Path, Slot, WeightLoadError,
+                                     abstract_variables, build_model, check_variables,
+                                     infer_architecture, match, shapes_of)
 
 _FAMILIES = ("vit", "resnet_v2")
 _BIT_PREFIX = "resnet/"
 _BLOCK = re.compile(r"stages_(\d+)_blocks_(\d+)")
-_ENCODER_BLOCK = re.compile(r"Transformer/encoderblock_(\d+)/")
 
 
 @dataclasses.dataclass(frozen=True)
-class Slot:
+class NpzSlot:
   """How one leaf of our variables is stored in the .npz file.
 
   Attributes:
@@ -78,22 +80,18 @@ class Slot:
   to_npz: Callable[[np.ndarray], list[np.ndarray]]
 
 
-class _NoSlot(KeyError):
-  """A leaf of our variables has no place in the .npz layout."""
-
-
-def _same(key: str) -> Slot:
+def _same(key: str) -> NpzSlot:
   """Stored as it is (flax and the .npz files share conv and dense layouts)."""
-  return Slot((key,), lambda arrays, shape: arrays[0], lambda w: [w])
+  return NpzSlot((key,), lambda arrays, shape: arrays[0], lambda w: [w])
 
 
-def _reshaped(key: str, npz_shape: Callable[[tuple[int, ...]], tuple[int, ...]]) -> Slot:
+def _reshaped(key: str, npz_shape: Callable[[tuple[int, ...]], tuple[int, ...]]) -> NpzSlot:
   """Same data, another shape: `npz_shape` maps our shape to the stored one."""
-  return Slot((key,), lambda arrays, shape: arrays[0].reshape(shape),
+  return NpzSlot((key,), lambda arrays, shape: arrays[0].reshape(shape),
               lambda w: [w.reshape(npz_shape(w.shape))])
 
 
-def _fused_qkv(prefix: str, leaf: str, num_heads: int) -> Slot:
+def _fused_qkv(prefix: str, leaf: str, num_heads: int) -> NpzSlot:
   """Our fused qkv Dense (outputs ordered q|k|v, head, head_dim) <-> query, key, value."""
   keys = tuple(f"{prefix}{n}/{leaf}" for n in ("query", "key", "value"))
   if leaf == "kernel":  # ours (D, 3D); stored (D, heads, head_dim) each
@@ -109,17 +107,17 @@ def _fused_qkv(prefix: str, leaf: str, num_heads: int) -> Slot:
 
     def to_npz(w):
       return list(w.reshape(3, num_heads, -1))
-  return Slot(keys, to_ours, to_npz)
+  return NpzSlot(keys, to_ours, to_npz)
 
 
 def _split(path: Path) -> tuple[Path, str]:
   return tuple(path[:-1]), path[-1]
 
 
-def _vit_slot(collection: str, path: Path, num_heads: int) -> Slot:
+def _vit_slot(collection: str, path: Path, num_heads: int) -> NpzSlot:
   """The Slot of one leaf of a VisionTransformer (plain or hybrid)."""
   if collection != "params":
-    raise _NoSlot(path)
+    raise NoCounterpart(path)
   if path[:2] == ("patch_embed", "backbone"):
     return _hybrid_backbone_slot(path[2:])
   if path == ("cls_token",):
@@ -128,14 +126,14 @@ def _vit_slot(collection: str, path: Path, num_heads: int) -> Slot:
     return _same("Transformer/posembed_input/pos_embedding")
   modules, leaf = _split(path)
   if leaf not in ("kernel", "bias", "scale"):
-    raise _NoSlot(path)
+    raise NoCounterpart(path)
   top = {("patch_embed", "proj"): "embedding", ("norm",): "Transformer/encoder_norm",
          ("head",): "head"}
   if modules in top:
     return _same(f"{top[modules]}/{leaf}")
   block = re.fullmatch(r"blocks_(\d+)", modules[0]) if modules else None
   if block is None:
-    raise _NoSlot(path)
+    raise NoCounterpart(path)
   prefix = f"Transformer/encoderblock_{block[1]}/"
   attn = f"{prefix}MultiHeadDotProductAttention_1/"
   inner = modules[1:]
@@ -149,10 +147,10 @@ def _vit_slot(collection: str, path: Path, num_heads: int) -> Slot:
            ("mlp", "fc1"): "MlpBlock_3/Dense_0", ("mlp", "fc2"): "MlpBlock_3/Dense_1"}
   if inner in names:
     return _same(f"{prefix}{names[inner]}/{leaf}")
-  raise _NoSlot(path)
+  raise NoCounterpart(path)
 
 
-def _hybrid_backbone_slot(path: Path) -> Slot:
+def _hybrid_backbone_slot(path: Path) -> NpzSlot:
   """The Slot of one leaf of a hybrid's ResNetV2 backbone (path inside the backbone)."""
   modules, leaf = _split(path)
   if modules == ("stem", "conv") and leaf == "kernel":
@@ -161,7 +159,7 @@ def _hybrid_backbone_slot(path: Path) -> Slot:
     return _same(f"gn_root/{leaf}")
   block = _BLOCK.fullmatch(modules[0]) if modules else None
   if block is None:
-    raise _NoSlot(path)
+    raise NoCounterpart(path)
   unit = f"block{int(block[1]) + 1}/unit{int(block[2]) + 1}/"
   inner = modules[1:]
   if inner == ("downsample", "conv") and leaf == "kernel":
@@ -173,13 +171,13 @@ def _hybrid_backbone_slot(path: Path) -> Slot:
     return _same(f"{unit}conv{layer[2]}/kernel")
   if layer and layer[1] == "norm" and leaf in ("scale", "bias"):
     return _same(f"{unit}gn{layer[2]}/{leaf}")
-  raise _NoSlot(path)
+  raise NoCounterpart(path)
 
 
-def _bit_slot(collection: str, path: Path) -> Slot:
+def _bit_slot(collection: str, path: Path) -> NpzSlot:
   """The Slot of one leaf of a BiT ResNetV2 (keys under 'resnet/')."""
   if collection != "params":
-    raise _NoSlot(path)
+    raise NoCounterpart(path)
   p = _BIT_PREFIX
   gn = {"scale": "gamma", "bias": "beta"}
   modules, leaf = _split(path)
@@ -194,7 +192,7 @@ def _bit_slot(collection: str, path: Path) -> Slot:
       return _same(f"{p}head/conv2d/bias")
   block = _BLOCK.fullmatch(modules[0]) if modules else None
   if block is None:
-    raise _NoSlot(path)
+    raise NoCounterpart(path)
   unit = f"{p}block{int(block[1]) + 1}/unit{int(block[2]) + 1:02d}/"
   inner = modules[1:]
   if inner == ("downsample", "conv") and leaf == "kernel":
@@ -206,7 +204,7 @@ def _bit_slot(collection: str, path: Path) -> Slot:
       return _same(f"{unit}{sub}/standardized_conv2d/kernel")
     if layer[1] == "norm" and leaf in gn:
       return _same(f"{unit}{sub}/group_norm/{gn[leaf]}")
-  raise _NoSlot(path)
+  raise NoCounterpart(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,24 +222,31 @@ def _arch(caller: str, model_name: str) -> str:
   return arch
 
 
-def _base_module(caller: str, model_name: str, arch: str, kwargs: Mapping[str, Any]):
-  try:
-    return models.create_model(arch, **kwargs)
-  except (TypeError, ValueError) as e:
-    raise WeightLoadError(f"{caller}({model_name!r}): cannot build {arch!r}: {e}") from e
+def _pixels_per_token(caller: str, arch: str, overrides: Mapping[str, Any]) -> Callable[[], int]:
+  """Side of input per position-embedding token of `arch` (patch size x backbone stride)."""
+  def pixels() -> int:
+    base = build_model(caller, arch, **overrides)
+    stride = 1 if base.backbone_layers is None else vit.backbone_stride(base.backbone_layers)
+    return base.patch_size * stride
+  return pixels
 
 
-def _vit_img_size(caller: str, model_name: str, base, tokens: int) -> int:
-  """Input side that gives `tokens` grid tokens (class token excluded) with `base`'s patches."""
-  side = math.isqrt(tokens)
-  if side * side != tokens:
-    raise WeightLoadError(f"{caller}({model_name!r}): the position embedding has {tokens} grid "
-                          "tokens (after the class token), not a square grid.")
-  stride = 1 if base.backbone_layers is None else vit.backbone_stride(base.backbone_layers)
-  return side * base.patch_size * stride
+def _infer(caller: str, arch: str, family: str, shapes: Mapping[str, Sequence[int]],
+           overrides: Mapping[str, Any], ours: bool) -> dict[str, Any]:
+  """Classes, and for ViTs depth and image size, of .npz arrays (or of our own variables)."""
+  if family == "vit":
+    keys = (("params/head/kernel", r"params/blocks_(\d+)/", "params/pos_embed") if ours else
+            ("head/kernel", r"Transformer/encoderblock_(\d+)/",
+             "Transformer/posembed_input/pos_embedding"))
+    return infer_architecture(
+        shapes, caller, classifier=(keys[0], -1), block_pattern=keys[1],
+        pos_embed=None if "img_size" in overrides else keys[2],
+        pixels_per_token=_pixels_per_token(caller, arch, overrides))
+  head = "params/head/kernel" if ours else f"{_BIT_PREFIX}head/conv2d/kernel"
+  return infer_architecture(shapes, caller, classifier=(head, -1))
 
 
-def _slot_fn(family: str, module) -> Callable[[str, Path], Slot]:
+def _slot_fn(family: str, module) -> Callable[[str, Path], NpzSlot]:
   if family == "vit":
     return lambda collection, path: _vit_slot(collection, path, module.num_heads)
   return _bit_slot
@@ -276,80 +281,36 @@ def from_npz(model_name: str, npz_mapping: Mapping[str, Any] | str | os.PathLike
     WeightLoadError: unknown model, or arrays missing, unexpected or of the wrong shape;
       the message names the model and lists every mismatch.
   """
-  caller = "from_npz"
+  caller = f"from_npz({model_name!r})"
   if isinstance(npz_mapping, (str, os.PathLike)):
     with np.load(npz_mapping, allow_pickle=False) as f:
       arrays = {k: np.asarray(f[k]) for k in f.files}
   else:
     arrays = {k: np.asarray(npz_mapping[k]) for k in npz_mapping.keys()}
-  arch = _arch(caller, model_name)
+  arch = _arch("from_npz", model_name)
   family = models.model_info(arch).family
-
-  inferred: dict[str, Any] = {}
-  if family == "vit":
-    head = arrays.get("head/kernel")
-    inferred["num_classes"] = int(head.shape[-1]) if head is not None else 0
-    blocks = {int(m[1]) for k in arrays if (m := _ENCODER_BLOCK.match(k))}
-    if blocks:
-      inferred["depth"] = max(blocks) + 1
-    pos = arrays.get("Transformer/posembed_input/pos_embedding")
-    if pos is not None and pos.ndim == 3 and "img_size" not in overrides:
-      base = _base_module(caller, model_name, arch, overrides)
-      inferred["img_size"] = _vit_img_size(caller, model_name, base, pos.shape[1] - 1)
-  else:
-    head = arrays.get(f"{_BIT_PREFIX}head/conv2d/kernel")
-    inferred["num_classes"] = int(head.shape[-1]) if head is not None else 0
-  kwargs = {**inferred, **overrides}
-  module = _base_module(caller, model_name, arch, kwargs)
-  shapes = abstract_variables(module, arch, kwargs)
+  kwargs = {**_infer(caller, arch, family, shapes_of(arrays), overrides, ours=False),
+            **overrides}
+  module = build_model(caller, arch, **kwargs)
   slot_of = _slot_fn(family, module)
 
-  variables: dict[str, dict[Path, np.ndarray]] = {}
-  used: set[str] = set()
-  missing, mismatched, unmapped = [], [], []
-  for collection, tree in shapes.items():
-    for path, leaf in traverse_util.flatten_dict(tree).items():
-      where = f"{collection}/{'/'.join(path)}"
-      try:
-        slot = slot_of(collection, path)
-      except _NoSlot:
-        unmapped.append(where)
-        continue
-      expected = [a.shape for a in slot.to_npz(np.empty(leaf.shape, np.float32))]
-      parts, ok = [], True
-      for key, shape in zip(slot.keys, expected):
-        if key not in arrays:
-          missing.append(f"{key}  (for {where})")
-          ok = False
-          continue
-        used.add(key)
-        value = arrays[key]
-        if value.shape != shape:
-          if _squeezed(value.shape) == _squeezed(shape):
-            value = value.reshape(shape)  # only size-1 dimensions differ
-          else:
-            mismatched.append(f"{key} {value.shape} -> {where}: expected {shape}")
-            ok = False
-            continue
-        parts.append(value)
-      if ok:
-        variables.setdefault(collection, {})[path] = np.asarray(
-            slot.to_ours(parts, tuple(leaf.shape))).astype(leaf.dtype)
-  unexpected = sorted(k for k in arrays if k not in used)
-  if missing or unexpected or mismatched or unmapped:
-    hint = ""
-    if any(k.startswith("pre_logits/") for k in unexpected):
-      hint = ("The 'pre_logits' layer of the original ImageNet-21k ViT checkpoints has no "
+  def lookup(collection: str, path: Path, shape) -> Slot:
+    slot = slot_of(collection, path)
+    stored = tuple(a.shape for a in slot.to_npz(np.empty(shape, np.float32)))
+    return Slot(slot.keys, slot.to_ours, stored)
+
+  def hint(report) -> str:
+    if any(k.startswith("pre_logits/") for k in report.unexpected):
+      return ("The 'pre_logits' layer of the original ImageNet-21k ViT checkpoints has no "
               "counterpart in vision_jax's ViT.\n")
-    raise WeightLoadError(
-        f"{caller}({model_name!r}): the .npz arrays do not fit vision_jax model {arch!r} "
-        f"(overrides={kwargs}).\n"
-        + _listing("missing keys", sorted(missing)) + _listing("unexpected keys", unexpected)
-        + _listing("shape mismatches", sorted(mismatched))
-        + _listing("variables without an .npz counterpart", sorted(unmapped))
-        + hint + "Check that the checkpoint belongs to this model name.")
-  return module, {c: traverse_util.unflatten_dict(
-      {p: jnp.asarray(v) for p, v in leaves.items()}) for c, leaves in variables.items()}
+    return ""
+
+  variables, _ = match(
+      abstract_variables(module, arch, kwargs), lookup, arrays, accept_size1_dims=True,
+      hint=hint, header=(f"{caller}: the .npz arrays do not fit vision_jax model {arch!r} "
+                         f"(overrides={kwargs})."),
+      footer="Check that the checkpoint belongs to this model name.")
+  return module, variables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,43 +338,17 @@ def to_npz(model_name: str, variables: Mapping[str, Any],
     WeightLoadError: unknown model, or variables that do not fit it (every missing,
       unexpected or mis-shaped leaf is listed).
   """
-  caller = "to_npz"
-  arch = _arch(caller, model_name)
+  caller = f"to_npz({model_name!r})"
+  arch = _arch("to_npz", model_name)
   family = models.model_info(arch).family
   ours = {c: traverse_util.flatten_dict(dict(tree)) for c, tree in variables.items()}
-  params = ours.get("params", {})
-
-  inferred: dict[str, Any] = {}
-  head = params.get(("head", "kernel"))
-  inferred["num_classes"] = int(head.shape[-1]) if head is not None else 0
-  if family == "vit":
-    blocks = {int(m[1]) for p in params if (m := re.fullmatch(r"blocks_(\d+)", p[0]))}
-    if blocks:
-      inferred["depth"] = max(blocks) + 1
-    pos = params.get(("pos_embed",))
-    if pos is not None and np.ndim(pos) == 3 and "img_size" not in overrides:
-      base = _base_module(caller, model_name, arch, overrides)
-      inferred["img_size"] = _vit_img_size(caller, model_name, base, pos.shape[1] - 1)
-  kwargs = {**inferred, **overrides}
-  module = _base_module(caller, model_name, arch, kwargs)
-  shapes = {c: traverse_util.flatten_dict(t)
-            for c, t in abstract_variables(module, arch, kwargs).items()}
-
-  missing, unexpected, mismatched = [], [], []
-  for collection in sorted(set(shapes) | set(ours)):
-    want, have = shapes.get(collection, {}), ours.get(collection, {})
-    missing += [f"{collection}/{'/'.join(p)}" for p in want if p not in have]
-    unexpected += [f"{collection}/{'/'.join(p)}" for p in have if p not in want]
-    mismatched += [f"{collection}/{'/'.join(p)}: expected {tuple(want[p].shape)}, got "
-                   f"{tuple(np.shape(have[p]))}" for p in want
-                   if p in have and tuple(np.shape(have[p])) != tuple(want[p].shape)]
-  if missing or unexpected or mismatched:
-    raise WeightLoadError(
-        f"{caller}({model_name!r}): the variables do not fit vision_jax model {arch!r} "
-        f"(overrides={kwargs}).\n"
-        + _listing("missing variables", sorted(missing))
-        + _listing("unexpected variables", sorted(unexpected))
-        + _listing("shape mismatches", sorted(mismatched)))
+  shapes = {f"{c}/{'/'.join(p)}": np.shape(v) for c, leaves in ours.items()
+            for p, v in leaves.items()}
+  kwargs = {**_infer(caller, arch, family, shapes, overrides, ours=True), **overrides}
+  module = build_model(caller, arch, **kwargs)
+  check_variables(abstract_variables(module, arch, kwargs), variables,
+                  header=(f"{caller}: the variables do not fit vision_jax model {arch!r} "
+                          f"(overrides={kwargs})."))
 
   slot_of = _slot_fn(family, module)
   out: dict[str, np.ndarray] = {}
@@ -421,13 +356,9 @@ def to_npz(model_name: str, variables: Mapping[str, Any],
     for path, value in leaves.items():
       try:
         slot = slot_of(collection, path)
-      except _NoSlot as e:
-        raise WeightLoadError(f"{caller}({model_name!r}): {collection}/{'/'.join(path)} has no "
-                              "place in the .npz layout.") from e
+      except NoCounterpart as e:
+        raise WeightLoadError(f"{caller}: {collection}/{'/'.join(path)} has no place in the "
+                              ".npz layout.") from e
       for key, array in zip(slot.keys, slot.to_npz(np.asarray(value))):
         out[key] = np.ascontiguousarray(array)
   return out
-
-
-def _squeezed(shape: Sequence[int]) -> tuple[int, ...]:
-  return tuple(d for d in shape if d != 1)

@@ -23,8 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vision_jax.weights.timm import (Path, TimmFamily, Transform, WeightLoadError, conv_kernel,
-                                     dense_kernel, identity, register_timm_family)
+from vision_jax.weights.core import (NoCounterpart, Path, Transform, WeightLoadError, conv_kernel,
+                                     dense_kernel, identity)
+from vision_jax.weights.timm import TimmFamily, register_timm_family
 
 _PATTERN = r"(tf_)?efficientnet_b[0-7]"
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
@@ -54,8 +55,7 @@ def _leaf_key(collection: str, path: Path) -> tuple[str, Transform]:
   """(timm key, layout transform) of one leaf of our variables."""
   *modules, leaf = path
   if collection not in ("params", "batch_stats") or leaf not in _LEAF or not modules:
-    # Named so that it shows up among the missing keys.
-    return f"<no timm key for {collection}/{'/'.join(path)}>", identity
+    raise NoCounterpart(path)
   if modules == ["head"]:
     return f"classifier.{_LEAF[leaf]}", dense_kernel if leaf == "kernel" else identity
   parts = [_BLOCK.sub(r"blocks.\1.\2", m) for m in modules]

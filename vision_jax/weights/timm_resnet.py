@@ -20,8 +20,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vision_jax.weights.timm import (Path, TimmFamily, Transform, conv_kernel, dense_kernel,
-                                     identity, register_timm_family)
+from vision_jax.weights.core import (NoCounterpart, Path, Transform, conv_kernel, dense_kernel,
+                                     identity)
+from vision_jax.weights.timm import TimmFamily, register_timm_family
 
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
          "var": "running_var"}
@@ -33,11 +34,11 @@ def _resolve(timm_name: str, state_dict: Mapping[str, np.ndarray]) -> tuple[str,
   return timm_name, {}
 
 
-def _leaf_key(collection: str, path: Path) -> tuple[str, Transform]:
+def leaf_key(collection: str, path: Path) -> tuple[str, Transform]:
   """(timm key, layout transform) of one leaf of our variables."""
   *modules, leaf = path
   if collection not in ("params", "batch_stats") or leaf not in _LEAF or not modules:
-    raise KeyError(f"resnet: no timm counterpart for {collection}/{'/'.join(path)}")
+    raise NoCounterpart(path)
   parts = []
   for module in modules:
     block = re.fullmatch(r"(layer\d+)_(\d+)", module)
@@ -53,5 +54,5 @@ register_timm_family(TimmFamily(
     pattern=r"resnet(18|34|50|101|152|200)",
     resolve=_resolve,
     classifier_key="fc.weight",
-    leaf_key=_leaf_key,
+    leaf_key=leaf_key,
 ))

@@ -18,16 +18,12 @@ from typing import Mapping
 import numpy as np
 
 from vision_jax import models
-from vision_jax.weights.timm import (Path, TimmFamily, Transform, WeightLoadError, conv_kernel,
-                                     dense_kernel, identity, register_timm_family)
+from vision_jax.weights.core import (NoCounterpart, Path, Transform, WeightLoadError,
+                                     conv1x1_to_dense, conv_kernel, identity)
+from vision_jax.weights.timm import TimmFamily, register_timm_family
 
 _BIT_PATTERN = r"resnetv2_(50|101|152)x(1|2|3|4)_bit"
 _BLOCK = re.compile(r"stages_(\d+)_blocks_(\d+)")
-
-
-def _conv1x1_to_dense(w: np.ndarray) -> np.ndarray:
-  """timm's classifier is a 1x1 conv (out, in, 1, 1): -> Dense kernel (in, out)."""
-  return dense_kernel(w.reshape(w.shape[0], w.shape[1]))
 
 
 def resnet_v2_leaf_key(collection: str, path: Path, prefix: str = "",
@@ -47,11 +43,10 @@ def resnet_v2_leaf_key(collection: str, path: Path, prefix: str = "",
     (timm key, transform from timm's layout to ours).
   """
   if collection != "params":
-    # ResNetV2 has no other collection; name it so that it shows up as missing.
-    return f"{prefix}<{collection}>/{'/'.join(path)}", identity
+    raise NoCounterpart(path)  # ResNetV2 (GroupNorm only) has no other collection
   if path[0] == "head":
-    if path[-1] == "kernel":
-      return f"{prefix}head.fc.weight", _conv1x1_to_dense
+    if path[-1] == "kernel":  # timm's classifier is a 1x1 conv
+      return f"{prefix}head.fc.weight", conv1x1_to_dense
     return f"{prefix}head.fc.bias", identity
   parts = list(path[:-1])
   if stem_only and parts and parts[0] == "stem":

@@ -9,7 +9,6 @@ or depth load too.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Mapping
 
@@ -17,9 +16,9 @@ import numpy as np
 
 from vision_jax.models import vit
 from vision_jax.models.registry import list_models
-from vision_jax.weights.timm import (
-    Path, TimmFamily, Transform, WeightLoadError, conv_kernel, dense_kernel, identity,
-    register_timm_family)
+from vision_jax.weights.core import (NoCounterpart, Path, Transform, conv_kernel, dense_kernel,
+                                     identity, infer_architecture, shapes_of)
+from vision_jax.weights.timm import TimmFamily, register_timm_family
 from vision_jax.weights.timm_resnet_v2 import resnet_v2_leaf_key
 
 _PLAIN = r"vit_(tiny|small|base|large)_patch(8|16|32)_(224|384)"
@@ -28,22 +27,6 @@ _HYBRID = r"vit_(" + "|".join(vit.HYBRIDS) + r")_(224|384)"
 _STEM_ONLY = r"vit_(" + "|".join(k for k, v in vit.HYBRIDS.items() if not v[1]) + r")_(224|384)"
 _WITH_STAGES = r"vit_(" + "|".join(k for k, v in vit.HYBRIDS.items() if v[1]) + r")_(224|384)"
 _BACKBONE_PREFIX = "patch_embed.backbone."
-
-
-def _depth(sd: Mapping[str, np.ndarray]) -> int | None:
-  blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
-  return max(blocks) + 1 if blocks else None
-
-
-def _grid(arch: str, sd: Mapping[str, np.ndarray]) -> int | None:
-  if "pos_embed" not in sd:
-    return None
-  tokens = sd["pos_embed"].shape[1] - 1  # minus the class token
-  side = math.isqrt(tokens)
-  if side * side != tokens:
-    raise WeightLoadError(f"from_timm({arch!r}): pos_embed {sd['pos_embed'].shape} has "
-                          f"{tokens} grid tokens, not a square grid.")
-  return side
 
 
 def resolve(arch: str, sd: Mapping[str, np.ndarray]) -> tuple[str, dict[str, Any]]:
@@ -63,12 +46,9 @@ def resolve(arch: str, sd: Mapping[str, np.ndarray]) -> tuple[str, dict[str, Any
     name = arch if arch in list_models() else f"vit_{stem}_224"
     _, layers, patch = vit.HYBRIDS[stem]
     stride = vit.backbone_stride(layers)
-  grid = _grid(arch, sd)
-  if grid is not None:
-    overrides["img_size"] = grid * patch * stride
-  depth = _depth(sd)
-  if depth is not None:
-    overrides["depth"] = depth
+  overrides.update(infer_architecture(
+      shapes_of(sd), f"from_timm({arch!r})", block_pattern=r"blocks\.(\d+)\.",
+      pos_embed="pos_embed", pixels_per_token=patch * stride))
   return name, overrides
 
 
@@ -85,7 +65,7 @@ def leaf_key(collection: str, path: Path, stem_only: bool = False) -> tuple[str,
     (timm key, transform from timm's layout to ours).
   """
   if collection != "params":
-    raise WeightLoadError(f"vit: unexpected variable collection {collection!r}.")
+    raise NoCounterpart(path)  # a ViT has only 'params'
   if path[:2] == ("patch_embed", "backbone"):
     return resnet_v2_leaf_key(collection, path[2:], prefix=_BACKBONE_PREFIX,
                               stem_only=stem_only)
@@ -100,7 +80,7 @@ def leaf_key(collection: str, path: Path, stem_only: bool = False) -> tuple[str,
     return f"{prefix}.weight", identity
   if leaf == "bias":
     return f"{prefix}.bias", identity
-  raise WeightLoadError(f"vit: no timm key for params/{'/'.join(path)}.")
+  raise NoCounterpart(path)
 
 
 # Two families that differ only in the backbone keys: from_timm's leaf_key sees

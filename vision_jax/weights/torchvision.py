@@ -1,11 +1,11 @@
-"""Load torchvision ResNet state dicts into vision_jax models.
+"""Load torchvision state dicts into vision_jax models.
 
 torchvision's `resnet18/34/50/101/152` are ResNet v1.5 (the stride of a
 bottleneck sits in its 3x3 conv), with the same module tree as timm's ResNets:
 `conv1`, `bn1`, `layer{s}.{b}.{conv,bn}{1,2,3}`, `layer{s}.{b}.downsample.{0,1}`
-and the classifier `fc`. Their state dicts therefore go through timm's resnet
-mapping and its checks (`vision_jax.weights.from_timm`) unchanged; only the
-names are checked here.
+and the classifier `fc`, so they use timm's resnet key mapping. 
+Matching, checks and the error report are those of `weights.core`, shared with
+every loader.
 
 `wide_resnet*` (bottleneck twice as wide as a quarter of its output) and
 `resnext*` (grouped 3x3 convs) have no vision_jax counterpart and are refused
@@ -14,21 +14,29 @@ with a `WeightLoadError`.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 
-from vision_jax.weights.timm import WeightLoadError, from_timm
+from vision_jax.weights import timm_resnet
+from vision_jax.weights.core import (Path, Transform, WeightLoadError, infer_architecture,
+                                     shapes_of, to_numpy)
+from vision_jax.weights.timm import load_state_dict
 
-# torchvision name -> vision_jax registry name (the timm name is the same).
-TORCHVISION_RESNETS: dict[str, str] = {
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "resnet50": "resnet50",
-    "resnet101": "resnet101",
-    "resnet152": "resnet152",
+LeafKey = Callable[[str, Path], tuple[str, Transform]]
+
+# torchvision name -> (vision_jax registry name, key mapping, classifier weight key,
+# create_model arguments).
+TORCHVISION_MODELS: dict[str, tuple[str, LeafKey, str, dict[str, Any]]] = {
+    name: (name, timm_resnet.leaf_key, "fc.weight", {})
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 }
-
+    for name in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+                 "vgg19_bn")
+})
+# Kept for callers that list the supported ResNets.
+TORCHVISION_RESNETS: dict[str, str] = {n: v[0] for n, v in TORCHVISION_MODELS.items()
+                                       if n.startswith("resnet")}
 # torchvision ResNet variants whose layout vision_jax's ResNet cannot express.
 _UNSUPPORTED: dict[str, str] = {
     "wide_resnet50_2": "its bottlenecks are twice as wide (e.g. 128 -> 256 channels in stage 1), "
@@ -46,13 +54,13 @@ _UNSUPPORTED: dict[str, str] = {
 
 def from_torchvision(name: str, state_dict: Mapping[str, Any], dtype: Any = jnp.float32,
                      **overrides: Any):
-  """Builds the vision_jax ResNet that matches a torchvision checkpoint, and its variables.
+  """Builds the vision_jax model that matches a torchvision checkpoint, and its variables.
 
   Args:
-    name: torchvision model name, `resnet18`, `resnet34`, `resnet50`, `resnet101` or
-      `resnet152`; a '.TAG' suffix (e.g. 'resnet50.IMAGENET1K_V2') is allowed and ignored.
-    state_dict: torchvision parameter names -> arrays (numpy, torch tensors on the CPU or
-      anything `np.asarray` takes), e.g. `model.state_dict()` or
+    name: torchvision model name, one of `TORCHVISION_MODELS` (`resnet18` ... `resnet152`); a '.TAG' suffix (e.g. 'resnet50.IMAGENET1K_V2') is allowed
+      and ignored.
+    state_dict: torchvision parameter names -> arrays (numpy, torch tensors on any device
+      or anything `np.asarray` takes), e.g. `model.state_dict()` or
       `safetensors.numpy.load_file(...)`. `num_batches_tracked` entries are ignored.
     dtype: compute dtype of the returned module.
     **overrides: extra `create_model` overrides (drop_path_rate=0.1, say).
@@ -60,26 +68,25 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], dtype: Any = jnp.
   Returns:
     (module, variables): `module.apply(variables, images_nhwc, train=False)` gives the
     torchvision model's eval-mode logits on the NCHW version of the input. The number
-    of classes is read from `fc.weight` (no `fc.*`: 0 classes, pooled features).
+    of classes is read from the classifier (no classifier: 0 classes, pooled features).
 
   Raises:
-    WeightLoadError: the name is not a supported torchvision ResNet, or keys are
+    WeightLoadError: the name is not a supported torchvision model, or keys are
       missing, unexpected or of the wrong shape (every mismatch is listed).
   """
   arch = name.split(".")[0]
+  supported = ", ".join(TORCHVISION_MODELS)
   if arch in _UNSUPPORTED:
     raise WeightLoadError(
         f"from_torchvision({name!r}): torchvision's {arch} has no vision_jax counterpart: "
-        f"{_UNSUPPORTED[arch]}. Supported: {', '.join(TORCHVISION_RESNETS)}.")
-  if arch not in TORCHVISION_RESNETS:
+        f"{_UNSUPPORTED[arch]}. Supported: {supported}.")
+  if arch not in TORCHVISION_MODELS:
     raise WeightLoadError(
-        f"from_torchvision({name!r}): unknown torchvision model. Supported: "
-        f"{', '.join(TORCHVISION_RESNETS)}.")
-  state_dict = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v)
-                for k, v in state_dict.items()}
-  try:
-    return from_timm(TORCHVISION_RESNETS[arch], state_dict, dtype=dtype, **overrides)
-  except WeightLoadError as e:
-    raise WeightLoadError(
-        f"from_torchvision({name!r}): torchvision's ResNet keys are timm's, so timm's "
-        f"resnet mapping checked them:\n{e}") from e
+        f"from_torchvision({name!r}): unknown torchvision model. Supported: {supported}.")
+  model_name, leaf_key, classifier_key, kwargs = TORCHVISION_MODELS[arch]
+  sd = to_numpy(state_dict)
+  caller = f"from_torchvision({name!r})"
+  inferred = infer_architecture(shapes_of(sd), caller, classifier=(classifier_key, 0))
+  return load_state_dict(caller, model_name, sd, leaf_key, {**inferred, **kwargs, **overrides},
+                         dtype=dtype, ignore=r".*num_batches_tracked$",
+                         footer="Check that the checkpoint belongs to this torchvision model.")
