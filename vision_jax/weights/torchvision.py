@@ -31,9 +31,6 @@ TORCHVISION_MODELS: dict[str, tuple[str, LeafKey, str, dict[str, Any]]] = {
     name: (name, timm_resnet.leaf_key, "fc.weight", {})
     for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 }
-    for name in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
-                 "vgg19_bn")
-})
 # Kept for callers that list the supported ResNets.
 TORCHVISION_RESNETS: dict[str, str] = {n: v[0] for n, v in TORCHVISION_MODELS.items()
                                        if n.startswith("resnet")}
