@@ -12,11 +12,13 @@ non-zero exit code and one line on stderr that starts with `error:`, names the
 value and says what to do; no traceback. `--verbose` (or the environment
 variable VISION_JAX_VERBOSE=1) prints the traceback too, for bug reports.
 Anything else is a bug and keeps its traceback. Exit codes: 2 for the command
-line and the config, 1 for a run that failed.
+line and the config (`config_check.validate` runs before any device is
+touched), 1 for a run that failed (data, checkpoints, a NaN loss).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import logging as logging_std
@@ -119,7 +121,9 @@ def load_config_file(spec: str) -> Any:
   if not hasattr(config, "lock") or not hasattr(config, "keys"):
     raise CommandLineError(f"--config={spec}: get_config returned {type(config).__name__}, not a "
                            "ml_collections.ConfigDict; return the config at the end of get_config.")
-  return config
+  # A config may hold FieldReferences shared with other configs (module-level
+  # placeholders); the overrides must change this config only.
+  return copy.deepcopy(config)
 
 
 def _check_override_paths(config: Any, argv: Sequence[str]) -> None:
@@ -283,6 +287,8 @@ def run_command(argv: Sequence[str]) -> int:
     invocation = parse_command_line(argv)
     verbose = invocation.verbose
     _setup_logging()
+    from vision_jax import config_check  # pylint: disable=import-outside-toplevel
+    config_check.validate(invocation.config)  # before any device is touched
     _initialize_distributed(invocation)
     # Imported after distributed init: importing the trainer touches jax devices.
     from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
@@ -293,7 +299,8 @@ def run_command(argv: Sequence[str]) -> int:
     if verbose:
       traceback.print_exc(file=sys.stderr)
     print(error_line(e), file=sys.stderr, flush=True)
-    return EXIT_USAGE if isinstance(e, CommandLineError) else EXIT_FAILED
+    from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
+    return EXIT_USAGE if isinstance(e, (CommandLineError, ConfigError)) else EXIT_FAILED
   return 0
 
 

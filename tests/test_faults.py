@@ -1,0 +1,293 @@
+"""Faults and bad input: one `error:` line per mistake, checkpoints that survive anything.
+
+The command line is called in this process (`main.run_command`): each case
+asserts the exit code, the single `error:` line and the absence of a traceback.
+"""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vision_jax import config_check, main
+from vision_jax.config_util import ConfigError, load_config
+from vision_jax.data import DatasetError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(ROOT, "configs", "digits.py")
+TRANSFER = os.path.join(ROOT, "configs", "transfer.py")
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+  monkeypatch.chdir(ROOT)
+  monkeypatch.delenv(main.VERBOSE_ENV, raising=False)
+  monkeypatch.setattr(main, "_setup_logging", lambda: None)  # keep pytest's logging as it is
+
+
+def cli(capsys, *args):
+  """(exit code, stderr) of `python -m vision_jax.main ARGS`, run in this process."""
+  capsys.readouterr()
+  code = main.run_command(["vision_jax.main", *args])
+  return code, capsys.readouterr().err
+
+
+def error_of(code, err, expected_code):
+  """The one `error:` line, after checking the exit code and that no traceback is printed."""
+  assert code == expected_code, err
+  assert "Traceback" not in err, err
+  lines = [line for line in err.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1, err
+  return lines[0]
+
+
+def write(path, text):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)
+  return str(path)
+
+
+def png(path, value=90, size=16):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tf.io.write_file(str(path), tf.io.encode_png(np.full((size, size, 3), value, np.uint8)))
+
+
+# ---------------------------------------------------------------------------
+# The command line: one error path.
+# ---------------------------------------------------------------------------
+def test_command_line_mistakes_are_one_line(tmp_path, capsys):
+  work = f"--workdir={tmp_path / 'work'}"
+  raising = write(tmp_path / "raises.py", "def get_config(arg=None):\n  raise RuntimeError('boom')\n")
+  broken = write(tmp_path / "broken.py", "def get_config(arg=None)\n  return 1\n")
+  no_function = write(tmp_path / "empty.py", "x = 1\n")
+  cases = [  # (args, exit code, what the line must say)
+      (["--config=configs/does_not_exist.py", work], 2,
+       "--config=configs/does_not_exist.py: there is no config file 'configs/does_not_exist.py'"),
+      ([f"--config={raising}", work], 2, "get_config() raised RuntimeError: boom"),
+      ([f"--config={broken}", work], 2, "has a syntax error at line 1"),
+      ([f"--config={no_function}", work], 2, "defines no get_config()"),
+      (["--config=configs/digits.py:no_such_key=3", work], 2,
+       "Unknown config argument 'no_such_key' in 'no_such_key=3'. Valid arguments: smoke"),
+      (["--config=configs/digits.py:epochs=many", work], 2,
+       "Config argument epochs='many' is not a int"),
+      (["--config=configs/digits.py:smoke", "--config.no_such_field=3", work], 2,
+       "--config.no_such_field=3: the config has no field config.no_such_field; fields of config: "),
+      (["--config=configs/digits.py:smoke", "--config.schedule.base_rl=3", work], 2,
+       "the config has no field config.schedule.base_rl; fields of config.schedule: base_lr"),
+      (["--config=configs/digits.py:smoke", "--config.batch_size=abc", work], 2,
+       "flag --config.batch_size=abc: invalid literal for int()"),
+      (["--config=configs/digits.py:smoke"], 2, "--workdir is missing"),
+      ([work], 2, "--config is missing"),
+      (["--config=configs/digits.py:smoke", "--bogus=1", work], 2,
+       "Unknown command line flag 'bogus'"),
+      (["--config=configs/digits.py:smoke", work, "stray"], 2, "unexpected arguments ['stray']"),
+      (["--config=configs/digits.py:smoke", "--config.model.name=resnet_9000", work], 2,
+       "Unknown model 'resnet_9000'"),
+      (["--config=configs/digits.py:smoke", "--config.schedule.base_lr=-0.1", work], 2,
+       "config.schedule.base_lr=-0.1: must be a number > 0"),
+      (["--config=configs/digits.py:smoke", "--config.batch_size=12", work], 2,
+       "config.batch_size=12 does not divide across 8 devices; use a multiple of 8"),
+      (["--config=configs/digits.py:smoke", f"--config.init_from={tmp_path / 'nowhere'}", work], 2,
+       f"config.init_from='{tmp_path / 'nowhere'}' does not exist"),
+      (["--config=configs/digits.py:smoke", "--coordinator_address=localhost:1", work], 2,
+       "give all three of --coordinator_address, --num_processes and --process_id"),
+  ]
+  for args, expected_code, expected in cases:
+    line = error_of(*cli(capsys, *args), expected_code)
+    assert expected in line, (args, line)
+
+
+def test_verbose_shows_the_traceback(tmp_path, capsys, monkeypatch):
+  args = ["--config=configs/digits.py:smoke", "--config.schedule.base_lr=-0.1",
+          f"--workdir={tmp_path}"]
+  code, err = cli(capsys, *args, "--verbose")
+  assert code == 2 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error:")
+  monkeypatch.setenv(main.VERBOSE_ENV, "1")
+  code, err = cli(capsys, *args)
+  assert code == 2 and "Traceback" in err
+
+
+# ---------------------------------------------------------------------------
+# Data sources that go wrong, through the command line.
+# ---------------------------------------------------------------------------
+def test_data_source_faults_are_one_line(tmp_path, capsys):
+  def transfer(dataset, *extra):
+    return [f"--config=configs/transfer.py:smoke,model=resnet18,dataset={dataset}",
+            f"--workdir={tmp_path / 'work'}", *extra]
+
+  empty = tmp_path / "empty"
+  os.makedirs(empty / "train")
+  no_images = tmp_path / "no_images"
+  write(no_images / "train" / "cat" / "notes.txt", "not an image")
+  no_eval = tmp_path / "no_eval"
+  png(no_eval / "train" / "cat" / "a.png")
+  unreadable = tmp_path / "unreadable"
+  png(unreadable / "train" / "cat" / "good.png")
+  write(unreadable / "train" / "dog" / "bad.png", "not a png at all")
+  write(unreadable / "val" / "dog" / "bad.png", "not a png at all")
+  tfds_dir = tmp_path / "tfds"
+  from tests.test_data_pipeline import write_metadata  # pylint: disable=import-outside-toplevel
+  write_metadata(tfds_dir / "prepared", "cifar10", {"train": 41, "test": 23})
+  # configs/transfer.py declares no data.data_dir: a config file that adds it.
+  tfds_config = write(tmp_path / "tfds_config.py", f'''
+from vision_jax.config_util import load_config
+def get_config(arg):
+  data_dir, _, train_split = arg.partition("+")
+  config = load_config({TRANSFER!r}, "smoke,model=resnet18,dataset=cifar10")
+  config.data.data_dir = data_dir
+  config.data.train_split = train_split or "train"
+  return config
+''')
+  tfds_args = lambda arg: [f"--config={tfds_config}:{arg}", f"--workdir={tmp_path / 'work'}"]
+  cases = [
+      (transfer(f"folder:{tmp_path / 'nowhere'}"), 2, f"has no 'train' folder ({tmp_path}/nowhere/train)"),
+      (transfer(f"folder:{empty}"), 2, f"No .jpg/.jpeg/.png files under {empty}/train"),
+      (transfer(f"folder:{no_images}"), 2, f"No .jpg/.jpeg/.png files under {no_images}/train"),
+      (transfer(f"folder:{no_eval}"), 1, f"Set config.data.eval_split: {no_eval} has none of the "
+       "subfolders ('val', 'validation', 'test')"),
+      (transfer(f"folder:{unreadable}"), 1, f"The split folder {unreadable}/val has no readable "
+       "images"),
+      (transfer("cifar_ten", "--config.batch_size=8"), 2, "pass num_train=<training examples>"),
+      (tfds_args(f"{tfds_dir / 'empty'}"), 1,
+       "The tfds dataset 'cifar10/3.0.2' is not prepared: tfds looked in"),
+      (tfds_args(f"{tfds_dir / 'prepared'}+trian"), 1,
+       "The tfds dataset 'cifar10' has no split 'trian'"),
+      (["--config=configs/digits.py:smoke", "--config.data.name=cifar_ten",
+        f"--workdir={tmp_path / 'work'}"], 1, "Unknown dataset 'cifar_ten' in config.data.name"),
+      (transfer("cifar10", "--config.data.preprocess_train=decode|resise(32)"), 2,
+       "Unknown preprocessing op 'resise'"),
+  ]
+  for args, expected_code, expected in cases:
+    line = error_of(*cli(capsys, *args), expected_code)
+    assert expected in line, (args, line)
+
+
+# ---------------------------------------------------------------------------
+# Config validation: every field of digits.py and transfer.py with a bad value.
+# ---------------------------------------------------------------------------
+DIGITS_BAD_VALUES = [  # (field, bad value, what the message says)
+    ("seed", 1.5, "config.seed=1.5: must be an integer"),
+    ("recipe", "supervized", "config.recipe='supervized': choose one of"),
+    ("dtype", "float64", "config.dtype='float64': choose one of 'float32', 'bfloat16', 'float16'"),
+    ("batch_size", 0, "config.batch_size=0: must be a positive integer"),
+    ("eval_batch_size", -8, "config.eval_batch_size=-8: must be a positive integer"),
+    ("num_devices", 0, "config.num_devices=0: must be a positive integer"),
+    ("fsdp", "yes", "config.fsdp='yes': must be True or False"),
+    ("grad_accum_steps", 0, "config.grad_accum_steps=0: must be a positive integer"),
+    ("grad_accum_steps", 5, "config.batch_size=64 does not split into config.grad_accum_steps=5"),
+    ("label_smoothing", 1.0, "config.label_smoothing=1.0: must be a number in [0, 1)"),
+    ("ema_decay", 1.0, "config.ema_decay=1.0: must be a number in [0, 1)"),
+    ("prefetch", 0, "config.prefetch=0: must be a positive integer"),
+    ("keep_checkpoints", 0, "config.keep_checkpoints=0: must be a positive integer"),
+    ("init_from", "/no/such/run", "config.init_from='/no/such/run' does not exist"),
+    ("dont_load", ("params/head/(",), "config.dont_load[0]='params/head/(' is not a valid regular"),
+    ("zero_init_head", "no", "config.zero_init_head='no': must be True or False"),
+    ("freeze_bn", 1, "config.freeze_bn=1: must be True or False"),
+    ("trainable_params", "head/[", "config.trainable_params='head/[' is not a valid regular"),
+    ("total_epochs", 0.0, "config.total_epochs=0.0: must be a number > 0"),
+    ("total_steps", 100, "Set only one of config.total_steps, config.total_epochs"),
+    ("log_every_steps", 0, "config.log_every_steps=0: must be a positive integer"),
+    ("eval_every_steps", -1, "config.eval_every_steps=-1: must be a positive integer"),
+    ("checkpoint_every_steps", 0, "config.checkpoint_every_steps=0: must be a positive integer"),
+    ("on_corrupt_checkpoint", "ignore", "config.on_corrupt_checkpoint='ignore': choose one of "
+     "'stop', 'restart'"),
+    ("model.name", "resnet_9000", "config.model: Unknown model 'resnet_9000'"),
+    ("model.overrides", {"no_such_field": 1}, "unknown override(s) ['no_such_field']"),
+    ("schedule.base_lr", 0.0, "config.schedule.base_lr=0.0: must be a number > 0"),
+    ("schedule.base_lr", float("nan"), "config.schedule.base_lr=nan: must be a number > 0"),
+    ("schedule.decay", "cosin", "config.schedule.decay='cosin': choose one of 'cosine'"),
+    ("schedule.warmup_epochs", 30.0, "config.schedule.warmup_epochs=30.0 is not shorter than the "
+     "run (config.total_epochs=30.0)"),
+    ("schedule.warmup_epochs", -1.0, "config.schedule.warmup_epochs=-1.0: must be a number >= 0"),
+    ("optimizer.name", "adamx", "config.optimizer.name='adamx': choose one of 'sgd', 'adamw'"),
+    ("optimizer.weight_decay", -1e-4, "config.optimizer.weight_decay=-0.0001: must be a number >= 0"),
+    ("optimizer.momentum", 1.0, "config.optimizer.momentum=1.0: must be a number in [0, 1)"),
+    ("optimizer.nesterov", "true", "config.optimizer.nesterov='true': must be True or False"),
+    ("optimizer.lr_mults", [("head/(", 1.0)], "config.optimizer.lr_mults[0][0]='head/(' is not a "
+     "valid regular"),
+    ("optimizer.lr_mults", [("head/.*",)], "config.optimizer.lr_mults[0]=('head/.*',): must be a "
+     "pair (regex, multiplier >= 0)"),
+    ("data.name", "", "config.data.name='': must name a dataset"),
+    ("data.image_size", 0, "config.data.image_size=0: must be a positive integer"),
+    ("data.max_shift", -1, "config.data.max_shift=-1: must be an integer >= 0"),
+    ("data.classes", (1, 1), "config.data.classes=[1, 1]: give distinct digits from 0 to 9"),
+    ("data.train_per_class", 0, "config.data.train_per_class=0: must be a positive integer"),
+    ("data.max_bad_fraction", 1.5, "config.data.max_bad_fraction=1.5: must be a number in [0, 1]"),
+]
+
+TRANSFER_BAD_VALUES = [
+    ("dtype", "bf16", "config.dtype='bf16': choose one of"),
+    ("batch_size", -16, "config.batch_size=-16: must be a positive integer"),
+    ("total_steps", 0, "config.total_steps=0: must be a positive integer"),
+    ("schedule.warmup_steps", 2, "config.schedule.warmup_steps=2 is not shorter than the run "
+     "(config.total_steps=2)"),
+    ("schedule.boundaries", (0.6, 0.3), "config.schedule.boundaries=(0.6, 0.3): must be increasing "
+     "fractions of the run in (0, 1)"),
+    ("schedule.decay_factor", -0.1, "config.schedule.decay_factor=-0.1: must be a number > 0"),
+    ("schedule.decay", "exponential", "config.schedule.decay_every is not set"),
+    ("optimizer.grad_clip_norm", 0.0, "config.optimizer.grad_clip_norm=0.0: must be a number > 0"),
+    ("data.name", "folder:/no/such/folder", "the folder /no/such/folder does not exist"),
+    ("data.preprocess_train", "decode|resise(32)", "Unknown preprocessing op 'resise'"),
+    ("data.preprocess_eval", 224, "config.data.preprocess_eval=224: must be a string"),
+    ("data.mix", "mixup(0.1", "config.data.mix='mixup(0.1': Unclosed bracket"),
+    ("data.shuffle_buffer", 0, "config.data.shuffle_buffer=0: must be a positive integer"),
+    ("data.validate_files", "fast", "config.data.validate_files='fast': choose one of"),
+    ("model.name", "resnet_18", "config.model: Unknown model 'resnet_18'"),
+    ("eval_every_steps", 0, "config.eval_every_steps=0: must be a positive integer"),
+    ("eval_batch_size", 0, "config.eval_batch_size=0: must be a positive integer"),
+]
+
+
+def with_field(config, field, value):
+  """A copy of `config` with `field` set to `value`, whatever its declared type."""
+  import copy  # pylint: disable=import-outside-toplevel
+  config = copy.deepcopy(config)
+  *parents, leaf = field.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  with node.ignore_type():
+    node[leaf] = value
+  return config
+
+
+def test_every_field_with_a_bad_value_is_named():
+  from vision_jax import data  # pylint: disable=import-outside-toplevel
+  for path, arg, table in ((DIGITS, None, DIGITS_BAD_VALUES),
+                           (TRANSFER, "smoke,model=resnet18", TRANSFER_BAD_VALUES)):
+    good = load_config(path, arg)
+    config_check.validate(good)
+    for field, value, expected in table:
+      config = with_field(good, field, value)
+      with pytest.raises((ConfigError, DatasetError)) as raised:
+        config_check.validate(config)
+        data.get_dataset(config.data)  # what only the data source can check
+      assert expected in str(raised.value), (field, value, str(raised.value))
+
+
+def test_validate_works_on_plain_config_dicts():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict({
+      "model": {"name": "cifar_resnet20"}, "data": {"name": "digits"}, "batch_size": 16,
+      "total_steps": 10, "schedule": {"base_lr": 0.1, "warmup_steps": 2},
+      "optimizer": {"name": "sgd"}})
+  config_check.validate(config)
+  with pytest.raises(ConfigError, match=r"config.schedule.warmup_steps=10 is not shorter"):
+    config_check.validate(with_field(config, "schedule.warmup_steps", 10))
+  with pytest.raises(ConfigError, match=r"config.schedule.warmup_examples=160 is not shorter"):
+    config_check.validate(with_field(with_field(config, "schedule.warmup_steps", None),
+                                     "schedule.warmup_examples", 160))
+  with pytest.raises(ConfigError, match=r"The run has no length"):
+    config_check.validate(with_field(config, "total_steps", None))
+  with pytest.raises(ConfigError, match=r"config.batch_size is not set"):
+    config_check.validate(with_field(config, "batch_size", None))
+  with pytest.raises(ConfigError, match=r"The warmup \(12 steps\) is not shorter than the run"):
+    config_check.check_lengths(12, 12)

@@ -1,0 +1,390 @@
+"""Checks a training config before any work: `validate(config)` raises ConfigError.
+
+A value that would otherwise fail deep inside JAX or tf.data (a zero batch, a
+regex that does not compile, a negative learning rate), or train nonsense
+without failing (a warmup longer than the run, label smoothing of 1, an EMA
+decay of 1), is reported when the config is read, naming the field, its value
+and the valid range. Fields a config does not set (absent or None) are not
+checked here; the trainer's defaults apply to them.
+
+It works on a config built from `config_base.base_config()` and on any plain
+ConfigDict (or mapping) with the trainer's field names. What needs the dataset
+(a warmup in epochs against a run in steps) is checked by `check_lengths` once
+the trainer knows the step counts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any, Callable
+
+from vision_jax.config_util import ConfigError
+
+DTYPES = ("float32", "bfloat16", "float16")
+FALLBACK_RECIPES = ("supervised", "simclr")
+DURATIONS = ("total", "warmup", "log_every", "eval_every", "checkpoint_every")
+UNITS = ("steps", "epochs", "examples")
+CORRUPT_CHECKPOINT_ACTIONS = ("stop", "restart")
+_REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://")  # gs://, s3://: not checked on this machine
+
+
+def _get(node: Any, key: str) -> Any:
+  if node is None:
+    return None
+  if hasattr(node, "get"):
+    try:
+      return node.get(key, None)
+    except (AttributeError, KeyError):
+      return None
+  return getattr(node, key, None)
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+class _Checks:
+  """Each method checks one field (when it is set) and raises a ConfigError naming it."""
+
+  def __init__(self, config: Any):
+    self.config = config
+
+  def value(self, path: str) -> Any:
+    node = self.config
+    for part in path.split("."):
+      node = _get(node, part)
+    return node
+
+  @staticmethod
+  def fail(path: str, value: Any, requirement: str) -> None:
+    raise ConfigError(f"config.{path}={value!r}: {requirement}; set it in the config file or "
+                      f"with --config.{path}=...")
+
+  def positive_int(self, path: str, required: bool = False, what: str = "") -> None:
+    value = self.value(path)
+    if value is None:
+      if required:
+        raise ConfigError(f"config.{path} is not set: it must be a positive integer{what}; set "
+                          f"it in the config file or with --config.{path}=...")
+      return
+    if not _is_int(value) or value <= 0:
+      self.fail(path, value, f"must be a positive integer{what}")
+
+  def non_negative_int(self, path: str, what: str = "") -> None:
+    value = self.value(path)
+    if value is not None and (not _is_int(value) or value < 0):
+      self.fail(path, value, f"must be an integer >= 0{what}")
+
+  def number(self, path: str, low: float | None = None, high: float | None = None, *,
+             low_open: bool = False, high_open: bool = False, required: bool = False,
+             what: str = "") -> None:
+    """A finite number in [low, high] (an end is excluded when *_open)."""
+    value = self.value(path)
+    if value is None:
+      if required:
+        raise ConfigError(f"config.{path} is not set: it must be a number{what}; set it in the "
+                          f"config file or with --config.{path}=...")
+      return
+    ok = _is_number(value) and math.isfinite(value)
+    if ok and low is not None:
+      ok = value > low if low_open else value >= low
+    if ok and high is not None:
+      ok = value < high if high_open else value <= high
+    if not ok:
+      lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
+      hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
+      if low is not None and high is not None:
+        span = f"in {lo}, {hi}"
+      elif low is not None:
+        span = f"{'>' if low_open else '>='} {low:g}"
+      elif high is not None:
+        span = f"{'<' if high_open else '<='} {high:g}"
+      else:
+        span = "finite"
+      self.fail(path, value, f"must be a number {span}{what}")
+
+  def boolean(self, path: str) -> None:
+    value = self.value(path)
+    if value is not None and not isinstance(value, bool):
+      self.fail(path, value, "must be True or False")
+
+  def choice(self, path: str, choices: tuple[str, ...], required: bool = False) -> None:
+    value = self.value(path)
+    if value is None and not required:
+      return
+    if value not in choices:
+      self.fail(path, value, f"choose one of {', '.join(repr(c) for c in choices)}")
+
+  def regex(self, path: str, value: Any = None, where: str | None = None) -> None:
+    value = self.value(path) if value is None else value
+    if value is None:
+      return
+    if not isinstance(value, str):
+      self.fail(where or path, value, "must be a regular expression (a string)")
+    try:
+      re.compile(value)
+    except re.error as e:
+      raise ConfigError(f"config.{where or path}={value!r} is not a valid regular expression "
+                        f"({e}); fix it, e.g. 'head/.*' matches the classifier's parameters.") from None
+
+  def regexes(self, path: str) -> None:
+    value = self.value(path)
+    if value is None:
+      return
+    if isinstance(value, str):
+      self.fail(path, value, "must be a tuple of regular expressions, e.g. ('params/head/.*',), "
+                "not a single string")
+    for i, item in enumerate(value):
+      self.regex(path, item, where=f"{path}[{i}]")
+
+
+# ---------------------------------------------------------------------------
+# The checks, one function per part of the config.
+# ---------------------------------------------------------------------------
+def _check_top_level(c: _Checks) -> None:
+  c.positive_int("batch_size", required=True, what=" (the global batch size)")
+  c.positive_int("eval_batch_size", what=" (unset: batch_size)")
+  c.positive_int("num_devices", what=" (unset: every device)")
+  c.positive_int("grad_accum_steps", what=" (1: no accumulation)")
+  batch, accum = c.value("batch_size"), c.value("grad_accum_steps")
+  if _is_int(accum) and accum > 1 and batch % accum:
+    raise ConfigError(f"config.batch_size={batch} does not split into config.grad_accum_steps="
+                      f"{accum} micro-batches; use a batch size that is a multiple of {accum}.")
+  c.positive_int("prefetch", what=" (batches put on the devices ahead of the step)")
+  c.positive_int("keep_checkpoints", what=" (checkpoints kept in the workdir)")
+  seed = c.value("seed")
+  if seed is not None and not _is_int(seed):
+    c.fail("seed", seed, "must be an integer")
+  c.choice("dtype", DTYPES)
+  c.number("label_smoothing", 0.0, 1.0, high_open=True)
+  c.number("ema_decay", 0.0, 1.0, high_open=True, what=" (0: no EMA; typical 0.9999)")
+  for flag in ("fsdp", "zero_init_head", "freeze_bn"):
+    c.boolean(flag)
+  c.regexes("dont_load")
+  c.regex("trainable_params")
+  c.choice("on_corrupt_checkpoint", CORRUPT_CHECKPOINT_ACTIONS)
+  recipe = c.value("recipe")
+  if recipe is not None:
+    try:
+      from vision_jax.train.recipes import list_recipes  # pylint: disable=import-outside-toplevel
+      recipes = tuple(list_recipes())
+    except ImportError:
+      recipes = FALLBACK_RECIPES
+    c.choice("recipe", recipes)
+
+
+def _check_init_from(c: _Checks) -> None:
+  init_from = c.value("init_from")
+  if init_from in (None, ""):
+    return
+  if not isinstance(init_from, str):
+    c.fail("init_from", init_from, "must be a path (another run's workdir or a "
+           "tools/convert_weights.py directory)")
+  if _REMOTE.match(init_from):
+    return
+  if not os.path.exists(init_from):
+    raise ConfigError(f"config.init_from={init_from!r} does not exist; give another run's workdir "
+                      "or a directory written by tools/convert_weights.py (or unset it to train "
+                      "from scratch).")
+  if not os.path.isdir(init_from):
+    raise ConfigError(f"config.init_from={init_from!r} is a file; give the directory around it "
+                      "(another run's workdir, or a tools/convert_weights.py output directory).")
+
+
+def _duration_units(c: _Checks, node_path: str, prefix: str) -> dict[str, Any]:
+  base = f"{node_path}." if node_path else ""
+  node = c.value(node_path) if node_path else c.config
+  return {unit: _get(node, f"{prefix}_{unit}") for unit in UNITS
+          if _get(node, f"{prefix}_{unit}") is not None} | {"_path": base}
+
+
+def _check_durations(c: _Checks) -> None:
+  given = {}
+  for prefix in DURATIONS:
+    node_path = "schedule" if prefix == "warmup" else ""
+    units = _duration_units(c, node_path, prefix)
+    base = units.pop("_path")
+    if len(units) > 1:
+      raise ConfigError(f"Set only one of {', '.join(f'config.{base}{prefix}_{u}' for u in units)} "
+                        f"(they are {units}); unset the others with --config.{base}{prefix}_UNIT=None.")
+    for unit, value in units.items():
+      path = f"{base}{prefix}_{unit}"
+      if prefix == "warmup":
+        if unit == "epochs":
+          c.number(path, 0.0)
+        else:
+          c.non_negative_int(path)
+      elif unit == "epochs":
+        c.number(path, 0.0, low_open=True)
+      else:
+        c.positive_int(path)
+    given[prefix] = units
+  if not given["total"]:
+    raise ConfigError("The run has no length: set one of config.total_steps, config.total_epochs "
+                      "or config.total_examples.")
+  (total_unit, total), = given["total"].items()
+  if given["warmup"]:
+    (warm_unit, warmup), = given["warmup"].items()
+    batch = c.value("batch_size")
+    as_steps = {"steps": lambda v: v, "examples": lambda v: math.ceil(v / batch)}
+    if warm_unit == total_unit:
+      total_n, warm_n = total, warmup
+    elif warm_unit in as_steps and total_unit in as_steps:
+      total_n, warm_n = as_steps[total_unit](total), as_steps[warm_unit](warmup)
+    else:
+      return  # epochs against steps: needs the dataset size (check_lengths)
+    if warm_n >= total_n:
+      raise ConfigError(
+          f"config.schedule.warmup_{warm_unit}={warmup} is not shorter than the run "
+          f"(config.total_{total_unit}={total}); shorten the warmup or lengthen the run.")
+
+
+def check_lengths(total_steps: int, warmup_steps: int) -> None:
+  """The step counts once the dataset size is known (durations in epochs)."""
+  if total_steps <= 0:
+    raise ConfigError(f"The run is {total_steps} steps long; set a positive config.total_steps "
+                      "(or _epochs/_examples).")
+  if warmup_steps >= total_steps:
+    raise ConfigError(f"The warmup ({warmup_steps} steps) is not shorter than the run "
+                      f"({total_steps} steps); shorten config.schedule.warmup_* or lengthen the run.")
+
+
+def _check_model(c: _Checks) -> None:
+  name = c.value("model.name")
+  if name is None:
+    raise ConfigError("config.model.name is not set; name a registered model "
+                      "(vision_jax.models.list_models()), e.g. --config.model.name=resnet50.")
+  overrides = c.value("model.overrides") or {}
+  if not hasattr(overrides, "items"):
+    c.fail("model.overrides", overrides, "must be a dict of the model's fields, e.g. "
+           "{'drop_path_rate': 0.1}")
+  from vision_jax import models  # pylint: disable=import-outside-toplevel
+  try:
+    # Building the module only binds its fields: no parameters, no device.
+    models.create_model(name, num_classes=0, **dict(overrides))
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f"config.model: {e}") from None
+
+
+def _check_schedule(c: _Checks) -> None:
+  c.number("schedule.base_lr", 0.0, low_open=True, required=True, what=" (the peak learning rate)")
+  try:
+    from vision_jax.train.optim import DECAYS  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    DECAYS = ("cosine", "linear", "step", "exponential", "constant")  # pylint: disable=invalid-name
+  c.choice("schedule.decay", DECAYS)
+  c.number("schedule.end_lr_factor", 0.0, 1.0)
+  c.number("schedule.decay_factor", 0.0, low_open=True)
+  if c.value("schedule.decay") == "exponential":
+    c.positive_int("schedule.decay_every", required=True, what=" (steps between decays)")
+  boundaries = c.value("schedule.boundaries")
+  if boundaries is not None:
+    values = list(boundaries) if isinstance(boundaries, (tuple, list)) else None
+    if (values is None or not all(_is_number(b) and 0 < b < 1 for b in values)
+        or values != sorted(values)):
+      c.fail("schedule.boundaries", boundaries, "must be increasing fractions of the run in "
+             "(0, 1), e.g. (0.3, 0.6, 0.9)")
+
+
+def _check_optimizer(c: _Checks) -> None:
+  try:
+    from vision_jax.train.optim import OPTIMIZERS  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    OPTIMIZERS = ("sgd", "adamw", "rmsprop", "lars")  # pylint: disable=invalid-name
+  c.choice("optimizer.name", OPTIMIZERS)
+  c.number("optimizer.weight_decay", 0.0)
+  c.number("optimizer.momentum", 0.0, 1.0, high_open=True)
+  c.boolean("optimizer.nesterov")
+  c.number("optimizer.b1", 0.0, 1.0, high_open=True)
+  c.number("optimizer.b2", 0.0, 1.0, high_open=True)
+  c.number("optimizer.eps", 0.0, low_open=True)
+  c.number("optimizer.grad_clip_norm", 0.0, low_open=True, what=" (unset: no clipping)")
+  c.number("optimizer.trust_coefficient", 0.0, low_open=True)
+  if c.value("optimizer.name") == "rmsprop":
+    c.number("optimizer.decay", 0.0, 1.0, high_open=True)
+  rules = c.value("optimizer.lr_mults")
+  if rules:
+    for i, rule in enumerate(rules):
+      if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or not _is_number(rule[1])
+          or rule[1] < 0):
+        c.fail(f"optimizer.lr_mults[{i}]", rule, "must be a pair (regex, multiplier >= 0), e.g. "
+               "('head/.*', 1.0)")
+      c.regex("optimizer.lr_mults", rule[0], where=f"optimizer.lr_mults[{i}][0]")
+
+
+def _check_data(c: _Checks) -> None:
+  if c.value("data") is None:
+    raise ConfigError("config.data is not set; give at least config.data.name ('digits', "
+                      "'folder:/path' or a tfds name).")
+  name = c.value("data.name")
+  if not isinstance(name, str) or not name.strip():
+    c.fail("data.name", name, "must name a dataset: 'digits', 'synthetic', 'folder:/path/to/root' "
+           "or a tensorflow-datasets builder such as 'cifar10'")
+  if name.startswith("folder:"):
+    root = os.path.expanduser(name[len("folder:"):])
+    if not root:
+      c.fail("data.name", name, "needs a path: 'folder:/path/to/root'")
+    if not _REMOTE.match(root) and not os.path.isdir(root):
+      raise ConfigError(f"config.data.name={name!r}: the folder {root} does not exist; give the "
+                        "root of root/<split>/<class>/<image>.")
+  c.positive_int("data.image_size")
+  c.non_negative_int("data.max_shift")
+  c.positive_int("data.train_per_class")
+  c.positive_int("data.shuffle_buffer")
+  c.positive_int("data.num_classes")
+  c.positive_int("data.num_train")
+  c.positive_int("data.num_eval")
+  c.choice("data.views", (1, 2))
+  c.number("data.max_bad_fraction", 0.0, 1.0, what=" (the share of a split that may become "
+           "unreadable before the run stops)")
+  c.choice("data.validate_files", ("auto", "full", "header", "none"))
+  for field in ("preprocess_train", "preprocess_eval", "mix", "train_split", "eval_split"):
+    value = c.value(f"data.{field}")
+    if value is not None and not isinstance(value, str):
+      c.fail(f"data.{field}", value, "must be a string")
+  # Op strings are parsed and their arguments checked now, not inside tf.data.
+  # pylint: disable=import-outside-toplevel
+  from vision_jax.data.errors import PreprocessError
+  fields = ("preprocess_train", "preprocess_eval", "mix") if name not in ("digits", "synthetic") \
+      else ("mix",)
+  for field in fields:
+    spec = c.value(f"data.{field}")
+    if not spec:
+      continue
+    try:
+      if field == "mix":
+        from vision_jax.data import mix as mix_lib
+        mix_lib.get_batch_op(spec)
+      else:
+        from vision_jax.data import ops as ops_lib
+        ops_lib.get_preprocess_fn(spec)
+    except PreprocessError as e:
+      message = str(e) if f"config.data.{field}" in str(e) else f"config.data.{field}={spec!r}: {e}"
+      raise ConfigError(message) from None
+
+
+def _check_recipe_blocks(c: _Checks) -> None:
+  if c.value("recipe") == "simclr":
+    c.number("simclr.temperature", 0.0, low_open=True, required=True)
+
+
+CHECKS: tuple[Callable[[_Checks], None], ...] = (
+    _check_top_level, _check_durations, _check_init_from, _check_schedule, _check_optimizer,
+    _check_data, _check_recipe_blocks, _check_model)
+
+
+def validate(config: Any) -> None:
+  """Raises ConfigError naming the first field whose value cannot work.
+
+  Args:
+    config: a ConfigDict (from `config_base.base_config()` or built by hand) or a mapping.
+  """
+  checks = _Checks(config)
+  for check in CHECKS:
+    check(checks)
