@@ -1,56 +1,96 @@
-"""Offline transfer check on the embedded digits (no download, CPU, a few minutes).
+"""Offline transfer check on the embedded digits (no download, CPU): pretrained vs scratch.
 
-Pretrain cifar_resnet20 on digits 0-4 (all 721 training images), then fine-tune
-on digits 5-9 with only 10 labelled images per class, and compare with the same
-fine-tuning run started from scratch (same 50 images, same steps, same
+For each seed: pretrain cifar_resnet20 on digits 0-4 (all 721 training images),
+then fine-tune it on digits 5-9 with only `--shots` labelled images per class,
+and run the same fine-tuning from scratch (same images, steps and
 hyper-parameters). Test accuracy is on all 180 test images of digits 5-9.
+Each seed is a whole repetition: pretraining, the few-shot sample's order and
+both initialisations all change with it.
 
-  python experiments/digits_transfer.py --seeds 0 1 2 --workdir /tmp/digits_transfer
+  python experiments/digits_transfer.py --seeds 0 1 2 3 4 --workdir /tmp/digits_transfer
+
+A pretraining run that already finished in its workdir is reused (the
+trainer resumes at its last step and only evaluates).
+
+Writes WORKDIR/environment.json (the script's arguments as its config), the
+trainer's WORKDIR/<run>/environment.json per training run, and WORKDIR/results.json;
+prints the per-seed figures, mean +- spread, and the margin by which
+pretraining beats scratch on the worst seed.
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
+import time
 
-import numpy as np
+# experiments/summary.py, next to this file (also when a test loads this file by path).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import summary  # noqa: E402  pylint: disable=wrong-import-position
 
-from vision_jax import config_util
+from vision_jax import config_util  # noqa: E402  pylint: disable=wrong-import-position
+from vision_jax import environment  # noqa: E402  pylint: disable=wrong-import-position
+
+CONFIG = os.path.join(summary.ROOT, "configs", "digits.py")
 
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "digits.py")
+def finetune_config(seed: int, shots: int, steps: int, lr: float, init_from: str | None):
+  """configs/digits.py on classes 5-9 with `shots` images per class, `steps` SGD steps."""
+  config = config_util.load_config(CONFIG, f"classes=56789,shots={shots},lr={lr}")
+  config.total_epochs, config.total_steps = None, steps
+  config.schedule.warmup_epochs, config.schedule.warmup_steps = None, 5
+  config.log_every_steps, config.checkpoint_every_steps = 25, 10_000
+  config.seed = seed
+  config.init_from = init_from
+  return config
 
 
-def load_config(arg):
-  return config_util.load_config(CONFIG, arg)
+def train(config, workdir: str) -> float:
+  """The final test top-1 of one run (the trainer writes its WORKDIR/environment.json)."""
+  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  return trainer.train_and_evaluate(config, workdir)["eval_top1"]
+
+
+def run(args: argparse.Namespace) -> dict:
+  """Trains every seed's three runs; returns the figures (fractions per seed and stats in %)."""
+  environment.write_environment(args.workdir, vars(args))
+  top1: dict[str, list[float]] = {"pretrain_01234": [], "scratch": [], "pretrained": []}
+  for seed in args.seeds:
+    pre_dir = os.path.join(args.pretrain_dir or args.workdir, f"pretrain_01234_{seed}")
+    pre = config_util.load_config(CONFIG, f"classes=01234,epochs={args.pretrain_epochs}")
+    pre.seed = seed
+    top1["pretrain_01234"].append(train(pre, pre_dir))
+    for start, init_from in (("scratch", None), ("pretrained", pre_dir)):
+      config = finetune_config(seed, args.shots, args.finetune_steps, args.lr, init_from)
+      top1[start].append(train(config, os.path.join(args.workdir, f"{start}_{seed}")))
+  gaps = [p - s for p, s in zip(top1["pretrained"], top1["scratch"])]
+  return {"args": vars(args), **{k: summary.spread(v) for k, v in top1.items()},
+          "gap_pretrained_minus_scratch": summary.spread(gaps)}
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--workdir", default="/tmp/digits_transfer")
   parser.add_argument("--pretrain_epochs", type=int, default=20)
+  parser.add_argument("--pretrain_dir", default=None,
+                      help="where the pretraining runs live (default: WORKDIR); a finished "
+                      "run there is reused, so fine-tuning variants can share them")
+  parser.add_argument("--shots", type=int, default=10, help="training images per class of 5-9")
   parser.add_argument("--finetune_steps", type=int, default=100)
+  parser.add_argument("--lr", type=float, default=0.05, help="fine-tuning peak learning rate")
   args = parser.parse_args()
-  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
-
-  pre_dir = os.path.join(args.workdir, "pretrain_01234")
-  pre = load_config(f"classes=01234,epochs={args.pretrain_epochs}")
-  pre_final = trainer.train_and_evaluate(pre, pre_dir)
-  results = {"pretrain_top1_on_01234": pre_final["eval_top1"], "scratch": [], "pretrained": []}
-  for seed in args.seeds:
-    for start in ("scratch", "pretrained"):
-      config = load_config("classes=56789,shots=10,lr=0.05")
-      config.total_epochs, config.total_steps = None, args.finetune_steps
-      config.schedule.warmup_epochs, config.schedule.warmup_steps = None, 5
-      config.log_every_steps, config.checkpoint_every_steps = 25, 10_000
-      config.seed = seed
-      if start == "pretrained":
-        config.init_from = pre_dir
-      final = trainer.train_and_evaluate(config, os.path.join(args.workdir, f"{start}_{seed}"))
-      results[start].append(final["eval_top1"])
-  for start in ("scratch", "pretrained"):
-    results[f"{start}_mean"] = float(np.mean(results[start]))
+  start = time.time()
+  results = run(args)
+  results["seconds"] = round(time.time() - start, 1)
+  summary.write_json(os.path.join(args.workdir, "results.json"), results)
+  for name in ("pretrain_01234", "pretrained", "scratch", "gap_pretrained_minus_scratch"):
+    print(summary.describe(name, results[name]))
+  gap = results["gap_pretrained_minus_scratch"]
+  verdict = "beats" if gap["min"] > 0 else "does NOT beat"
+  print(f"pretrained {verdict} scratch on every seed; worst-seed margin {gap['min']:.1f} points")
   print(json.dumps(results))
 
 

@@ -134,7 +134,8 @@ def settings() -> dict[str, Any]:
     import jax  # pylint: disable=import-outside-toplevel
     for name in JAX_OPTIONS:
       value = getattr(jax.config, name, None)
-      options[name] = value if value is None or isinstance(value, (bool, int, float)) else str(value)
+      plain = value is None or isinstance(value, (bool, int, float))
+      options[name] = value if plain else str(value)
   except ImportError:
     pass
   return {"XLA_FLAGS": os.environ.get("XLA_FLAGS"), "env": env, "jax_options": options}
