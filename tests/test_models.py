@@ -34,6 +34,10 @@ TIMM_REFERENCE = {
     "vit_tiny_patch16_224": 5_717_416, "vit_base_patch16_224": 86_567_656,
     "vit_large_patch16_224": 304_326_632, "vit_base_r50_s16_384": 98_950_952,
     "vit_small_r26_s32_224": 36_431_912, "vit_large_r50_s32_224": 328_994_856,
+    "vgg11": 132_863_336, "vgg11_bn": 132_868_840, "vgg13": 133_047_848, "vgg13_bn": 133_053_736,
+    "vgg16": 138_357_544, "vgg16_bn": 138_365_992, "vgg19": 143_667_240, "vgg19_bn": 143_678_248,
+    "convnext_atto": 3_695_520, "convnext_tiny": 28_589_128, "convnext_small": 50_223_688,
+    "convnext_base": 88_591_464, "convnext_large": 197_767_336,
 }
 # timm builds these without a classifier by default, and its published count is that one.
 TIMM_REFERENCE_HEADLESS = {"vit_base_r50_s16_224": 97_890_112}

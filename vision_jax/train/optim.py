@@ -9,6 +9,12 @@ config.optimizer: name ('sgd' | 'adamw' | 'rmsprop' | 'lars'), momentum,
   lr_mults: [(regex, multiplier), ...] over '/'-joined parameter paths
   ('head/kernel'); the first match scales that parameter's updates, 0 freezes it
   (a linear probe is [('head/.*', 1.0), ('.*', 0.0)]).
+  layer_decay: layer-wise lr decay (BEiT, Bao et al. 2021; ConvNeXt fine-tuning), a
+  factor d in (0, 1]: with L blocks, the updates of block i (from 1) are scaled by
+  d ** (L + 1 - i), those of the embedding / stem (layer 0) by d ** (L + 1), and the
+  final norm and head (layer L + 1) keep the full lr. Blocks are ViT `blocks_{i}` and
+  ConvNeXt `stages_{s}_blocks_{b}` counted over all stages (a stage's downsample
+  layer goes with its first block), as timm's `param_groups_layer_decay`. 1 or unset: off.
 config.trainable_params (top level, read by the trainer): a regex over the same
   paths; everything else is frozen outright (`freeze_except`: zero updates and no
   optimizer state; the train step also stops its gradient, so a linear probe
@@ -99,7 +105,76 @@ def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTrans
     raise ConfigError(f"Unknown optimizer {name!r} in config.optimizer.name; choose one of {OPTIMIZERS}.")
   if config.get("lr_mults"):
     parts.append(scale_by_path(config.lr_mults))
+  decay = config.get("layer_decay")
+  if decay is not None and decay != 1.0:
+    if not 0.0 < float(decay) <= 1.0:
+      raise ConfigError(f"config.optimizer.layer_decay must be in (0, 1], got {decay}.")
+    parts.append(scale_by_layer_decay(float(decay)))
   return optax.chain(*parts)
+
+
+_VIT_BLOCK = re.compile(r"blocks_(\d+)")
+_CONVNEXT_BLOCK = re.compile(r"stages_(\d+)_blocks_(\d+)")
+_CONVNEXT_DOWNSAMPLE = re.compile(r"stages_(\d+)_downsample.*")
+_EMBEDDING = re.compile(r"patch_embed|cls_token|pos_embed|stem.*")
+
+
+def layer_ids(params: Any) -> tuple[dict[tuple[str, ...], int], int]:
+  """The layer of every parameter for layer-wise lr decay, and the number of blocks L.
+
+  Embedding / stem parameters are layer 0, block i (in forward order) is layer i + 1,
+  everything else (final norm, head) is layer L + 1.
+
+  Raises:
+    ConfigError: the parameters have neither ViT nor ConvNeXt blocks.
+  """
+  flat = traverse_util.flatten_dict(params)
+  vit_blocks = {int(m[1]) for path in flat for part in path if (m := _VIT_BLOCK.fullmatch(part))}
+  # A ViT hybrid's ResNetV2 backbone also has 'stages_{s}_blocks_{b}': it is all layer 0.
+  convnext = [] if vit_blocks else sorted(
+      {(int(m[1]), int(m[2])) for path in flat for part in path
+       if (m := _CONVNEXT_BLOCK.fullmatch(part))})
+  if not vit_blocks and not convnext:
+    raise ConfigError(
+        "config.optimizer.layer_decay needs a model with numbered blocks (ViT 'blocks_{i}' or "
+        f"ConvNeXt 'stages_{{s}}_blocks_{{b}}'); parameters look like {_example_paths(params)}.")
+  order = {block: i + 1 for i, block in enumerate(convnext)}
+  first_of_stage = {}
+  for (stage, block), layer in order.items():
+    first_of_stage.setdefault(stage, layer)
+  num_layers = len(order) if convnext else max(vit_blocks) + 1
+
+  def layer_of(path: tuple[str, ...]) -> int:
+    for part in path:
+      if _EMBEDDING.fullmatch(part):
+        return 0
+      if (m := _VIT_BLOCK.fullmatch(part)):
+        return int(m[1]) + 1
+      if convnext and (m := _CONVNEXT_BLOCK.fullmatch(part)):
+        return order[(int(m[1]), int(m[2]))]
+      if convnext and (m := _CONVNEXT_DOWNSAMPLE.fullmatch(part)):
+        return first_of_stage.get(int(m[1]), num_layers + 1)
+    return num_layers + 1
+
+  return {path: layer_of(path) for path in flat}, num_layers
+
+
+def layer_decay_scales(params: Any, decay: float) -> Any:
+  """The lr multiplier of every parameter: decay ** (L + 1 - layer), as a tree like `params`."""
+  ids, num_layers = layer_ids(params)
+  return traverse_util.unflatten_dict(
+      {path: decay ** (num_layers + 1 - layer) for path, layer in ids.items()})
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+  """Multiplies each update by its `layer_decay_scales` multiplier."""
+
+  def update(updates, state, params=None):
+    del params
+    scales = layer_decay_scales(updates, decay)
+    return jax.tree_util.tree_map(lambda u, s: u * s, updates, scales), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def scale_by_path(rules) -> optax.GradientTransformation:

@@ -3,7 +3,10 @@
 torchvision's `resnet18/34/50/101/152` are ResNet v1.5 (the stride of a
 bottleneck sits in its 3x3 conv), with the same module tree as timm's ResNets:
 `conv1`, `bn1`, `layer{s}.{b}.{conv,bn}{1,2,3}`, `layer{s}.{b}.downsample.{0,1}`
-and the classifier `fc`, so they use timm's resnet key mapping. 
+and the classifier `fc`, so they use timm's resnet key mapping. torchvision's
+`vgg11` ... `vgg19_bn` share timm's feature keys but keep the classifier as
+`classifier.{0,3,6}` Linear layers after an adaptive average pool to 7x7; they are
+built with `head_style='torchvision'` (see `models/vgg.py` and `weights/timm_vgg.py`).
 Matching, checks and the error report are those of `weights.core`, shared with
 every loader.
 
@@ -18,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 
-from vision_jax.weights import timm_resnet
+from vision_jax.weights import timm_resnet, timm_vgg
 from vision_jax.weights.core import (Path, Transform, WeightLoadError, infer_architecture,
                                      shapes_of, to_numpy)
 from vision_jax.weights.timm import load_state_dict
@@ -31,6 +34,12 @@ TORCHVISION_MODELS: dict[str, tuple[str, LeafKey, str, dict[str, Any]]] = {
     name: (name, timm_resnet.leaf_key, "fc.weight", {})
     for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 }
+TORCHVISION_MODELS.update({
+    name: (name, timm_vgg.torchvision_leaf_key, "classifier.6.weight",
+           {"head_style": "torchvision"})
+    for name in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+                 "vgg19_bn")
+})
 # Kept for callers that list the supported ResNets.
 TORCHVISION_RESNETS: dict[str, str] = {n: v[0] for n, v in TORCHVISION_MODELS.items()
                                        if n.startswith("resnet")}
@@ -54,7 +63,8 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], dtype: Any = jnp.
   """Builds the vision_jax model that matches a torchvision checkpoint, and its variables.
 
   Args:
-    name: torchvision model name, one of `TORCHVISION_MODELS` (`resnet18` ... `resnet152`); a '.TAG' suffix (e.g. 'resnet50.IMAGENET1K_V2') is allowed
+    name: torchvision model name, one of `TORCHVISION_MODELS` (`resnet18` ... `resnet152`,
+      `vgg11` ... `vgg19_bn`); a '.TAG' suffix (e.g. 'resnet50.IMAGENET1K_V2') is allowed
       and ignored.
     state_dict: torchvision parameter names -> arrays (numpy, torch tensors on any device
       or anything `np.asarray` takes), e.g. `model.state_dict()` or
