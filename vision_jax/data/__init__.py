@@ -30,6 +30,7 @@ from absl import logging
 from vision_jax.data.arrays import ArrayDataset, synthetic_dataset
 from vision_jax.data.digits import digits_dataset
 from vision_jax.data.errors import DatasetError, PreprocessError
+from vision_jax.data.eval_preprocess import eval_preprocess  # noqa: F401
 
 DATASETS = ("digits", "synthetic", "folder:/path", "<tfds builder name>")
 _TF_FIELDS = ("preprocess_train", "preprocess_eval", "shuffle_buffer", "cache", "data_dir",

@@ -1,0 +1,222 @@
+"""Using what was trained: load a run or converted weights, read images, classify them.
+
+The command-line tools (tools/predict.py, tools/evaluate.py, tools/explain.py)
+are thin over this module. A model comes from either
+  * a training workdir: the latest checkpoint (EMA parameters when the run kept
+    them) and WORKDIR/environment.json, which holds the run's config, hence the
+    model, its overrides, the dataset (class names) and the eval preprocessing;
+  * a converted-weights directory (tools/convert_weights.py): model.json gives
+    the model and its "preprocess" metadata; 1000-class weights get the ImageNet-1k
+    class names shipped in `vision_jax/data/labels/imagenet1k.txt`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_LABELS_DIR = os.path.join(os.path.dirname(__file__), "data", "labels")
+
+
+class LoadError(RuntimeError):
+  """The workdir or weights directory cannot be used; the message names it and says why."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A classifier ready to run on image files.
+
+  Attributes:
+    module: the flax module.
+    variables: its variables (eval mode).
+    class_names: one name per class.
+    preprocess: op string that turns encoded image bytes into the model input.
+    mean: per-channel mean of the input normalisation (for display), or None.
+    std: per-channel std, or None.
+    source: the directory it came from.
+  """
+
+  module: Any
+  variables: Any
+  class_names: list[str]
+  preprocess: str
+  mean: Sequence[float] | None
+  std: Sequence[float] | None
+  source: str
+
+  def logits(self, images: np.ndarray) -> np.ndarray:
+    return np.asarray(_apply(self.module, self.variables, images))
+
+
+def _apply(module, variables, images):
+  import jax  # pylint: disable=import-outside-toplevel
+  fn = _JITTED.get(module)
+  if fn is None:
+    fn = _JITTED[module] = jax.jit(lambda v, x: module.apply(v, x, train=False))
+  return fn(variables, images)
+
+
+_JITTED: dict[Any, Callable] = {}
+
+
+def imagenet_class_names() -> list[str]:
+  """The 1000 ImageNet-1k class names in the standard (sorted synset) order."""
+  with open(os.path.join(_LABELS_DIR, "imagenet1k.txt"), encoding="utf-8") as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+def load_model(workdir: str | None = None, weights: str | None = None) -> LoadedModel:
+  """Loads a training run (`workdir`) or converted weights (`weights`); exactly one is given."""
+  if (workdir is None) == (weights is None):
+    raise LoadError("Give exactly one of --workdir (a training run) or --weights (a "
+                    "tools/convert_weights.py directory).")
+  return _load_workdir(workdir) if workdir is not None else _load_weights(weights)
+
+
+def _load_workdir(workdir: str) -> LoadedModel:
+  from vision_jax import environment, models  # pylint: disable=import-outside-toplevel
+  from vision_jax.train import checkpoint  # pylint: disable=import-outside-toplevel
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise LoadError(f"--workdir {workdir} does not exist.")
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  manager = checkpoint.Checkpointer(workdir, async_save=False) if os.path.isdir(ckpt_dir) else None
+  if manager is None or manager.latest_step() is None:
+    raise LoadError(f"--workdir {workdir} holds no checkpoint (expected {ckpt_dir}/<step>); "
+                    "train first, or point --workdir at the run's directory.")
+  try:
+    state = manager.restore_raw()
+  finally:
+    manager.close()
+  try:
+    config = environment.read_environment(workdir)["config"]
+  except (FileNotFoundError, KeyError) as e:
+    raise LoadError(f"--workdir {workdir}: cannot read the run's config ({e}).") from None
+  data = config.get("data", {})
+  params = state.get("ema_params") or state["params"]
+  variables = {"params": params}
+  if state.get("batch_stats"):
+    variables["batch_stats"] = state["batch_stats"]
+  num_classes = _num_classes(params)
+  overrides = dict(config.get("model", {}).get("overrides") or {})
+  module = models.create_model(config["model"]["name"], num_classes=num_classes, **overrides)
+  names = dataset_class_names(data, num_classes)
+  preprocess, mean, std = _workdir_preprocess(data)
+  return LoadedModel(module, variables, names, preprocess, mean, std, workdir)
+
+
+def _num_classes(params: Any) -> int:
+  head = params.get("head") if isinstance(params, dict) else None
+  if head is None or "kernel" not in head:
+    raise LoadError("The checkpoint has no classifier (params/head): it cannot classify.")
+  return int(np.shape(head["kernel"])[-1])
+
+
+def dataset_class_names(data: dict[str, Any], num_classes: int) -> list[str]:
+  """Class names of a run's dataset: digits, folder class names, tfds label names."""
+  name = str(data.get("name", ""))
+  if name == "digits":
+    classes = data.get("classes") or list(range(10))
+    return [str(c) for c in classes]
+  if name.startswith("folder:"):
+    root = os.path.join(name[len("folder:"):], str(data.get("train_split") or "train"))
+    if os.path.isdir(root):
+      names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+      if len(names) == num_classes:
+        return names
+  elif name and name != "synthetic":
+    try:
+      import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+      builder = tfds.builder(name, data_dir=data.get("data_dir"))
+      names = builder.info.features[data.get("label_key") or "label"].names
+      if len(names) == num_classes:
+        return list(names)
+    except Exception:  # pylint: disable=broad-except
+      pass  # not prepared here: fall back to numbers
+  if num_classes == 1000:
+    return imagenet_class_names()
+  return [f"class_{i}" for i in range(num_classes)]
+
+
+def _workdir_preprocess(data: dict[str, Any]) -> tuple[str, Any, Any]:
+  if data.get("name") == "digits":
+    # The digits source upscales 0..16 greyscale to image_size with values in [-1, 1].
+    size = int(data.get("image_size", 32))
+    return f"decode(1)|resize({size}, antialias=True)|value_range(-1, 1)", [-1.0], [2.0]
+  spec = data.get("preprocess_eval")
+  if not spec:
+    raise LoadError("The run's config.data has no preprocess_eval op string to read images with.")
+  return spec, None, None
+
+
+def _load_weights(directory: str) -> LoadedModel:
+  from vision_jax import models  # pylint: disable=import-outside-toplevel
+  from vision_jax.data.eval_preprocess import eval_preprocess  # pylint: disable=import-outside-toplevel
+  from vision_jax.weights import io  # pylint: disable=import-outside-toplevel
+  try:
+    meta, variables = io.load_converted(directory)
+  except (FileNotFoundError, ValueError) as e:
+    raise LoadError(f"--weights: {e}") from None
+  module = models.create_model(meta["model"], num_classes=int(meta["num_classes"]),
+                               **dict(meta.get("overrides") or {}))
+  info = meta.get("info", {})
+  preprocess = meta.get("preprocess") or {
+      "input_size": info.get("input_size", 224), "crop_pct": info.get("crop_pct", 0.875),
+      "interpolation": "bicubic", "mean": info.get("mean"), "std": info.get("std")}
+  n = int(meta["num_classes"])
+  names = imagenet_class_names() if n == 1000 else [f"class_{i}" for i in range(n)]
+  return LoadedModel(module, variables, names, eval_preprocess(preprocess),
+                     preprocess.get("mean"), preprocess.get("std"), os.path.abspath(directory))
+
+
+def list_images(specs: Sequence[str]) -> list[str]:
+  """Image files from paths, globs and folders (searched recursively), in a stable order."""
+  files: list[str] = []
+  for spec in specs:
+    if os.path.isdir(spec):
+      for root, _, names in sorted(os.walk(spec)):
+        files += [os.path.join(root, n) for n in sorted(names)
+                  if n.lower().endswith(IMAGE_EXTENSIONS)]
+    elif any(ch in spec for ch in "*?["):
+      files += sorted(glob.glob(spec, recursive=True))
+    else:
+      files.append(spec)
+  seen: set[str] = set()
+  return [f for f in files if not (f in seen or seen.add(f))]
+
+
+def read_images(paths: Sequence[str], preprocess: str,
+                warn: Callable[[str], None] = print) -> tuple[list[str], np.ndarray]:
+  """Decodes and preprocesses image files; undecodable ones are named (via `warn`) and skipped.
+
+  Returns:
+    (the paths that were read, float32 [N, H, W, C] model inputs).
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from vision_jax.data import ops  # pylint: disable=import-outside-toplevel
+  fn = ops.get_preprocess_fn(preprocess, outputs=("image",))
+  good, arrays = [], []
+  for path in paths:
+    try:
+      with open(path, "rb") as f:
+        contents = f.read()
+      image = fn({"image": tf.constant(contents)})["image"]
+      arrays.append(np.asarray(image, np.float32))
+      good.append(path)
+    except Exception as e:  # pylint: disable=broad-except
+      message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      warn(f"skipping {path}: cannot decode it as an image ({message[:200]})")
+  if not arrays:
+    return [], np.zeros((0, 1, 1, 1), np.float32)
+  return good, np.stack(arrays)
+
+
+def refuse_overwrite(path: str, overwrite: bool) -> None:
+  """Raises FileExistsError unless `path` is free or `overwrite` is set."""
+  if os.path.exists(path) and not overwrite:
+    raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
