@@ -9,6 +9,7 @@ The output directory can then be named as `init_from` in a training config.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -20,6 +21,15 @@ def main(argv=None) -> int:
   parser.add_argument("--model", required=True, help="timm model name, e.g. vit_base_patch16_224")
   parser.add_argument("--input", required=True, help=".safetensors file (or a .pth/.bin torch state dict)")
   parser.add_argument("--output", required=True, help="directory to create")
+  # The eval preprocessing the weights expect, recorded in model.json under "preprocess".
+  # timm's pretrained config for --model fills them when timm is installed; flags win.
+  parser.add_argument("--input-size", type=int, help="eval input side (default: timm's cfg)")
+  parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: timm's cfg)")
+  parser.add_argument("--crop-mode", choices=["center", "squash"], help="default: timm's cfg")
+  parser.add_argument("--interpolation", choices=["bicubic", "bilinear", "nearest"],
+                      help="resize interpolation (default: timm's cfg)")
+  parser.add_argument("--mean", type=float, nargs=3, help="per-channel mean (default: timm's cfg)")
+  parser.add_argument("--std", type=float, nargs=3, help="per-channel std (default: timm's cfg)")
   args = parser.parse_args(argv)
 
   if not os.path.isfile(args.input):
@@ -42,8 +52,51 @@ def main(argv=None) -> int:
   except FileExistsError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"wrote {out} ({model_name}, num_classes={module.num_classes})")
+  preprocess = preprocess_metadata(args, model_name)
+  meta_path = os.path.join(out, io.METADATA_FILE)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  meta["preprocess"] = preprocess
+  with open(meta_path, "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+  print(f"wrote {out} ({model_name}, num_classes={module.num_classes}, preprocess={preprocess})")
   return 0
+
+
+_PREPROCESS_KEYS = ("input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
+
+
+def preprocess_metadata(args, model_name: str) -> dict:
+  """The checkpoint's eval preprocessing: timm's pretrained cfg for --model, then the flags.
+
+  Without timm (or for a tag it does not know) the registry's ModelInfo gives the
+  defaults, with bicubic interpolation.
+  """
+  from vision_jax import models  # pylint: disable=import-outside-toplevel
+  info = models.model_info(model_name)
+  result = {"input_size": info.input_size, "crop_pct": info.crop_pct, "crop_mode": "center",
+            "interpolation": "bicubic", "mean": list(info.mean), "std": list(info.std),
+            "from": "vision_jax registry"}
+  try:
+    import timm  # pylint: disable=import-outside-toplevel
+    cfg = timm.models.get_pretrained_cfg(args.model)
+    if cfg is not None:
+      cfg = cfg.to_dict()
+      for key in _PREPROCESS_KEYS:
+        if cfg.get(key) is not None:
+          value = cfg[key]
+          result[key] = list(value) if isinstance(value, tuple) else value
+      if isinstance(result["input_size"], list):
+        result["input_size"] = int(result["input_size"][-1])
+      result["from"] = f"timm pretrained_cfg of {args.model}"
+  except ImportError:
+    pass
+  for key in _PREPROCESS_KEYS:
+    value = getattr(args, key)
+    if value is not None:
+      result[key] = list(value) if isinstance(value, (list, tuple)) else value
+      result["from"] = result["from"] + " + flags"
+  return result
 
 
 def _read_state_dict(path: str):
