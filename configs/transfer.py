@@ -37,6 +37,16 @@ Pixel normalisation follows the model's registered mean/std ([-1, 1] for BiT
 and ViT). ViT models are built at the crop size (position embeddings are
 resampled when loaded).
 
+Backbones other than BiT keep the HyperRule's steps, warmup, resolution and Mixup:
+  - VGG (`vgg11` ... `vgg19_bn`, e.g. torchvision's weights through
+    `from_torchvision`): the HyperRule's SGD as above, with dropout 0.5 in the
+    classifier as torchvision trained it;
+  - ConvNeXt (`convnext_*`): AdamW (b1 0.9, b2 0.999), lr 5e-5 at batch 512,
+    weight decay 1e-8, layer-wise lr decay 0.8 and a cosine decay, the settings
+    of the paper's ImageNet-22k -> 1k fine-tuning (Liu et al. 2022,
+    arXiv:2201.03545, appendix A, settings for B and L), with stochastic depth 0.1 (our choice for
+    small datasets; the paper uses 0.2 and more for its larger models).
+
 Hardware and time (an estimate, not measured on this code): CIFAR-10 with R50x1
 at 128 px, 10k steps of 512 images: a few hours on one A100 / TPU v3-8; 384 px
 datasets take about 9x more per step.
@@ -47,7 +57,7 @@ reaches about 98.9% on CIFAR-10 in the vision_transformer README, with that
 repository's own fine-tuning recipe (cosine, 384 px), not with this HyperRule.
 
 Arguments (`configs/transfer.py:key=value,...`):
-  model: a registered model name.
+  model: a registered model name (BiT, ViT, ResNet, EfficientNet, VGG, ConvNeXt).
   dataset: a tfds name or folder:/path (train/ and val/ or test/ split folders).
   init_from: converted weights or another run's workdir ('' trains from scratch).
   num_train: training-split size (0: look it up).
@@ -147,7 +157,22 @@ SMOKE_OVERRIDES = {
     "vit": {"backbone_layers": (), "patch_size": 4, "width": 32, "depth": 1, "mlp_dim": 64,
             "num_heads": 2},
     "efficientnet": {"width_mult": 0.25, "depth_mult": 0.1, "head_width": 64},
+    "vgg": {"layers": (8, "M", 16, "M", 16, "M", 32, "M", 32, "M"), "hidden_width": 32,
+            "pre_logits_width": 32},
+    "convnext": {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16)},
 }
+# Per-family optimizer (lr is at batch 512, scaled linearly) and model overrides.
+FAMILY_RECIPES = {
+    "vgg": {"lr": 0.003, "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
+                                       "weight_decay": 0.0},
+            "overrides": {"drop_rate": 0.5}},
+    "convnext": {"lr": 5e-5, "decay": "cosine",
+                 "optimizer": {"name": "adamw", "b1": 0.9, "b2": 0.999, "weight_decay": 1e-8,
+                               "layer_decay": 0.8},
+                 "overrides": {"drop_path_rate": 0.1}},
+}
+BIT_RECIPE = {"lr": 0.003, "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
+                                         "weight_decay": 0.0}, "overrides": {}}
 
 
 def get_config(arg=None):
@@ -179,19 +204,24 @@ def get_config(arg=None):
   config.batch_size = arg.batch_size
   config.eval_batch_size = 512
   config.total_steps = rule["steps"]
-  config.schedule.update({
-      "base_lr": 0.003 * arg.batch_size / 512, "warmup_steps": rule["warmup_steps"],
-      "decay": "step", "boundaries": rule["boundaries"], "decay_factor": 0.1})
-  config.optimizer.update(
-      {"name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 0.0})
+  recipe = FAMILY_RECIPES.get(family, BIT_RECIPE)
+  if recipe.get("decay", "step") == "step":
+    config.schedule.update({"decay": "step", "boundaries": rule["boundaries"],
+                            "decay_factor": 0.1})
+  else:
+    config.schedule.decay = recipe["decay"]
+  config.schedule.update({"base_lr": recipe["lr"] * arg.batch_size / 512,
+                          "warmup_steps": rule["warmup_steps"]})
+  config.optimizer.update(recipe["optimizer"])
+  config.model.overrides.update(recipe["overrides"])
   config.eval_every_steps = max(rule["steps"] // 10, 1)
   config.checkpoint_every_steps = 1000
   if arg.init_from:
     config.init_from = arg.init_from
   if arg.smoke:
-    config.model.overrides = dict(SMOKE_OVERRIDES.get(family, {}))
+    config.model.overrides = {**SMOKE_OVERRIDES.get(family, {}), **recipe["overrides"]}
     if family == "vit":
       config.model.overrides["img_size"] = crop
     shrink_for_smoke(config)
-    config.schedule.base_lr = 0.003 * 16 / 512
+    config.schedule.base_lr = recipe["lr"] * 16 / 512
   return config

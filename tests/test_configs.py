@@ -39,6 +39,7 @@ EXTRA_SMOKE_ARGS = {
     "simclr_digits": ["smoke,stage=linear"],
     "simclr_cifar10": ["smoke,stage=linear", "smoke,depth=50"],
     "simclr_imagenet": ["smoke,stage=linear"],
+    "transfer": ["smoke,model=vgg11_bn", "smoke,model=convnext_atto"],
 }
 # Configs whose smoke run fails today because of a bug outside configs/, with the bug. The mark
 # is a strict xfail: the run still happens, and once the bug is fixed the XPASS fails the suite
