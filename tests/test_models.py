@@ -73,41 +73,39 @@ def test_reference_headless_counts(name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_param_count_matches_pin(name):
-  _, variables = _abstract_variables(name)
-  assert _count(variables["params"]) == PINNED[name]
-  for x in jax.tree_util.tree_leaves(variables["params"]):
-    assert x.dtype == jnp.float32
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_model_info_is_complete(name):
+def test_pinned_count_metadata_shapes_and_dtypes(name):
+  """One abstract init + forward per model (nothing allocated), in bf16, with 7 classes and
+  without a classifier: the parameter count equals the pin (at 1000 classes), parameters are
+  float32 whatever the compute dtype, logits come back float32, ModelInfo.classifier points
+  at the classifier, and num_classes=0 gives the pooled features the classifier reads."""
   info = models.model_info(name)
   assert info.name == name
   assert info.input_size > 0 and 0 < info.crop_pct <= 1
   assert len(info.mean) == 3 and len(info.std) == 3 and min(info.std) > 0
   assert info.paper and info.family
-  _, variables = _abstract_variables(name, num_classes=7)
+  x = jax.ShapeDtypeStruct((2, info.input_size, info.input_size, 3), jnp.float32)
+
+  def init_and_apply(num_classes):
+    module = models.create_model(name, num_classes=num_classes, dtype=jnp.bfloat16)
+    return jax.eval_shape(
+        lambda x: module.init_with_output(jax.random.key(0), x, train=False), x)
+
+  logits, variables = init_and_apply(7)
+  assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+  for leaf in jax.tree_util.tree_leaves(variables["params"]):
+    assert leaf.dtype == jnp.float32
   node = variables["params"]
   for part in info.classifier.split("/"):
     node = node[part]
   assert node["kernel"].shape[-1] == 7, "ModelInfo.classifier must point at the classifier"
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_output_shapes_and_dtypes(name):
-  """Abstract forward (no allocation) in bf16: logits float32, features of the pooled width."""
-  module = models.create_model(name, num_classes=5, dtype=jnp.bfloat16)
-  size = models.model_info(name).input_size
-  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False), x)
-  logits = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, x)
-  assert logits.shape == (2, 5) and logits.dtype == jnp.float32
-  features_module = models.create_model(name, num_classes=0, dtype=jnp.bfloat16)
-  fvars = jax.eval_shape(lambda x: features_module.init(jax.random.key(0), x, train=False), x)
-  features = jax.eval_shape(lambda v, x: features_module.apply(v, x, train=False), fvars, x)
-  head_in = variables["params"]["head"]["kernel"].shape[0]
+  head_in = node["kernel"].shape[0]
+  head_params = head_in * 7 + (node["bias"].shape[0] if "bias" in node else 0)
+  # The pins are at 1000 classes: each class adds a kernel column and a bias.
+  per_class = head_in + (1 if "bias" in node else 0)
+  assert _count(variables["params"]) + (1000 - 7) * per_class == PINNED[name]
+  features, fvars = init_and_apply(0)
   assert features.shape == (2, head_in)
+  assert _count(fvars["params"]) == _count(variables["params"]) - head_params
 
 
 def test_unknown_model_and_override_errors():
