@@ -254,6 +254,25 @@ def test_imagenet_efficientnet_recipe():
     module.get_config("variant=b8")
 
 
+def test_imagenet_convnext_recipe():
+  module = load_config_module("imagenet_convnext")
+  config = module.get_config("")
+  assert config.model.name == "convnext_tiny" and config.total_epochs == 300
+  assert config.batch_size == 4096 and config.schedule.base_lr == pytest.approx(4e-3)
+  assert config.schedule.warmup_epochs == 20 and config.schedule.decay == "cosine"
+  assert config.optimizer.name == "adamw" and config.optimizer.weight_decay == 0.05
+  assert config.model.overrides.drop_path_rate == 0.1 and config.label_smoothing == 0.1
+  assert config.ema_decay == 0.9999 and "randaugment(2, 9)" in config.data.preprocess_train
+  assert config.data.mix == "mixup_or_cutmix(0.8, 1.0)"
+  assert "resize_small(256" in config.data.preprocess_eval
+  assert "82.1%" in module.__doc__ and "Table 1" in module.__doc__
+  base = module.get_config("variant=base,batch_size=1024")
+  assert base.model.overrides.drop_path_rate == 0.5
+  assert base.schedule.base_lr == pytest.approx(1e-3)
+  with pytest.raises(ConfigError, match="variant='huge'"):
+    module.get_config("variant=huge")
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in NOT_RUNNABLE])
 def test_full_size_configs_name_valid_models_and_overrides(name):
   """The non-smoke configs build their models (constructing the module checks every override);
