@@ -158,3 +158,10 @@ class _Config(dict):
 
   def __getattr__(self, name):
     return self[name]
+
+
+def test_flops_convnext_tiny_matches_known_figure():
+  from vision_jax.models import flops  # pylint: disable=import-outside-toplevel
+  # ConvNeXt-T is 4.5 GMACs at 224 (paper, Table 1): about 9 GFLOPs; XLA's 9.49e9 also
+  # counts the LayerNorm, GELU and layer-scale elementwise work.
+  assert 8.9e9 < flops.count_flops("convnext_tiny") < 9.8e9

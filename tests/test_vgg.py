@@ -107,6 +107,10 @@ def test_torchvision_and_timm_keys_load_the_same_weights(timm_vgg, torchvision_v
                                 w.reshape(_HIDDEN, -1, 7, 7).transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(ours["batch_stats"]["features_1"]["var"],
                                 torchvision_vgg.features[1].running_var.numpy())
+  # Either loader builds the other head on request.
+  module, _ = from_timm("vgg11_bn", timm_state_dict(timm_vgg), head_style="torchvision",
+                        **_OVERRIDES)
+  assert module.head_style == "torchvision"
 
 
 def test_headless_checkpoint_gives_pre_logits_features(timm_vgg):
@@ -139,3 +143,9 @@ def test_registered_variants_and_metadata():
   # 13 / 16 convs for D and E plus the three classifier layers.
   assert sum(1 for c in vgg.LAYERS["vgg16"] if c != "M") + 3 == 16
   assert sum(1 for c in vgg.LAYERS["vgg19"] if c != "M") + 3 == 19
+
+
+def test_flops_vgg16_matches_known_figure():
+  from vision_jax.models import flops  # pylint: disable=import-outside-toplevel
+  # VGG-16 is 15.5 GMACs at 224 (31 GFLOPs); XLA skips the multiply-adds on the zero padding.
+  assert 29.0e9 < flops.count_flops("vgg16") < 31.5e9

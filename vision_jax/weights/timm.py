@@ -99,7 +99,7 @@ def from_timm(timm_name: str, state_dict: Mapping[str, Any], dtype: Any = jnp.fl
   family = timm_family(timm_name)
   model_name, num_classes, resolved = resolve(timm_name, sd)
   return load_state_dict(f"from_timm({timm_name!r})", model_name, sd, family.leaf_key,
-                         dict(num_classes=num_classes, **resolved, **overrides), dtype=dtype,
+                         {"num_classes": num_classes, **resolved, **overrides}, dtype=dtype,
                          ignore=family.ignore,
                          footer="Check that the checkpoint belongs to this timm model name.")
 
