@@ -291,3 +291,138 @@ def test_validate_works_on_plain_config_dicts():
     config_check.validate(with_field(config, "batch_size", None))
   with pytest.raises(ConfigError, match=r"The warmup \(12 steps\) is not shorter than the run"):
     config_check.check_lengths(12, 12)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: damage, a full disk, two runs on one workdir.
+# ---------------------------------------------------------------------------
+META = {"model": "tiny", "num_classes": 3}
+
+
+def tiny_state(scale=1.0, width=4):
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  return {"params": {"w": jnp.full((width, 3), scale), "b": jnp.zeros((3,))},
+          "step": jnp.asarray(int(scale), jnp.int32)}
+
+
+def abstract(state):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+
+def saved_workdir(path, steps=(1, 2, 3)):
+  from vision_jax.train.checkpoint import Checkpointer  # pylint: disable=import-outside-toplevel
+  checkpointer = Checkpointer(str(path), max_to_keep=5, async_save=False)
+  for step in steps:
+    checkpointer.save(step, tiny_state(step), META)
+  checkpointer.close()
+  return path
+
+
+def damage(step_dir):
+  """Truncates every data file of a saved state (what a crashed copy or a bad disk leaves)."""
+  for directory, _, names in os.walk(os.path.join(step_dir, "state")):
+    for name in names:
+      path = os.path.join(directory, name)
+      if os.sep + "d" + os.sep in path + os.sep or name == "manifest.ocdbt":
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+
+
+def test_corrupt_checkpoint_is_named_moved_aside_and_the_previous_one_used(tmp_path, caplog):
+  from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  work = saved_workdir(tmp_path / "run")
+  damage(work / "checkpoints" / "3")
+  checkpointer = ckpt.Checkpointer(str(work), max_to_keep=5, async_save=False)
+  with pytest.raises(ckpt.CorruptCheckpointError) as raised:
+    checkpointer.restore(abstract(tiny_state()), META, step=3)
+  message = str(raised.value)
+  assert message.startswith("The checkpoint at step 3 is unreadable or corrupt: ")
+  assert str(work / "checkpoints" / "3" / "state") in message and "does not fit" not in message
+  with caplog.at_level("WARNING"):
+    state = checkpointer.restore_newest_readable(abstract(tiny_state()), META)
+  assert int(state["step"]) == 2 and float(state["params"]["w"][0, 0]) == 2.0
+  assert checkpointer.all_steps() == [1, 2]
+  assert os.listdir(work / "checkpoints_corrupt") == ["3"]  # moved, not deleted
+  assert "step 3 is unreadable or corrupt" in caplog.text and "Resumed from step 2" in caplog.text
+  # A structure mismatch keeps its own message.
+  with pytest.raises(ckpt.CheckpointMismatchError, match=r"does not fit this config's train "
+                     r"state: params/w is \(4, 3\) in the checkpoint, \(5, 3\) here"):
+    checkpointer.restore(abstract(tiny_state(width=5)), META, step=2)
+  with pytest.raises(ckpt.CheckpointMismatchError, match="different model"):
+    checkpointer.restore(abstract(tiny_state()), dict(META, model="other"), step=2)
+  checkpointer.close()
+
+
+def test_no_readable_checkpoint_left_stops_unless_restart_is_asked(tmp_path):
+  from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  work = saved_workdir(tmp_path / "run", steps=(1, 2))
+  damage(work / "checkpoints" / "2")
+  os.remove(work / "checkpoints" / "1" / "meta" / "metadata")
+  checkpointer = ckpt.Checkpointer(str(work), async_save=False)
+  with pytest.raises(ckpt.CorruptCheckpointError) as raised:
+    checkpointer.restore_newest_readable(abstract(tiny_state()), META)
+  assert "No readable checkpoint is left: the damaged step(s) [2, 1] were moved to" in str(raised.value)
+  assert "--config.on_corrupt_checkpoint=restart" in str(raised.value)
+  assert sorted(os.listdir(work / "checkpoints_corrupt")) == ["1", "2"]
+  checkpointer.close()
+  work = saved_workdir(tmp_path / "again", steps=(1,))
+  damage(work / "checkpoints" / "1")
+  checkpointer = ckpt.Checkpointer(str(work), async_save=False)
+  assert checkpointer.restore_newest_readable(abstract(tiny_state()), META, "restart") is None
+  assert checkpointer.latest_step() is None
+  checkpointer.close()
+
+
+def test_full_disk_during_save_names_the_disk_and_keeps_the_previous_checkpoint(tmp_path,
+                                                                                monkeypatch):
+  # The error is injected where orbax's background thread finishes a save (writing its
+  # commit file before the atomic rename), as a disk that fills up during the save would.
+  from orbax.checkpoint._src.path import async_path  # pylint: disable=import-outside-toplevel
+  from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  checkpointer = ckpt.Checkpointer(str(tmp_path), async_save=True)
+  checkpointer.save(1, tiny_state(1), META)
+  checkpointer.wait()
+
+  async def full_disk(path, *args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+  monkeypatch.setattr(async_path, "write_text", full_disk)
+  with pytest.raises(ckpt.CheckpointSaveError) as raised:
+    checkpointer.save(2, tiny_state(2), META)
+    checkpointer.wait()
+  message = str(raised.value)
+  assert message.startswith(f"No space left on the disk while saving step 2 to {tmp_path}/checkpoints "
+                            "(filesystem /"), message
+  assert "GiB free of" in message and "The previous checkpoint (step 1) is intact" in message
+  monkeypatch.undo()
+  checkpointer.close()
+  reopened = ckpt.Checkpointer(str(tmp_path), async_save=False)
+  assert reopened.all_steps() == [1]
+  assert int(reopened.restore(abstract(tiny_state()), META)["step"]) == 1
+  reopened.close()
+
+
+def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
+  from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  lock_path = tmp_path / ckpt.LOCK_FILE
+  holder = subprocess.Popen([sys.executable, "-c", (
+      "import fcntl, json, os, sys, time\n"
+      f"fd = os.open({str(lock_path)!r}, os.O_RDWR | os.O_CREAT)\n"
+      "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+      "os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'here'}).encode())\n"
+      "print('locked', flush=True)\n"
+      "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(ckpt.WorkdirLockedError) as raised:
+      ckpt.Checkpointer(str(tmp_path), lock=True)
+    assert f"is in use by another run: process {holder.pid} on here" in str(raised.value)
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  # The holder died without cleaning up: its lock file names it, but nobody holds the lock.
+  assert json.loads(lock_path.read_text())["pid"] == holder.pid
+  checkpointer = ckpt.Checkpointer(str(tmp_path), lock=True)
+  assert json.loads(lock_path.read_text())["pid"] == os.getpid()
+  checkpointer.close()
