@@ -171,8 +171,12 @@ def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
 
   def update(updates, state, params=None):
     del params
-    scales = layer_decay_scales(updates, decay)
-    return jax.tree_util.tree_map(lambda u, s: u * s, updates, scales), state
+    ids, num_layers = layer_ids(updates)
+
+    def scale(path, update):  # leaves only: frozen parameters (freeze_except) are skipped
+      return update * decay ** (num_layers + 1 - ids[tuple(k.key for k in path)])
+
+    return jax.tree_util.tree_map_with_path(scale, updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
