@@ -16,9 +16,10 @@ both ways of feeding it, chosen by `head_style`:
   whatever the input size, as `torchvision.models.VGG.avgpool` does.
   `from_torchvision` assumes this.
 
-Both give the same logits for inputs up to 224x224 (the pooling up to 7x7 is the
-same operation); they differ for larger inputs, where timm slides the 7x7 layer
-and torchvision pools down to 7x7 first. Parameter names mirror the two
+Both give the same logits while the last feature map is at most 7x7, i.e. for
+inputs under 256x256 (the pooling up to 7x7 is the same operation); from 256 up
+they differ: timm slides the 7x7 layer and averages, torchvision pools down to
+7x7 first. Parameter names mirror the two
 libraries' module trees: `features_{i}` is `features.{i}` (conv, or BN at the
 next index), `pre_logits/fc1` and `pre_logits/fc2` are timm's `pre_logits.fc1/fc2`
 (torchvision's `classifier.0/3`), and `head` is `head.fc` (`classifier.6`).
