@@ -129,10 +129,14 @@ def test_data_source_faults_are_one_line(tmp_path, capsys):
   write(no_images / "train" / "cat" / "notes.txt", "not an image")
   no_eval = tmp_path / "no_eval"
   png(no_eval / "train" / "cat" / "a.png")
-  unreadable = tmp_path / "unreadable"
+  unreadable = tmp_path / "unreadable"  # half of train cannot be decoded
   png(unreadable / "train" / "cat" / "good.png")
   write(unreadable / "train" / "dog" / "bad.png", "not a png at all")
-  write(unreadable / "val" / "dog" / "bad.png", "not a png at all")
+  png(unreadable / "val" / "cat" / "good.png")
+  bad_val = tmp_path / "bad_val"  # train is fine, no val image can be decoded
+  for i in range(10):
+    png(bad_val / "train" / "cat" / f"{i}.png")
+  write(bad_val / "val" / "cat" / "bad.png", "not a png at all")
   tfds_dir = tmp_path / "tfds"
   from tests.test_data_pipeline import write_metadata  # pylint: disable=import-outside-toplevel
   write_metadata(tfds_dir / "prepared", "cifar10", {"train": 41, "test": 23})
@@ -153,8 +157,11 @@ def get_config(arg):
       (transfer(f"folder:{no_images}"), 2, f"No .jpg/.jpeg/.png files under {no_images}/train"),
       (transfer(f"folder:{no_eval}"), 1, f"Set config.data.eval_split: {no_eval} has none of the "
        "subfolders ('val', 'validation', 'test')"),
-      (transfer(f"folder:{unreadable}"), 1, f"The split folder {unreadable}/val has no readable "
-       "images"),
+      (transfer(f"folder:{unreadable}"), 1, f"1 of 2 image files (50.0%) of split 'train' in "
+       f"{unreadable} are unreadable, more than config.data.max_bad_fraction=0.1; the data looks "
+       f"damaged (a failing disk or mount?). Repair it, or raise config.data.max_bad_fraction. "
+       f"Unreadable: {unreadable}/train/dog/bad.png"),
+      (transfer(f"folder:{bad_val}"), 1, f"The split folder {bad_val}/val has no readable images"),
       (transfer("cifar_ten", "--config.batch_size=8"), 2, "pass num_train=<training examples>"),
       (tfds_args(f"{tfds_dir / 'empty'}"), 1,
        "The tfds dataset 'cifar10/3.0.2' is not prepared: tfds looked in"),
@@ -426,3 +433,57 @@ def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path
   checkpointer = ckpt.Checkpointer(str(tmp_path), lock=True)
   assert json.loads(lock_path.read_text())["pid"] == os.getpid()
   checkpointer.close()
+
+
+# ---------------------------------------------------------------------------
+# Data faults during a run.
+# ---------------------------------------------------------------------------
+def small_folder(root, per_class=8):
+  """train: 3 classes x `per_class` PNGs (value = class*50 + i); val: 4 per class."""
+  for split, count in (("train", per_class), ("val", 4)):
+    for label, name in enumerate(["ant", "bee", "cat"]):
+      for i in range(count):
+        png(root / split / name / f"{i}.png", value=label * 50 + i, size=8)
+  return root
+
+
+def folder_dataset(root, **fields):
+  from vision_jax import data  # pylint: disable=import-outside-toplevel
+  return data.get_dataset({"name": f"folder:{root}", "preprocess_train": "decode",
+                           "preprocess_eval": "decode", **fields})
+
+
+def test_files_that_become_unreadable_mid_run_are_skipped_counted_and_named(tmp_path, caplog):
+  root = small_folder(tmp_path / "images")
+  ds = folder_dataset(root)
+  batches = ds.train_iterator(6, seed=0)
+  for _ in range(2):
+    next(batches)
+  deleted, truncated = root / "train" / "bee" / "3.png", root / "train" / "cat" / "5.png"
+  os.remove(deleted)
+  data = truncated.read_bytes()
+  time.sleep(0.01)
+  truncated.write_bytes(data[:len(data) // 2])
+  with caplog.at_level("WARNING"):
+    later = [next(batches) for _ in range(12)]  # three epochs: every file is read again
+  assert all(b["image"].shape == (6, 8, 8, 3) for b in later)
+  assert ds.source.unreadable_files == [str(deleted), str(truncated)]
+  assert "2 image file(s) of split 'train' became unreadable during the run" in caplog.text
+  assert str(deleted) in caplog.text and str(truncated) in caplog.text
+  assert "(2 of 24 files of the split unreadable so far)" in caplog.text
+  # Evaluation rechecks its split before each pass.
+  os.remove(root / "val" / "ant" / "0.png")
+  counted = sum(int(b["mask"].sum()) for b in ds.eval_iterator(4))
+  assert counted == 11
+  # Above config.data.max_bad_fraction, the run stops and says why.
+  strict = folder_dataset(root, max_bad_fraction=0.1)  # 23 files listed, 1 undecodable: 4.3%
+  batches = strict.train_iterator(6, seed=0)
+  next(batches)
+  for name in ("0.png", "1.png"):
+    os.remove(root / "train" / "ant" / name)
+  with pytest.raises(DatasetError) as raised:
+    for _ in range(12):
+      next(batches)
+  assert str(raised.value).startswith(
+      f"3 of 23 image files (13.0%) of split 'train' in {root} are unreadable, more than "
+      "config.data.max_bad_fraction=0.1; the data looks damaged")

@@ -24,11 +24,23 @@ config.data.validate_files:
   "none": nothing.
 If an unchecked file still fails to decode during training, the run stops with a
 DatasetError naming the files that fail (found by decoding the split once).
+
+Files that become unreadable during a run (deleted, or truncated or rewritten
+after the start) do not stop it: when reading fails, `exclude_unreadable` finds
+the files that are gone or changed since the source was opened, decodes the
+changed ones, and leaves out those that fail, with a warning naming them and the
+count so far (`FolderSource.unreadable_files`); the training stream then goes on
+from the same step without them. Evaluation rechecks its split the same way
+before each pass. config.data.max_bad_fraction (default 0.1) bounds the share of
+a split that may be unreadable, at start-up and during the run together: above
+it, the data is taken to be damaged (a failing disk or mount) and the run stops
+with a DatasetError. Each process checks the files it reads.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +57,7 @@ FULL_CHECK_LIMIT = 20_000
 DEFAULT_EVAL_SPLITS = ("val", "validation", "test")
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 _SHOWN = 20  # paths listed in a message
+DEFAULT_MAX_BAD_FRACTION = 0.1
 
 
 class FolderSource(Source):
@@ -56,19 +69,28 @@ class FolderSource(Source):
     classes: class names, sorted; a class's label is its index.
     num_classes: len(classes).
     files: split -> (paths, labels), sorted by class then path; undecodable files removed.
-    skipped_files: paths that were found undecodable and left out.
+    skipped_files: paths that were found undecodable at start-up and left out.
+    unreadable_files: paths that became unreadable during the run and were left out.
+    max_bad_fraction: the share of a split that may be unreadable before it is an error.
   """
 
-  def __init__(self, root: str, splits: Sequence[str], validate_files: str = "auto"):
+  def __init__(self, root: str, splits: Sequence[str], validate_files: str = "auto",
+               max_bad_fraction: float | None = None):
     """Lists (and checks) the files of `splits`; the first split defines the classes.
 
     Raises:
       DatasetError: missing root or split folder, no class folders, no images, a
-        class of a later split that the first split lacks, or a bad mode.
+        class of a later split that the first split lacks, a bad mode, or more
+        than `max_bad_fraction` of a split unreadable.
     """
     if validate_files not in VALIDATE_MODES:
       raise DatasetError(f"config.data.validate_files={validate_files!r}; choose one of "
                          f"{VALIDATE_MODES}.")
+    self.max_bad_fraction = (DEFAULT_MAX_BAD_FRACTION if max_bad_fraction is None
+                             else float(max_bad_fraction))
+    self.unreadable_files: list[str] = []
+    # Files changed after this moment are rechecked when reading fails.
+    self._opened_ns = time.time_ns()
     self.root = os.path.abspath(os.path.expanduser(root))
     self.name = f"folder:{self.root}"
     if not os.path.isdir(self.root):
@@ -92,6 +114,8 @@ class FolderSource(Source):
       logging.warning("Skipping %d image file(s) that cannot be decoded:\n  %s", len(bad),
                       _list_paths(self.skipped_files))
     self.files = {}
+    self._listed = {}
+    self._bad = {}
     for split, (paths, labels) in listed.items():
       keep = [i for i, p in enumerate(paths) if p not in bad]
       if not keep:
@@ -99,6 +123,9 @@ class FolderSource(Source):
                            "images.")
       self.files[split] = ([paths[i] for i in keep], np.asarray([labels[i] for i in keep],
                                                                  np.int64))
+      self._listed[split] = len(paths)
+      self._bad[split] = [p for p in paths if p in bad]
+      self._check_bad_fraction(split)
 
   def _split_dir(self, split: str) -> str:
     path = os.path.join(self.root, split)
@@ -179,6 +206,52 @@ class FolderSource(Source):
 
   def shuffle_buffer(self, share_size: int, requested: int | None) -> int:
     return max(1, min(share_size, requested or share_size))
+
+  def exclude_unreadable(self, split: str) -> list[str]:
+    """Leaves out the files of `split` that became unreadable since the source was opened.
+
+    Only files that are gone, or were modified after the start, are decoded again, so
+    this is one `stat` per file plus the decoding of the changed ones.
+
+    Returns:
+      The files newly left out (empty: nothing changed on disk).
+    Raises:
+      DatasetError: the split's unreadable share is now above max_bad_fraction, or
+        no readable file is left.
+    """
+    paths, labels = self._split_files(split)
+    gone, changed = set(), []
+    for path in paths:
+      try:
+        if os.stat(path).st_mtime_ns >= self._opened_ns:
+          changed.append(path)
+      except OSError:
+        gone.add(path)
+    bad = gone | set(find_undecodable(changed))
+    if not bad:
+      return []
+    new = [p for p in paths if p in bad]
+    keep = [i for i, p in enumerate(paths) if p not in bad]
+    self.files[split] = ([paths[i] for i in keep], labels[keep])
+    self._bad[split].extend(new)
+    self.unreadable_files.extend(new)
+    logging.warning("%d image file(s) of split %r became unreadable during the run and are "
+                    "skipped from now on (%d of %d files of the split unreadable so far):\n  %s",
+                    len(new), split, len(self._bad[split]), self._listed[split], _list_paths(new))
+    self._check_bad_fraction(split)
+    if not keep:
+      raise DatasetError(f"No readable image is left in {os.path.join(self.root, split)}: all "
+                         f"{self._listed[split]} files are unreadable (is the disk still mounted?).")
+    return new
+
+  def _check_bad_fraction(self, split: str) -> None:
+    bad, listed = self._bad[split], self._listed[split]
+    if listed and len(bad) / listed > self.max_bad_fraction:
+      raise DatasetError(
+          f"{len(bad)} of {listed} image files ({100 * len(bad) / listed:.1f}%) of split "
+          f"{split!r} in {self.root} are unreadable, more than config.data.max_bad_fraction="
+          f"{self.max_bad_fraction:g}; the data looks damaged (a failing disk or mount?). Repair "
+          f"it, or raise config.data.max_bad_fraction. Unreadable:\n  {_list_paths(bad)}")
 
   def explain_failure(self, split: str, error: Exception) -> str:
     paths = self._split_files(split)[0] if split in self.files else []

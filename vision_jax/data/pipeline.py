@@ -94,6 +94,15 @@ class Source(abc.ABC):
     """Shuffle buffer for a share; `requested` is config.data.shuffle_buffer."""
     return max(1, min(share_size, requested or 10_000))
 
+  def exclude_unreadable(self, split: str) -> list[str]:
+    """Leaves out the examples of `split` that became unreadable during the run.
+
+    Called when reading fails; returns what was left out (named and counted by the
+    source), or nothing when the source cannot tell (then the error stops the run).
+    """
+    del split
+    return []
+
   def explain_failure(self, split: str, error: Exception) -> str:
     """A message for an error raised while reading or decoding `split`."""
     return (f"Reading split {split!r} of {self.name} failed: {error}. Check the data, or the "
@@ -184,9 +193,26 @@ class TfDataset:
 
   def train_iterator(self, global_batch: int, seed: int, start_step: int = 0,
                      process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-    """Endless training batches from `start_step` on; this process's slice of each."""
-    ds = self.train_dataset(global_batch, seed, start_step, process_index, process_count)
-    return self._numpy(ds, self.train_split)
+    """Endless training batches from `start_step` on; this process's slice of each.
+
+    When reading fails because files became unreadable, the source leaves them out
+    (`Source.exclude_unreadable`) and the stream is rebuilt from the next step.
+    """
+    step = int(start_step)
+    while True:
+      ds = self.train_dataset(global_batch, seed, step, process_index, process_count)
+      iterator = iter(ds.as_numpy_iterator())
+      while True:
+        try:
+          batch = next(iterator)
+        except StopIteration:
+          return
+        except tf.errors.OpError as e:
+          if self.source.exclude_unreadable(self.train_split):
+            break  # rebuilt without them, from the step that was not yielded yet
+          raise DatasetError(self.source.explain_failure(self.train_split, e)) from None
+        yield batch
+        step += 1
 
   # -------------------------------------------------------------------------
   # Evaluation.
@@ -195,6 +221,8 @@ class TfDataset:
                     process_count: int = 1) -> Iterator[Batch]:
     """One ordered pass over the eval split; the last batch is padded, 'mask' marks real rows."""
     local = local_batch_size(global_batch, process_count)
+    # A pass cannot restart half-way without counting examples twice: recheck the files first.
+    self.source.exclude_unreadable(self.eval_split)
     sizes = self.source.share_sizes(self.eval_split, process_count)
     num_batches = math.ceil(max(sizes) / local)
     base = self.source.read(self.eval_split, process_index, process_count, training=False)
@@ -296,7 +324,8 @@ def tf_dataset(data_config: Any, folder: str | None = None, tfds_name: str | Non
       raise DatasetError("config.data.name='folder:' needs a path: 'folder:/path/to/root'.")
     eval_split = eval_split or default_eval_split(folder)
     source = FolderSource(folder, [train_split, eval_split],
-                          data_config.get("validate_files") or "auto")
+                          data_config.get("validate_files") or "auto",
+                          max_bad_fraction=data_config.get("max_bad_fraction"))
   else:
     from vision_jax.data.tfds_source import TfdsSource
     source = TfdsSource(tfds_name, data_dir=data_config.get("data_dir"),
