@@ -5,6 +5,8 @@ gamma at 1e-6, which would hide every block), fp32, eval mode: convnext_atto as 
 (its MLP is stored as 1x1 convs) and a convnext_tiny of reduced depth and width (Linear MLP).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,10 +104,14 @@ def test_registry_metadata_and_train_mode():
 # Layer-wise lr decay.
 
 
+@functools.lru_cache(maxsize=None)
 def _abstract_params(name, size, **kwargs):
   module = models.create_model(name, num_classes=3, **kwargs)
   return jax.eval_shape(lambda x: module.init(jax.random.key(0), x),
                         jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))["params"]
+
+
+_SMALL_CONVNEXT = dict(depths=(2, 1, 1, 1), widths=(8, 8, 8, 8))
 
 
 def test_layer_decay_scales_follow_the_rule():
@@ -120,7 +126,7 @@ def test_layer_decay_scales_follow_the_rule():
   assert scales["norm"]["scale"] == scales["head"]["kernel"] == 1.0
   # ConvNeXt (2, 1, 1, 1 blocks -> L = 5): stem d^6; blocks in order d^5 .. d^1; a
   # stage's downsample with its first block; head norm and head 1.
-  params = _abstract_params("convnext_atto", 32, depths=(2, 1, 1, 1), widths=(8, 8, 8, 8))
+  params = _abstract_params("convnext_atto", 32, **_SMALL_CONVNEXT)
   scales = optim.layer_decay_scales(params, d)
   assert scales["stem_conv"]["kernel"] == scales["stem_norm"]["scale"] == d ** 6
   order = ["stages_0_blocks_0", "stages_0_blocks_1", "stages_1_blocks_0", "stages_2_blocks_0",
@@ -136,13 +142,13 @@ def test_layer_decay_scales_follow_the_rule():
 
 
 def test_layer_decay_scales_the_optimizer_updates():
-  params = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, s.dtype), _abstract_params(
-      "convnext_atto", 32, depths=(1, 1, 1, 1), widths=(8, 8, 8, 8)))
+  params = jax.tree_util.tree_map(lambda s: jnp.ones(s.shape, s.dtype),
+                                  _abstract_params("convnext_atto", 32, **_SMALL_CONVNEXT))
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   config = {"name": "sgd", "momentum": 0.0, "layer_decay": 0.5}
   tx = optim.make_optimizer(_Config(config), optax.constant_schedule(1.0))
-  updates, _ = tx.update(grads, tx.init(params), params)
-  assert float(updates["stem_conv"]["kernel"][0, 0, 0, 0]) == pytest.approx(-0.5 ** 5)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  assert float(updates["stem_conv"]["kernel"][0, 0, 0, 0]) == pytest.approx(-0.5 ** 6)
   assert float(updates["stages_3_blocks_0"]["gamma"][0]) == pytest.approx(-0.5)
   assert float(updates["head"]["bias"][0]) == pytest.approx(-1.0)
   with pytest.raises(optim.ConfigError, match="numbered blocks"):
