@@ -140,17 +140,6 @@ def test_data_source_faults_are_one_line(tmp_path, capsys):
   tfds_dir = tmp_path / "tfds"
   from tests.test_data_pipeline import write_metadata  # pylint: disable=import-outside-toplevel
   write_metadata(tfds_dir / "prepared", "cifar10", {"train": 41, "test": 23})
-  # configs/transfer.py declares no data.data_dir: a config file that adds it.
-  tfds_config = write(tmp_path / "tfds_config.py", f'''
-from vision_jax.config_util import load_config
-def get_config(arg):
-  data_dir, _, train_split = arg.partition("+")
-  config = load_config({TRANSFER!r}, "smoke,model=resnet18,dataset=cifar10")
-  config.data.data_dir = data_dir
-  config.data.train_split = train_split or "train"
-  return config
-''')
-  tfds_args = lambda arg: [f"--config={tfds_config}:{arg}", f"--workdir={tmp_path / 'work'}"]
   cases = [
       (transfer(f"folder:{tmp_path / 'nowhere'}"), 2, f"has no 'train' folder ({tmp_path}/nowhere/train)"),
       (transfer(f"folder:{empty}"), 2, f"No .jpg/.jpeg/.png files under {empty}/train"),
@@ -163,9 +152,11 @@ def get_config(arg):
        f"Unreadable: {unreadable}/train/dog/bad.png"),
       (transfer(f"folder:{bad_val}"), 1, f"The split folder {bad_val}/val has no readable images"),
       (transfer("cifar_ten", "--config.batch_size=8"), 2, "pass num_train=<training examples>"),
-      (tfds_args(f"{tfds_dir / 'empty'}"), 1,
+      # configs/transfer.py does not declare data.data_dir: the command line adds it.
+      (transfer("cifar10", f"--config.data.data_dir={tfds_dir / 'empty'}"), 1,
        "The tfds dataset 'cifar10/3.0.2' is not prepared: tfds looked in"),
-      (tfds_args(f"{tfds_dir / 'prepared'}+trian"), 1,
+      (transfer("cifar10", f"--config.data.data_dir={tfds_dir / 'prepared'}",
+                "--config.data.train_split=trian"), 1,
        "The tfds dataset 'cifar10' has no split 'trian'"),
       (["--config=configs/digits.py:smoke", "--config.data.name=cifar_ten",
         f"--workdir={tmp_path / 'work'}"], 1, "Unknown dataset 'cifar_ten' in config.data.name"),

@@ -30,8 +30,23 @@ from typing import Any, Sequence
 
 from absl import flags, logging
 from ml_collections import config_flags
+from ml_collections.config_dict import placeholder
 
 VERBOSE_ENV = "VISION_JAX_VERBOSE"
+
+# Optional fields that the trainer and the data sources read, which a config file
+# need not declare: `--config.FIELD=...` adds them (with this default, whose type
+# parses the value) when the config lacks them. Any other unknown field is an error.
+OPTIONAL_FIELDS = {
+    "on_corrupt_checkpoint": "stop",
+    "data.max_bad_fraction": 0.1,
+    "data.data_dir": placeholder(str),
+    "data.validate_files": "auto",
+    "data.shuffle_buffer": placeholder(int),
+    "data.cache": False,
+    "data.train_split": placeholder(str),
+    "data.eval_split": placeholder(str),
+}
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
@@ -127,11 +142,18 @@ def load_config_file(spec: str) -> Any:
 
 
 def _check_override_paths(config: Any, argv: Sequence[str]) -> None:
-  """Every --config.a.b must name an existing field; lists the valid ones otherwise."""
+  """Every --config.a.b must name an existing field (or an OPTIONAL_FIELDS one, added here);
+  lists the valid ones otherwise."""
   for arg in argv[1:]:
     match = re.match(r"^--?(no)?config\.([^=]+)", arg)
     if not match:
       continue
+    parent, _, leaf = match.group(2).rpartition(".")
+    if match.group(2) in OPTIONAL_FIELDS:
+      node = config if not parent else config.get(parent)
+      if hasattr(node, "keys") and leaf not in node.keys():
+        with node.unlocked():
+          node[leaf] = copy.deepcopy(OPTIONAL_FIELDS[match.group(2)])
     node, walked = config, "config"
     for part in match.group(2).split("."):
       keys = list(node.keys()) if hasattr(node, "keys") else []
