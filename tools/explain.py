@@ -69,13 +69,15 @@ def main(argv=None) -> int:
     return 2
   explained = targets if targets is not None else model.logits(images).argmax(1)
   os.makedirs(args.output_dir, exist_ok=True)
-  overlays = []
+  overlays, inputs = [], []
   for path, image, heat in zip(outputs, images, maps):
     rgb = explain.overlay(image, heat, alpha=args.alpha, mean=model.mean, std=model.std)
     rgb = _enlarge(rgb, args.scale)
     _save_png(path, rgb)
     overlays.append(rgb)
-  _save_grid(grid_path, overlays, [model.class_names[int(t)] for t in explained], args.method)
+    inputs.append(_enlarge(explain.to_uint8_image(image, model.mean, model.std), args.scale))
+  _save_grid(grid_path, inputs, overlays, [model.class_names[int(t)] for t in explained],
+             args.method)
   for path, t in zip(outputs, explained):
     print(f"{path}: {args.method} for class {model.class_names[int(t)]!r}")
   print(f"{grid_path}: grid of {len(outputs)}")
@@ -127,18 +129,23 @@ def _save_png(path: str, rgb: np.ndarray) -> None:
   plt.imsave(path, rgb)
 
 
-def _save_grid(path: str, overlays, titles, method: str, columns: int = 4) -> None:
+def _save_grid(path: str, inputs, overlays, titles, method: str, columns: int = 4) -> None:
+  """Each image next to its overlay, `columns` pairs per row, titled with the explained class."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   columns = min(columns, len(overlays))
   rows = -(-len(overlays) // columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.2 * rows),
+                           squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
-  for ax, rgb, title in zip(axes.ravel(), overlays, titles):
-    ax.imshow(rgb, interpolation="nearest")
-    ax.set_title(f"{method}: {title}", fontsize=9)
+  for i, (image, rgb, title) in enumerate(zip(inputs, overlays, titles)):
+    row, col = divmod(i, columns)
+    axes[row, 2 * col].imshow(image, interpolation="nearest")
+    axes[row, 2 * col].set_title(f"class {title}", fontsize=9)
+    axes[row, 2 * col + 1].imshow(rgb, interpolation="nearest")
+    axes[row, 2 * col + 1].set_title(method, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)

@@ -147,7 +147,7 @@ def _workdir_preprocess(data: dict[str, Any]) -> tuple[str, Any, Any]:
   if data.get("name") == "digits":
     # The digits source upscales 0..16 greyscale to image_size with values in [-1, 1].
     size = int(data.get("image_size", 32))
-    return f"decode(1)|resize({size}, antialias=True)|value_range(-1, 1)", [-1.0], [2.0]
+    return f"decode(1)|resize({size}, antialias=True)|value_range(-1, 1)", [0.5], [0.5]
   spec = data.get("preprocess_eval")
   if not spec:
     raise LoadError("The run's config.data has no preprocess_eval op string to read images with.")
