@@ -346,3 +346,29 @@ def test_integrated_gradients_completeness_shrinks_with_steps(digits):
   # The trapezoid rule's error falls as 1/steps^2 on smooth stretches of the path; kinks
   # (ReLUs switching) slow that down, so ask for a 4x drop where 64x is the smooth case.
   assert errors[64] < errors[8] / 4 and errors[64] < 0.05
+
+
+def test_every_family_has_a_default_layer_and_gives_maps():
+  """Traced (not compiled) for one small variant per registered family."""
+  from vision_jax import models  # pylint: disable=import-outside-toplevel
+  from vision_jax.explain import cam, layers  # pylint: disable=import-outside-toplevel
+  variants = {}
+  for name in models.list_models():
+    variants.setdefault(models.model_info(name).family, name)
+  variants["vit_hybrid"] = "vit_tiny_r_s16_p8_224"
+  assert {"resnet", "resnet_v2", "efficientnet", "vit"} <= set(variants)
+  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+  targets = jnp.zeros(2, jnp.int32)
+  for family, name in sorted(variants.items()):
+    overrides = {"img_size": 64} if family.startswith("vit") else {}
+    module = models.create_model(name, num_classes=5, **overrides)
+    variables = jax.eval_shape(lambda x, m=module: m.init(jax.random.key(0), x), x)
+    layer = layers.resolve_layer(module, None, x.shape, x.dtype)
+    maps, _ = jax.eval_shape(
+        lambda v, x, m=module, l=layer: cam._cams(m, v, x, targets, l), variables, x)
+    h, w = layer.map_shape
+    assert maps["gradcam"].shape == (2, h, w) and h > 1 and w > 1, (name, layer)
+    if family.startswith("vit"):
+      rollout = jax.eval_shape(
+          lambda v, x, m=module: explain.rollout._rollout(m, v, x, "mean"), variables, x)
+      assert rollout.shape == (2, module.grid_size, module.grid_size)

@@ -37,6 +37,9 @@ class ExplainError(ValueError):
   """A bad request to an attribution method: unknown layer, target out of range, wrong model."""
 
 
+# Appended to a module path, names that module's (first) input instead of its output.
+INPUT_SUFFIX = ":input"
+
 # (module class name, layer path) -> the elementwise activation that the model applies
 # right after that module and before global average pooling + classifier.
 _FINAL_ACTIVATIONS: dict[tuple[str, str], Callable[[jax.Array], jax.Array]] = {
@@ -59,6 +62,7 @@ class TargetLayer:
       gradient is injected there when `activation` is set.
     num_prefix_tokens: for a token output [N, T, C], the leading non-grid tokens.
     grid: (h, w) of the token grid, for token outputs.
+    read_input: read (and perturb) the module's first input instead of its output.
   """
 
   name: str
@@ -68,6 +72,7 @@ class TargetLayer:
   head_path: tuple[str, ...] = ("head",)
   num_prefix_tokens: int = 0
   grid: tuple[int, int] | None = None
+  read_input: bool = False
 
   @property
   def map_shape(self) -> tuple[int, int]:
@@ -90,6 +95,7 @@ def module_outputs(module: nn.Module, image_shape: tuple[int, ...],
                    image_dtype: Any) -> dict[str, tuple[int, ...]]:
   """Every submodule's `__call__` output shape, by '/'-joined path, in call order.
 
+  The first positional input of each submodule is listed too, as 'path:input'.
   Computed abstractly (nothing is run or allocated); variables are built by
   `init` under `eval_shape`, so the result depends only on the module and shape.
   """
@@ -99,7 +105,10 @@ def module_outputs(module: nn.Module, image_shape: tuple[int, ...],
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if context.method_name == "__call__" and context.module.path and isinstance(out, jax.Array):
-      shapes.setdefault("/".join(context.module.path), tuple(out.shape))
+      name = "/".join(context.module.path)
+      if args and isinstance(args[0], jax.Array):
+        shapes.setdefault(name + INPUT_SUFFIX, tuple(args[0].shape))
+      shapes.setdefault(name, tuple(out.shape))
     return out
 
   def run(x):
@@ -124,7 +133,8 @@ def available_layers(module: nn.Module, image_shape: tuple[int, ...],
                      image_dtype: Any = jnp.float32) -> list[str]:
   """Names of the layers Grad-CAM can read: NHWC maps and token sequences."""
   outputs = module_outputs(module, tuple(image_shape), jnp.dtype(image_dtype))
-  return [name for name, shape in outputs.items() if _is_map(shape) or _is_tokens(shape)]
+  return [name for name, shape in outputs.items()
+          if not name.endswith(INPUT_SUFFIX) and (_is_map(shape) or _is_tokens(shape))]
 
 
 def default_layer(module: nn.Module, image_shape: tuple[int, ...],
@@ -139,8 +149,13 @@ def default_layer(module: nn.Module, image_shape: tuple[int, ...],
     return "norm"
   if family == "VisionTransformer":
     return f"blocks_{module.depth - 1}/norm1"
+  if family == "VGG":
+    # The classifier's input: the last conv block after its ReLU and max-pool
+    # (torchvision's features[-1], pytorch-grad-cam's advice for VGG).
+    return "pre_logits" + INPUT_SUFFIX
   outputs = module_outputs(module, tuple(image_shape), jnp.dtype(image_dtype))
-  maps = [name for name, shape in outputs.items() if _is_map(shape)]
+  maps = [name for name, shape in outputs.items()
+          if not name.endswith(INPUT_SUFFIX) and _is_map(shape)]
   if not maps:
     raise ExplainError(f"{family} has no submodule with an NHWC feature-map output; pass "
                        "`layer=` with one of: " + ", ".join(available_layers(module, image_shape)))
@@ -163,15 +178,17 @@ def resolve_layer(module: nn.Module, layer: str | None, image_shape: tuple[int, 
     why = ("is not a submodule of" if name not in outputs else
            f"has output shape {outputs[name]}, not a feature map or tokens, in")
     raise ExplainError(
-        f"Layer {name!r} {why} {family_of(module)}. Available layers ({len(choices)}): "
-        + ", ".join(choices))
+        f"Layer {name!r} {why} {family_of(module)}. Available layers ({len(choices)}; "
+        f"append {INPUT_SUFFIX!r} to read a module's input): " + ", ".join(choices))
   shape = outputs[name]
-  path = tuple(name.split("/"))
+  read_input = name.endswith(INPUT_SUFFIX)
+  path = tuple(name[:-len(INPUT_SUFFIX)].split("/") if read_input else name.split("/"))
   if _is_tokens(shape):
     prefix, grid = _token_grid(module, shape[1])
-    return TargetLayer(name, path, shape, num_prefix_tokens=prefix, grid=grid)
-  activation = _FINAL_ACTIVATIONS.get((family_of(module), name))
-  return TargetLayer(name, path, shape, activation=activation)
+    return TargetLayer(name, path, shape, num_prefix_tokens=prefix, grid=grid,
+                       read_input=read_input)
+  activation = None if read_input else _FINAL_ACTIVATIONS.get((family_of(module), name))
+  return TargetLayer(name, path, shape, activation=activation, read_input=read_input)
 
 
 def _token_grid(module: nn.Module, num_tokens: int) -> tuple[int, tuple[int, int]]:
@@ -204,6 +221,10 @@ def forward_with_layer(module: nn.Module, variables: Any, images: jax.Array, lay
     if context.method_name != "__call__":
       return next_fun(*args, **kwargs)
     path = context.module.path
+    if path == layer.path and layer.read_input:
+      first = args[0] + delta.astype(args[0].dtype)
+      store["map"] = first
+      return next_fun(first, *args[1:], **kwargs)
     if path == layer.path:
       out = next_fun(*args, **kwargs)
       if layer.activation is None:
