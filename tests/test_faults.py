@@ -478,3 +478,79 @@ def test_files_that_become_unreadable_mid_run_are_skipped_counted_and_named(tmp_
   assert str(raised.value).startswith(
       f"3 of 23 image files (13.0%) of split 'train' in {root} are unreadable, more than "
       "config.data.max_bad_fraction=0.1; the data looks damaged")
+
+
+# ---------------------------------------------------------------------------
+# SIGKILL at any moment.
+# ---------------------------------------------------------------------------
+def start_main(args, log_path, devices=2):
+  """`python -m vision_jax.main ARGS` in the background, its stderr in `log_path`."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT,
+             # Compiled steps are shared through a cache: each restart skips the compilation.
+             JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(log_path), "jax_cache"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.pop(main.VERBOSE_ENV, None)
+  with open(log_path, "a") as log:
+    return subprocess.Popen([sys.executable, "-m", "vision_jax.main", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=log)
+
+
+def logged_steps(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line)["step"] for line in f if line.strip() and '"loss"' in line]
+
+
+def final_eval(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    evals = [json.loads(line) for line in f if '"eval_top1"' in line]
+  return evals[-1]
+
+
+def wait_for(condition, process, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline and process.poll() is None:
+    if condition():
+      return True
+    time.sleep(0.02)
+  return False
+
+
+def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+  import random  # pylint: disable=import-outside-toplevel
+  total = 8
+  flags = ["--config=configs/digits.py:smoke", f"--config.total_steps={total}",
+           "--config.log_every_steps=1", "--config.checkpoint_every_steps=1",
+           "--config.eval_every_steps=1000"]
+  log = str(tmp_path / "stderr.log")
+  reference = start_main(flags + [f"--workdir={tmp_path / 'reference'}"], log)  # meanwhile
+  workdir = str(tmp_path / "killed")
+  rng = random.Random(13)
+  kills = []
+  # Twice during training (a step or an asynchronous save is always in flight: a
+  # checkpoint is written every step), then once the last step is logged (the final
+  # eval or the final save).
+  for moment in ("training", "training", "final eval"):
+    before = len(logged_steps(workdir))
+    process = start_main(flags + [f"--workdir={workdir}"], log)
+    if moment == "training":
+      reached = wait_for(lambda: len(logged_steps(workdir)) > before, process)
+      time.sleep(rng.uniform(0.0, 0.3))
+    else:
+      reached = wait_for(lambda: total in logged_steps(workdir), process)
+      time.sleep(rng.uniform(0.0, 0.05))
+    alive = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert reached or alive, f"the run ended before it could be killed; see {log}"
+    kills.append((moment, alive, max(logged_steps(workdir), default=0)))
+  assert sum(alive for _, alive, _ in kills) >= 2, kills
+  resumed = start_main(flags + [f"--workdir={workdir}"], log)
+  assert resumed.wait(timeout=240) == 0, open(log).read()[-3000:]
+  assert reference.wait(timeout=240) == 0, open(log).read()[-3000:]
+  assert final_eval(workdir) == final_eval(tmp_path / "reference"), kills  # bitwise on the CPU
+  assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt")), kills

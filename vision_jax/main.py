@@ -257,7 +257,10 @@ class _QuietLibraries(logging_std.Filter):
 
 
 def _setup_logging() -> None:
+  """What absl's app.run does: the absl handler on stderr, INFO unless --verbosity says."""
   logging.use_absl_handler()
+  if flags.FLAGS["verbosity"].using_default_value:
+    logging.set_verbosity(logging.INFO)
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
     handler.addFilter(_QuietLibraries())
