@@ -1,7 +1,9 @@
 """The training engine: sharding, FSDP, multi-process, resume, failures, optimizers."""
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -54,9 +56,13 @@ def run_main(args, devices=1, timeout=300, env_extra=None, popen=False):
 # ---------------------------------------------------------------------------
 # Whole runs in this process (8 simulated devices).
 # ---------------------------------------------------------------------------
-def test_train_and_eval_on_8_devices(tmp_path):
+def test_train_and_eval_on_8_devices(tmp_path, caplog):
   assert jax.device_count() == 8
+  caplog.set_level(logging.INFO)
   final = trainer.train_and_evaluate(digits_config(), str(tmp_path))
+  # The console shows each logged step once (our progress line), not also clu's copy.
+  step_lines = [r.getMessage() for r in caplog.records if "loss" in r.getMessage()]
+  assert len([m for m in step_lines if re.search(r"\bstep 2\b|\[2\]", m)]) == 1, step_lines
   assert final["eval_count"] == 360  # padded last batch masked: every test image once
   assert 0.0 <= final["eval_top1"] <= final["eval_top5"] <= 1.0
   metrics = read_metrics(tmp_path)

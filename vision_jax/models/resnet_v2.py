@@ -330,7 +330,7 @@ def _register_all() -> None:
                           preact=True, stem_type="fixed"),
         ModelInfo(
             name=name, family="resnet_v2", input_size=size, crop_pct=1.0,
-            mean=INCEPTION_MEAN, std=INCEPTION_STD, classifier="head", paper=_BIT_PAPER,
+            interpolation="bilinear", mean=INCEPTION_MEAN, std=INCEPTION_STD, classifier="head", paper=_BIT_PAPER,
             timm_name=name, license="apache-2.0",
             source=(f"timm {name}.goog_in21k_ft_in1k (google-research/big_transfer BiT-M: "
                     "ImageNet-21k pretrained, ImageNet-1k fine-tuned)")))

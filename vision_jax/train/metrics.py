@@ -1,6 +1,8 @@
-"""Metric writers: clu (console + TensorBoard) plus WORKDIR/metrics.jsonl, and progress/ETA.
+"""Metric writers: TensorBoard (clu) plus WORKDIR/metrics.jsonl, and progress/ETA on the console.
 
-Only process 0 writes; other processes get a writer that only logs.
+Only process 0 writes files. The console gets one line per logged training step
+(`log_progress`) and one per evaluation (`MetricWriter.write(..., console=True)`),
+never the same numbers twice: clu's logging writer is not used.
 """
 
 from __future__ import annotations
@@ -16,24 +18,29 @@ from clu import metric_writers
 
 
 class MetricWriter:
-  """Writes scalar dicts to clu writers and, on process 0, to metrics.jsonl."""
+  """Writes scalar dicts, on process 0, to TensorBoard (clu, asynchronous) and metrics.jsonl."""
 
   def __init__(self, workdir: str):
     self._lead = jax.process_index() == 0
-    self._clu = metric_writers.create_default_writer(
-        workdir, just_logging=not self._lead, asynchronous=True)
+    self._clu = (metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
+                 if self._lead else None)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if self._lead else None
 
-  def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+  def write(self, step: int, scalars: Mapping[str, Any], console: bool = False) -> None:
+    """Records `scalars` at `step`; with `console`, also logs them as one line (every process)."""
     scalars = {k: float(v) for k, v in scalars.items()}
-    self._clu.write_scalars(step, scalars)
+    if console:
+      logging.info("step %d: %s", step, ", ".join(f"{k} {v:.6g}" for k, v in scalars.items()))
+    if self._clu:
+      self._clu.write_scalars(step, scalars)
     if self._jsonl:
       self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
       self._jsonl.flush()
 
   def close(self) -> None:
-    self._clu.flush()
-    self._clu.close()
+    if self._clu:
+      self._clu.flush()
+      self._clu.close()
     if self._jsonl:
       self._jsonl.close()
 

@@ -205,7 +205,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
           writer.write(step, scalars)
           metrics_lib.log_progress(step, total_steps, scalars)
         if step % eval_every == 0 and step != total_steps:
-          writer.write(step, run_eval(state))
+          writer.write(step, run_eval(state), console=True)
         if step % ckpt_every == 0 and step != total_steps:
           save(step, state)
         if _should_stop(signals.raised, step, log_every):
