@@ -244,14 +244,16 @@ def digits():
 
 def test_second_call_with_the_same_shapes_does_not_recompile(digits):
   module, variables, images, _ = digits
-  x = images[:8]
-  explain.grad_cam(module, variables, x)
-  explain.integrated_gradients(module, variables, x, steps=4)
-  sizes = explain.cam._cams._cache_size(), explain.gradients._integrated._cache_size()
-  # New values, new explicit targets, the other CAM method, a new baseline value: same shapes.
-  explain.grad_cam_plus_plus(module, variables, images[8:16], targets=np.arange(8))
-  explain.integrated_gradients(module, variables, images[8:16], steps=4, black_value=-1.0)
-  assert (explain.cam._cams._cache_size(), explain.gradients._integrated._cache_size()) == sizes
+  # Batch 64 as the deletion test, so that the compiled functions are shared.
+  explain.grad_cam(module, variables, images[:64])
+  explain.integrated_gradients(module, variables, images[:64], steps=8)
+  sizes = explain.cam._cams._cache_size(), explain.gradients._path_sum._cache_size()
+  # New values, new explicit targets, the other CAM method, another rule, step count and
+  # baseline value.
+  explain.grad_cam_plus_plus(module, variables, images[64:128], targets=np.arange(64) % 10)
+  explain.integrated_gradients(module, variables, images[64:128], steps=20, method="trapezoid",
+                               black_value=-1.0)
+  assert (explain.cam._cams._cache_size(), explain.gradients._path_sum._cache_size()) == sizes
 
 
 def test_bad_requests_get_clear_errors(digits, vit_tiny):

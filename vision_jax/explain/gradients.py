@@ -90,26 +90,52 @@ def _gradient(module: nn.Module, variables: Any, images: jax.Array, targets: jax
   return grads, targets
 
 
+# Path points are evaluated in chunks of this many: one compiled function serves
+# every step count, and memory does not grow with `steps`.
+PATH_CHUNK = 8
+
+
 @functools.partial(jax.jit, static_argnames=("module",))
-def _integrated(module: nn.Module, variables: Any, images: jax.Array, baseline: jax.Array,
-                targets: jax.Array, alphas: jax.Array, weights: jax.Array):
-  score = _score_fn(module, variables)
-  grad_fn = jax.grad(score, has_aux=True)
+def _endpoints(module: nn.Module, variables: Any, images: jax.Array, baseline: jax.Array,
+               targets: jax.Array):
+  """(targets, their one-hot, y_c(x) - y_c(baseline))."""
   logits = module.apply(variables, images, train=False)
   targets = common.resolve_targets(logits, targets)
   one_hot = jax.nn.one_hot(targets, logits.shape[-1])
-  diff = images - baseline
+  base_logits = module.apply(variables, baseline, train=False)
+  return targets, one_hot, jnp.sum((logits - base_logits) * one_hot, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def _path_sum(module: nn.Module, variables: Any, baseline: jax.Array, diff: jax.Array,
+              one_hot: jax.Array, alphas: jax.Array, weights: jax.Array) -> jax.Array:
+  """sum_k w_k * grad y_c(baseline + alpha_k * diff) over one chunk of path points."""
+  grad_fn = jax.grad(_score_fn(module, variables), has_aux=True)
 
   def step(total, alpha_weight):
     alpha, weight = alpha_weight
     grads, _ = grad_fn(baseline + alpha * diff, one_hot)
     return total + weight * grads, None
 
-  # A scan keeps one step's activations alive at a time, whatever `steps` is.
-  path_sum, _ = jax.lax.scan(step, jnp.zeros_like(images), (alphas, weights))
+  # A scan keeps one point's activations alive at a time.
+  total, _ = jax.lax.scan(step, jnp.zeros_like(diff), (alphas, weights))
+  return total
+
+
+def _integrated(module: nn.Module, variables: Any, images: jax.Array, baseline: jax.Array,
+                targets: jax.Array, alphas: np.ndarray, weights: np.ndarray):
+  targets, one_hot, score_difference = _endpoints(module, variables, images, baseline, targets)
+  diff = images - baseline
+  pad = -len(alphas) % PATH_CHUNK
+  # Padding points carry weight zero: they cost a little compute and change nothing.
+  alphas = np.concatenate([alphas, np.zeros(pad, np.float32)])
+  weights = np.concatenate([weights, np.zeros(pad, np.float32)])
+  path_sum = jnp.zeros_like(images)
+  for start in range(0, len(alphas), PATH_CHUNK):
+    chunk = slice(start, start + PATH_CHUNK)
+    path_sum = path_sum + _path_sum(module, variables, baseline, diff, one_hot,
+                                    jnp.asarray(alphas[chunk]), jnp.asarray(weights[chunk]))
   attributions = diff * path_sum
-  base_logits = module.apply(variables, baseline, train=False)
-  score_difference = jnp.sum((logits - base_logits) * one_hot, axis=-1)
   error = attributions.sum(axis=(1, 2, 3)) - score_difference
   return attributions, error, score_difference, targets
 
@@ -215,7 +241,7 @@ def integrated_gradients(module: nn.Module, variables: Any, images: Any,
   alphas, weights = quadrature(method, steps)
   base = make_baseline(images, baseline, black_value, blur_sigma)
   attributions, error, difference, used = _integrated(
-      module, variables, images, base, target_array, jnp.asarray(alphas), jnp.asarray(weights))
+      module, variables, images, base, target_array, alphas, weights)
   maps = _maps(attributions, channel_reduce, upsample)
   if full_output:
     return IntegratedGradients(maps, attributions, error, difference, used)
