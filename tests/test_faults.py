@@ -202,8 +202,8 @@ DIGITS_BAD_VALUES = [  # (field, bad value, what the message says)
     ("schedule.base_lr", 0.0, "config.schedule.base_lr=0.0: must be a number > 0"),
     ("schedule.base_lr", float("nan"), "config.schedule.base_lr=nan: must be a number > 0"),
     ("schedule.decay", "cosin", "config.schedule.decay='cosin': choose one of 'cosine'"),
-    ("schedule.warmup_epochs", 30.0, "config.schedule.warmup_epochs=30.0 is not shorter than the "
-     "run (config.total_epochs=30.0)"),
+    ("schedule.warmup_epochs", 31.0, "config.schedule.warmup_epochs=31.0 is longer than the run "
+     "(config.total_epochs=30.0)"),
     ("schedule.warmup_epochs", -1.0, "config.schedule.warmup_epochs=-1.0: must be a number >= 0"),
     ("optimizer.name", "adamx", "config.optimizer.name='adamx': choose one of 'sgd', 'adamw'"),
     ("optimizer.weight_decay", -1e-4, "config.optimizer.weight_decay=-0.0001: must be a number >= 0"),
@@ -225,7 +225,7 @@ TRANSFER_BAD_VALUES = [
     ("dtype", "bf16", "config.dtype='bf16': choose one of"),
     ("batch_size", -16, "config.batch_size=-16: must be a positive integer"),
     ("total_steps", 0, "config.total_steps=0: must be a positive integer"),
-    ("schedule.warmup_steps", 2, "config.schedule.warmup_steps=2 is not shorter than the run "
+    ("schedule.warmup_steps", 3, "config.schedule.warmup_steps=3 is longer than the run "
      "(config.total_steps=2)"),
     ("schedule.boundaries", (0.6, 0.3), "config.schedule.boundaries=(0.6, 0.3): must be increasing "
      "fractions of the run in (0, 1)"),
@@ -278,17 +278,18 @@ def test_validate_works_on_plain_config_dicts():
       "total_steps": 10, "schedule": {"base_lr": 0.1, "warmup_steps": 2},
       "optimizer": {"name": "sgd"}})
   config_check.validate(config)
-  with pytest.raises(ConfigError, match=r"config.schedule.warmup_steps=10 is not shorter"):
-    config_check.validate(with_field(config, "schedule.warmup_steps", 10))
-  with pytest.raises(ConfigError, match=r"config.schedule.warmup_examples=160 is not shorter"):
+  config_check.validate(with_field(config, "schedule.warmup_steps", 10))  # all warmup: allowed
+  with pytest.raises(ConfigError, match=r"config.schedule.warmup_steps=11 is longer than the run"):
+    config_check.validate(with_field(config, "schedule.warmup_steps", 11))
+  with pytest.raises(ConfigError, match=r"config.schedule.warmup_examples=161 is longer"):
     config_check.validate(with_field(with_field(config, "schedule.warmup_steps", None),
-                                     "schedule.warmup_examples", 160))
+                                     "schedule.warmup_examples", 161))
   with pytest.raises(ConfigError, match=r"The run has no length"):
     config_check.validate(with_field(config, "total_steps", None))
   with pytest.raises(ConfigError, match=r"config.batch_size is not set"):
     config_check.validate(with_field(config, "batch_size", None))
-  with pytest.raises(ConfigError, match=r"The warmup \(12 steps\) is not shorter than the run"):
-    config_check.check_lengths(12, 12)
+  with pytest.raises(ConfigError, match=r"The warmup \(13 steps\) is longer than the run"):
+    config_check.check_lengths(12, 13)
 
 
 # ---------------------------------------------------------------------------

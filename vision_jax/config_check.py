@@ -239,9 +239,9 @@ def _check_durations(c: _Checks) -> None:
       total_n, warm_n = as_steps[total_unit](total), as_steps[warm_unit](warmup)
     else:
       return  # epochs against steps: needs the dataset size (check_lengths)
-    if warm_n >= total_n:
+    if warm_n > total_n:
       raise ConfigError(
-          f"config.schedule.warmup_{warm_unit}={warmup} is not shorter than the run "
+          f"config.schedule.warmup_{warm_unit}={warmup} is longer than the run "
           f"(config.total_{total_unit}={total}); shorten the warmup or lengthen the run.")
 
 
@@ -250,8 +250,8 @@ def check_lengths(total_steps: int, warmup_steps: int) -> None:
   if total_steps <= 0:
     raise ConfigError(f"The run is {total_steps} steps long; set a positive config.total_steps "
                       "(or _epochs/_examples).")
-  if warmup_steps >= total_steps:
-    raise ConfigError(f"The warmup ({warmup_steps} steps) is not shorter than the run "
+  if warmup_steps > total_steps:
+    raise ConfigError(f"The warmup ({warmup_steps} steps) is longer than the run "
                       f"({total_steps} steps); shorten config.schedule.warmup_* or lengthen the run.")
 
 
