@@ -53,18 +53,36 @@ def train(config, workdir: str) -> float:
   return trainer.train_and_evaluate(config, workdir)["eval_top1"]
 
 
+def run_seed(seed: int, workdir: str, *, pretrain_epochs: int = 20, shots: int = 10,
+             finetune_steps: int = 100, lr: float = 0.05, pretrain_dir: str | None = None,
+             num_devices: int | None = None) -> dict[str, float]:
+  """One repetition: pretraining on 0-4, then fine-tuning on 5-9 from scratch and from it.
+
+  Returns the test top-1 of the three runs (fractions). `num_devices` None uses
+  every device; the figures in experiments/README.md are for one device (the
+  device count changes the float rounding, hence the figures).
+  """
+  pre_dir = os.path.join(pretrain_dir or workdir, f"pretrain_01234_{seed}")
+  pre = config_util.load_config(CONFIG, f"classes=01234,epochs={pretrain_epochs}")
+  pre.seed, pre.num_devices = seed, num_devices
+  top1 = {"pretrain_01234": train(pre, pre_dir)}
+  for start, init_from in (("scratch", None), ("pretrained", pre_dir)):
+    config = finetune_config(seed, shots, finetune_steps, lr, init_from)
+    config.num_devices = num_devices
+    top1[start] = train(config, os.path.join(workdir, f"{start}_{seed}"))
+  return top1
+
+
 def run(args: argparse.Namespace) -> dict:
-  """Trains every seed's three runs; returns the figures (fractions per seed and stats in %)."""
+  """Every seed's repetition; returns the figures (per seed and mean +- spread, in %)."""
   environment.write_environment(args.workdir, vars(args))
   top1: dict[str, list[float]] = {"pretrain_01234": [], "scratch": [], "pretrained": []}
   for seed in args.seeds:
-    pre_dir = os.path.join(args.pretrain_dir or args.workdir, f"pretrain_01234_{seed}")
-    pre = config_util.load_config(CONFIG, f"classes=01234,epochs={args.pretrain_epochs}")
-    pre.seed = seed
-    top1["pretrain_01234"].append(train(pre, pre_dir))
-    for start, init_from in (("scratch", None), ("pretrained", pre_dir)):
-      config = finetune_config(seed, args.shots, args.finetune_steps, args.lr, init_from)
-      top1[start].append(train(config, os.path.join(args.workdir, f"{start}_{seed}")))
+    figures = run_seed(seed, args.workdir, pretrain_epochs=args.pretrain_epochs,
+                       shots=args.shots, finetune_steps=args.finetune_steps, lr=args.lr,
+                       pretrain_dir=args.pretrain_dir)
+    for key, value in figures.items():
+      top1[key].append(value)
   gaps = [p - s for p, s in zip(top1["pretrained"], top1["scratch"])]
   return {"args": vars(args), **{k: summary.spread(v) for k, v in top1.items()},
           "gap_pretrained_minus_scratch": summary.spread(gaps)}

@@ -87,21 +87,27 @@ def test_init_from_another_workdir(tmp_path):
 
 
 def test_digits_transfer_beats_scratch(tmp_path):
-  """The offline transfer check at CI size: 0-4 pretraining helps 10-shot 5-9."""
-  pre = digits_config("classes=01234")
-  pre.total_epochs, pre.total_steps, pre.batch_size = None, 100, 64
-  pre.checkpoint_every_steps, pre.schedule.warmup_epochs, pre.schedule.warmup_steps = 1000, None, 5
-  trainer.train_and_evaluate(pre, str(tmp_path / "pre"))
-  top1 = {}
-  for start in ("scratch", "pretrained"):
-    config = digits_config("classes=56789,shots=10,lr=0.05", total_epochs=None, total_steps=40,
-                           log_every_steps=20, checkpoint_every_steps=1000)
-    config.schedule.warmup_epochs, config.schedule.warmup_steps = None, 5
-    assert config.batch_size == 48
-    if start == "pretrained":
-      config.init_from = str(tmp_path / "pre")
-    top1[start] = trainer.train_and_evaluate(config, str(tmp_path / start))["eval_top1"]
-  assert top1["pretrained"] > top1["scratch"] + 0.15, top1
+  """Seed 0 of the offline transfer check (experiments/digits_transfer.py), on one device:
+  0-4 pretraining beats scratch on 10-shot 5-9 after the same 100 fine-tuning steps."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "experiments", "digits_transfer.py")
+  spec = importlib.util.spec_from_file_location("digits_transfer_experiment", path)
+  experiment = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(experiment)
+  top1 = experiment.run_seed(0, str(tmp_path), num_devices=1)
+  # Few-shot fine-tuning is chaotic: the CPU's instruction set, core count and device count
+  # change its float rounding, and single runs move by several points (experiments/README.md).
+  # Measured (one device), seeds 0-4: pretraining 99.4-100%; pretrained 85.9 +- 2.2%
+  # (83.9-89.4), scratch 76.1 +- 3.6% (70.0-78.9), pretrained - scratch 5.6 to 13.9 points.
+  # This seed under --xla_cpu_max_isa=AVX2 / SSE4_2: 85.0 vs 77.8 / 90.6 vs 77.8; on the
+  # machine of issue 15: 88.3 vs 78.9. The bounds sit below the worst case: 2.4 points for
+  # pretraining, 5.9 for the pretrained run, 5.5 for the gap (its worst seed and ISA).
+  # (The former 40-step version passed at seed 0 only: gaps +37, -1, -7, +4, -1 over seeds 0-4.)
+  assert top1["pretrain_01234"] > 0.97, top1
+  assert top1["pretrained"] > 0.78, top1
+  assert top1["pretrained"] > top1["scratch"], top1
 
 
 def test_match_encoder_nesting_both_ways():
