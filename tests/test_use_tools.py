@@ -95,3 +95,26 @@ def test_tools_skip_bad_images_refuse_overwrites_and_name_bad_dirs(converted, ca
                                      "--output-dir", str(tmp_path / "x")], capsys)
   assert code == 0 and sorted(os.listdir(tmp_path / "x")) == [
       "grid_gradcam.png", "ok0_gradcam.png", "ok1_gradcam.png"]
+
+
+def test_evaluate_reports_the_accuracy_of_the_weights_on_digits(capsys, tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from vision_jax import models  # pylint: disable=import-outside-toplevel
+  from vision_jax.data import digits_dataset  # pylint: disable=import-outside-toplevel
+  from vision_jax.weights import io as weights_io  # pylint: disable=import-outside-toplevel
+  module = models.create_model("cifar_resnet20", num_classes=10)
+  variables = module.init(jax.random.key(1), jnp.zeros((1, 16, 16, 1)))
+  weights = weights_io.save_converted(str(tmp_path / "w"), variables, "cifar_resnet20", 10)
+  metrics_path, confusion_path = str(tmp_path / "m.json"), str(tmp_path / "c.png")
+  code, _, err = _run("evaluate", ["--weights", weights, "--data", "digits", "--output",
+                                   metrics_path, "--confusion", confusion_path], capsys)
+  assert code == 0, err
+  metrics = json.load(open(metrics_path, encoding="utf-8"))
+  images, labels = digits_dataset(image_size=16).eval
+  predicted = np.asarray(module.apply(variables, images)).argmax(1)
+  assert metrics["count"] == len(labels) == 360
+  assert metrics["top1"] == pytest.approx(np.mean(predicted == labels))
+  per_class = [np.mean(predicted[labels == c] == c) for c in range(10)]
+  assert [metrics["per_class_top1"][str(c)] for c in range(10)] == pytest.approx(per_class)
+  assert os.path.getsize(confusion_path) > 0

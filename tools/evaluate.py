@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   num_classes = len(model.class_names)
+  if model.class_names[0] == "class_0":
+    # Converted weights of a custom head: the evaluated dataset knows the names.
+    model.class_names = inference.dataset_class_names(data, num_classes)
   confusion = np.zeros((num_classes, num_classes), np.int64)
   top5 = 0
   for batch in dataset.eval_iterator(args.batch_size):

@@ -89,7 +89,7 @@ def contact_sheet(path: str, model, paths, images, lines, columns: int = 4) -> N
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   from vision_jax.explain import to_uint8_image  # pylint: disable=import-outside-toplevel
   rows = -(-len(paths) // columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.4 * rows), squeeze=False)
+  fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 4.0 * rows), squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for ax, image_path, image, line in zip(axes.ravel(), paths, images, lines):
