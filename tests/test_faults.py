@@ -97,6 +97,8 @@ def test_command_line_mistakes_are_one_line(tmp_path, capsys):
        "config.batch_size=12 does not divide across 8 devices; use a multiple of 8"),
       (["--config=configs/digits.py:smoke", f"--config.init_from={tmp_path / 'nowhere'}", work], 2,
        f"config.init_from='{tmp_path / 'nowhere'}' does not exist"),
+      (["--config=configs/digits.py:smoke", f"--workdir={raising}"], 2,
+       f"--workdir={raising}: cannot create this directory (File exists)"),
       (["--config=configs/digits.py:smoke", "--coordinator_address=localhost:1", work], 2,
        "give all three of --coordinator_address, --num_processes and --process_id"),
   ]
@@ -405,15 +407,8 @@ def test_full_disk_during_save_names_the_disk_and_keeps_the_previous_checkpoint(
 def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
   from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
   lock_path = tmp_path / ckpt.LOCK_FILE
-  holder = subprocess.Popen([sys.executable, "-c", (
-      "import fcntl, json, os, sys, time\n"
-      f"fd = os.open({str(lock_path)!r}, os.O_RDWR | os.O_CREAT)\n"
-      "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-      "os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'here'}).encode())\n"
-      "print('locked', flush=True)\n"
-      "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+  holder = hold_lock(tmp_path)
   try:
-    assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(ckpt.WorkdirLockedError) as raised:
       ckpt.Checkpointer(str(tmp_path), lock=True)
     assert f"is in use by another run: process {holder.pid} on here" in str(raised.value)
@@ -425,6 +420,46 @@ def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path
   checkpointer = ckpt.Checkpointer(str(tmp_path), lock=True)
   assert json.loads(lock_path.read_text())["pid"] == os.getpid()
   checkpointer.close()
+
+
+def hold_lock(workdir):
+  """A process that holds `workdir`'s lock (as a live run does) until it is killed."""
+  from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  holder = subprocess.Popen([sys.executable, "-c", (
+      "import fcntl, json, os, sys, time\n"
+      f"fd = os.open({os.path.join(str(workdir), ckpt.LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
+      "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+      "os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'here'}).encode())\n"
+      "print('locked', flush=True)\n"
+      "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "locked"
+  return holder
+
+
+def test_trainer_falls_back_to_the_newest_readable_checkpoint_and_respects_the_lock(tmp_path,
+                                                                                   caplog):
+  from vision_jax.train import checkpoint as ckpt, trainer  # pylint: disable=import-outside-toplevel
+  config = load_config(DIGITS, "smoke", num_devices=1)  # checkpoints at steps 2 and 4
+  work = tmp_path / "run"
+  first = trainer.train_and_evaluate(config, str(work))
+  damage(work / "checkpoints" / "4")
+  with caplog.at_level("WARNING"):
+    second = trainer.train_and_evaluate(config, str(work))
+  assert second == first  # resumed from step 2, bitwise the same end
+  assert "The checkpoint at step 4 is unreadable or corrupt" in caplog.text
+  assert "Resumed from step 2" in caplog.text
+  assert os.listdir(work / "checkpoints_corrupt") == ["4"]
+  for step in ckpt.Checkpointer(str(work), async_save=False).all_steps():
+    damage(work / "checkpoints" / str(step))
+  with pytest.raises(ckpt.CorruptCheckpointError, match="No readable checkpoint is left"):
+    trainer.train_and_evaluate(config, str(work))
+  holder = hold_lock(work)
+  try:
+    with pytest.raises(ckpt.WorkdirLockedError, match=f"in use by another run: process {holder.pid}"):
+      trainer.train_and_evaluate(config, str(work))
+  finally:
+    holder.kill()
+    holder.wait()
 
 
 # ---------------------------------------------------------------------------

@@ -222,6 +222,13 @@ def parse_command_line(argv: Sequence[str]) -> Invocation:
   if not holders["workdir"].value:
     raise CommandLineError("--workdir is missing; give a directory for checkpoints and metrics, "
                            "e.g. --workdir=/tmp/digits (an existing run's workdir resumes it).")
+  workdir = holders["workdir"].value
+  if not re.match(r"^[a-z][a-z0-9+.-]*://", workdir):  # gs:// and the like are made by the writers
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise CommandLineError(f"--workdir={workdir}: cannot create this directory ({e.strerror}); "
+                             "give a directory path that you can write to.") from e
   distributed = [holders[k].value for k in ("coordinator_address", "num_processes", "process_id")]
   if any(v is not None for v in distributed) and any(v is None for v in distributed):
     raise CommandLineError("give all three of --coordinator_address, --num_processes and "
