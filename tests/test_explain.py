@@ -68,9 +68,7 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 
 def _reference_cam(cam_class, model, target_layer, tensor, targets, map_size,
                    reshape_transform=None) -> np.ndarray:
-  from pytorch_grad_cam import utils  # pylint: disable=import-outside-toplevel
   from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # pylint: disable=import-outside-toplevel
-  del utils
 
   class AtFeatureResolution(cam_class):
     def get_target_width_height(self, input_tensor):

@@ -53,15 +53,16 @@ class LoadedModel:
     return np.asarray(_apply(self.module, self.variables, images))
 
 
+# One jitted eval-mode forward per module, reused across batches.
+_JITTED: dict[Any, Callable] = {}
+
+
 def _apply(module, variables, images):
   import jax  # pylint: disable=import-outside-toplevel
   fn = _JITTED.get(module)
   if fn is None:
     fn = _JITTED[module] = jax.jit(lambda v, x: module.apply(v, x, train=False))
   return fn(variables, images)
-
-
-_JITTED: dict[Any, Callable] = {}
 
 
 def imagenet_class_names() -> list[str]:
