@@ -70,13 +70,13 @@ def preprocess_metadata(args, model_name: str) -> dict:
   """The checkpoint's eval preprocessing: timm's pretrained cfg for --model, then the flags.
 
   Without timm (or for a tag it does not know) the registry's ModelInfo gives the
-  defaults, with bicubic interpolation.
+  defaults.
   """
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   info = models.model_info(model_name)
   result = {"input_size": info.input_size, "crop_pct": info.crop_pct, "crop_mode": "center",
-            "interpolation": "bicubic", "mean": list(info.mean), "std": list(info.std),
-            "from": "vision_jax registry"}
+            "interpolation": getattr(info, "interpolation", "bicubic"), "mean": list(info.mean),
+            "std": list(info.std), "from": "vision_jax registry"}
   try:
     import timm  # pylint: disable=import-outside-toplevel
     cfg = timm.models.get_pretrained_cfg(args.model)

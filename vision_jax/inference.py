@@ -168,7 +168,8 @@ def _load_weights(directory: str) -> LoadedModel:
   info = meta.get("info", {})
   preprocess = meta.get("preprocess") or {
       "input_size": info.get("input_size", 224), "crop_pct": info.get("crop_pct", 0.875),
-      "interpolation": "bicubic", "mean": info.get("mean"), "std": info.get("std")}
+      "interpolation": info.get("interpolation", "bicubic"), "mean": info.get("mean"),
+      "std": info.get("std")}
   n = int(meta["num_classes"])
   names = imagenet_class_names() if n == 1000 else [f"class_{i}" for i in range(n)]
   return LoadedModel(module, variables, names, eval_preprocess(preprocess),
