@@ -346,6 +346,10 @@ def test_base_config_defaults_are_written_once():
     assert key in config, key
   assert config.keep_checkpoints == config_base.TRAINER_DEFAULTS["keep_checkpoints"]
   config.init_from = "/some/dir"  # placeholders accept a value later (--config.init_from=...)
+  config.optimizer.layer_decay = 0.8
+  other = config_base.base_config()  # ... and each config has its own
+  assert other.init_from is None and other.optimizer.layer_decay is None
+  assert config_base.with_defaults(ml_collections.ConfigDict()).init_from is None
   # A hand-built config gets the same defaults; what it sets is kept.
   merged = config_base.with_defaults(ml_collections.ConfigDict({"seed": 3, "schedule": {"base_lr": 1.0}}))
   assert merged.seed == 3 and merged.fsdp is False and merged.dont_load == ("params/head/.*",)

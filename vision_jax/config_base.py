@@ -17,7 +17,23 @@ from typing import Any
 
 import ml_collections
 
-placeholder = ml_collections.config_dict.placeholder
+
+
+class Unset:
+  """An optional field of type `kind` that is unset (None) by default.
+
+  Each config gets its own `ml_collections` placeholder for it (`_fresh`): one
+  shared placeholder object would let a value set in one config appear in all.
+  """
+
+  def __init__(self, kind: type):
+    self.kind = kind
+
+  def __repr__(self) -> str:
+    return f"Unset({self.kind.__name__})"
+
+
+placeholder = Unset
 
 DURATION_UNITS = ("steps", "epochs", "examples")
 
@@ -57,12 +73,31 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 MODEL_DEFAULTS: dict[str, Any] = {"name": placeholder(str), "overrides": {}}
 SCHEDULE_DEFAULTS: dict[str, Any] = {"base_lr": placeholder(float), "decay": "cosine"}
-OPTIMIZER_DEFAULTS: dict[str, Any] = {"name": "sgd", "weight_decay": 0.0}
+# Options every optimizer takes; the per-optimizer ones (momentum, b1, ...) have their
+# defaults in vision_jax/train/optim.py.
+OPTIMIZER_DEFAULTS: dict[str, Any] = {
+    "name": "sgd", "weight_decay": 0.0,
+    "grad_clip_norm": placeholder(float),  # None: no clipping
+    "layer_decay": placeholder(float),  # None: no layer-wise lr decay
+}
+
+
+def _fresh(value: Any) -> Any:
+  """A default as a config stores it: a new placeholder for an `Unset`, copies of containers."""
+  if isinstance(value, Unset):
+    return ml_collections.config_dict.placeholder(value.kind)
+  if isinstance(value, dict):
+    return {k: _fresh(v) for k, v in value.items()}
+  return value
+
+
+def _fresh_all(defaults: dict[str, Any]) -> dict[str, Any]:
+  return {k: _fresh(v) for k, v in defaults.items()}
 
 
 def _duration_fields(prefix: str) -> dict[str, Any]:
-  return {f"{prefix}_{unit}": placeholder(float if unit == "epochs" else int)
-          for unit in DURATION_UNITS}
+  return {f"{prefix}_{unit}": ml_collections.config_dict.placeholder(
+      float if unit == "epochs" else int) for unit in DURATION_UNITS}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -71,14 +106,14 @@ def base_config() -> ml_collections.ConfigDict:
   `config.model`, `config.schedule` and `config.optimizer` exist with their
   defaults; `config.data` is the config's own (see docs/data.md).
   """
-  config = ml_collections.ConfigDict(dict(TRAINER_DEFAULTS))
+  config = ml_collections.ConfigDict(_fresh_all(TRAINER_DEFAULTS))
   for prefix in DURATION_DEFAULTS:
     if prefix != "warmup":
       config.update(_duration_fields(prefix))
-  config.model = ml_collections.ConfigDict(dict(MODEL_DEFAULTS))
+  config.model = ml_collections.ConfigDict(_fresh_all(MODEL_DEFAULTS))
   config.schedule = ml_collections.ConfigDict(
-      {**SCHEDULE_DEFAULTS, **_duration_fields("warmup")})
-  config.optimizer = ml_collections.ConfigDict(dict(OPTIMIZER_DEFAULTS))
+      {**_fresh_all(SCHEDULE_DEFAULTS), **_duration_fields("warmup")})
+  config.optimizer = ml_collections.ConfigDict(_fresh_all(OPTIMIZER_DEFAULTS))
   return config
 
 
@@ -104,12 +139,12 @@ def with_defaults(config: Any) -> ml_collections.ConfigDict:
   with merged.unlocked():
     for key, value in TRAINER_DEFAULTS.items():
       if key not in merged:
-        merged[key] = value
+        merged[key] = _fresh(value)
     for block, defaults in (("model", MODEL_DEFAULTS), ("schedule", SCHEDULE_DEFAULTS),
                             ("optimizer", OPTIMIZER_DEFAULTS)):
       if block not in merged or merged[block] is None:
         merged[block] = ml_collections.ConfigDict()
       for key, value in defaults.items():
         if key not in merged[block]:
-          merged[block][key] = value
+          merged[block][key] = _fresh(value)
   return merged
