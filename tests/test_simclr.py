@@ -544,25 +544,26 @@ def test_simclr_two_processes_match_one_process(tmp_path):
 # ---------------------------------------------------------------------------
 # 8. The offline SimCLR check at CI size (full size: experiments/simclr_digits.py, 3 seeds).
 # ---------------------------------------------------------------------------
-def test_simclr_digits_beats_random_encoder_and_raw_pixels(tmp_path):
-  """Label-free pretraining (20 epochs at batch 128, instead of 100 at 256) against the same
-  linear probe and kNN on a randomly initialised encoder and on the raw pixels."""
+def test_simclr_digits_beats_random_encoder(tmp_path):
+  """Label-free pretraining (10 epochs at batch 128 on one device, instead of 100 at 256)
+  against the same linear probe and kNN on a randomly initialised encoder."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location(
       "simclr_digits_experiment", os.path.join(ROOT, "experiments", "simclr_digits.py"))
   experiment = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(experiment)
-  changes = {"batch_size": 128, "total_epochs": 20, "schedule.warmup_epochs": 2,
+  changes = {"batch_size": 128, "total_epochs": 10, "schedule.warmup_epochs": 2,
              "simclr.linear.steps": 1000, "eval_every_epochs": None,
-             "checkpoint_every_epochs": None}
+             "checkpoint_every_epochs": None, "num_devices": 1}
   r = experiment.run(str(tmp_path), [0], "", changes)
   simclr_linear, simclr_knn = r["simclr_linear_top1"][0], r["simclr_knn_top1"][0]
-  # Measured on the 8 simulated devices of the test process: 97.5% linear / 96.7% kNN after
-  # pretraining (98.3% / 98.1% on one device: the runs differ in float rounding); random
-  # encoder 78.3% / 63.6%; raw pixels 95.3% (same probe) / 96.9% (kNN); scikit-learn's
-  # logistic regression on the 8x8 pixels 96.7%. At this size the kNN does not beat the pixels'
-  # kNN yet (the full-size run does), so the claims checked here are the linear probe's.
+  # Measured at this size over seeds 0-4 (one device; experiments/README.md): linear probe
+  # 96.7 +- 0.8% (95.8-97.8), kNN 94.7 +- 0.9% (93.6-96.1); random encoder 78.4 +- 2.4%
+  # (74.7-80.8) / 63.7 +- 3.2% (59.2-66.9). SimCLR minus random: 15.0 to 22.0 points (linear),
+  # 27.5 to 35.2 (kNN). The bounds sit 5.0, 7.5 and 2.8 points below the worst seed.
+  # Raw pixels (same probe) give 95.3%: SimCLR beats them by only 0.6 to 2.5 points at this
+  # size, within what rounding moves (issue 15 measured 95.8% at 20 epochs), so that claim is
+  # checked at full size only: experiments/simclr_digits.py, 99.1% vs 95.6%.
   assert simclr_linear > r["random_linear_top1"][0] + 0.10, r
   assert simclr_knn > r["random_knn_top1"][0] + 0.20, r
-  assert simclr_linear > r["pixels_linear_top1"] + 0.015, r
-  assert simclr_linear > r["pixels_sklearn_logreg_top1"], r  # scikit-learn is a test dependency
+  assert simclr_linear > 0.93, r
