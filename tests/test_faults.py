@@ -429,6 +429,7 @@ def hold_lock(workdir):
       "import fcntl, json, os, sys, time\n"
       f"fd = os.open({os.path.join(str(workdir), ckpt.LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
       "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+      "os.ftruncate(fd, 0)\n"
       "os.write(fd, json.dumps({'pid': os.getpid(), 'host': 'here'}).encode())\n"
       "print('locked', flush=True)\n"
       "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)

@@ -146,10 +146,11 @@ class WorkdirLock:
 
 
 def _read_holder(fd: int) -> dict[str, Any]:
-  try:
-    return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+  try:  # the first JSON object (a writer may have left a longer one behind)
+    holder = json.JSONDecoder().raw_decode(os.pread(fd, 4096, 0).decode().strip() or "{}")[0]
   except (OSError, ValueError):
     return {}
+  return holder if isinstance(holder, dict) else {}
 
 
 # ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 from clu import parameter_overview
 
+from vision_jax import config_check
 from vision_jax import data as data_lib
 from vision_jax import environment
 from vision_jax.config_base import DURATION_DEFAULTS, with_defaults
@@ -103,6 +104,7 @@ def durations(config: Any, examples_per_epoch: int) -> dict[str, int]:
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
   config = with_defaults(config)
+  config_check.validate(config)  # every field named with its value, before any work
   require_fields(config, "model.name", "data.name", "batch_size", "schedule.base_lr",
                  "optimizer.name")
   recipe = recipes.get_recipe(config.recipe)
@@ -126,6 +128,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   recipe.check(config, dataset)
   steps = durations(config, dataset.num_train)
   total_steps = steps["total"]
+  config_check.check_lengths(total_steps, steps["warmup"])
 
   # --- Model, optimizer, state (born sharded).
   if config.dtype not in DTYPES:
@@ -148,14 +151,20 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   environment.write_environment(workdir, config)
 
   # --- Resume order: workdir checkpoint, then config.init_from, then scratch.
-  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=int(config.keep_checkpoints))
+  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=int(config.keep_checkpoints),
+                                      lock=jax.process_index() == 0)
   meta = {"model": config.model.name, "num_classes": dataset.num_classes,
           "overrides": {k: str(v) for k, v in dict(config.model.overrides or {}).items()}}
   if recipe.checkpoint_tag:
     meta["recipe"] = recipe.checkpoint_tag
-  if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(
-        ckpt_lib.abstract_with_shardings(abstract_state, state_shardings), meta)
+  try:  # damaged steps are moved aside (see train/checkpoint.py)
+    state = checkpointer.restore_newest_readable(
+        ckpt_lib.abstract_with_shardings(abstract_state, state_shardings), meta,
+        on_corrupt=config.get("on_corrupt_checkpoint", None) or "stop")
+  except Exception:
+    checkpointer.close()  # releases the workdir lock
+    raise
+  if state is not None:
     logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
   else:
     state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
