@@ -128,7 +128,7 @@ def cpu_info(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
 def settings() -> dict[str, Any]:
   """XLA_FLAGS, thread-count environment variables and the jax options that change values."""
   env = {key: value for key, value in sorted(os.environ.items())
-         if key.startswith(SETTING_PREFIXES)}
+         if key.startswith(SETTING_PREFIXES) and key != "XLA_FLAGS"}  # that one has its own field
   options: dict[str, Any] = {}
   try:
     import jax  # pylint: disable=import-outside-toplevel
