@@ -103,7 +103,7 @@ def test_digits_transfer_beats_scratch(tmp_path):
   # (83.9-89.4), scratch 76.1 +- 3.6% (70.0-78.9), pretrained - scratch 5.6 to 13.9 points.
   # This seed under --xla_cpu_max_isa=AVX2 / SSE4_2: 85.0 vs 77.8 / 90.6 vs 77.8; on the
   # machine of issue 15: 88.3 vs 78.9. The bounds sit below the worst case: 2.4 points for
-  # pretraining, 5.9 for the pretrained run, 5.5 for the gap (its worst seed and ISA).
+  # pretraining, 5.9 for the pretrained run, 5.6 for the gap (its worst seed and ISA).
   # (The former 40-step version held at seed 0 only: gaps +37.2, -0.6, -7.2, +4.4, -0.6 points
   # over seeds 0-4 on 8 devices.)
   assert top1["pretrain_01234"] > 0.97, top1
