@@ -203,11 +203,12 @@ DIGITS_BAD_VALUES = [  # (field, bad value, what the message says)
     ("model.overrides", {"no_such_field": 1}, "unknown override(s) ['no_such_field']"),
     ("schedule.base_lr", 0.0, "config.schedule.base_lr=0.0: must be a number > 0"),
     ("schedule.base_lr", float("nan"), "config.schedule.base_lr=nan: must be a number > 0"),
-    ("schedule.decay", "cosin", "config.schedule.decay='cosin': choose one of 'cosine'"),
+    ("schedule.decay", "cosin", "Unknown config.schedule.decay 'cosin'; choose one of ('cosine'"),
     ("schedule.warmup_epochs", 31.0, "config.schedule.warmup_epochs=31.0 is longer than the run "
      "(config.total_epochs=30.0)"),
     ("schedule.warmup_epochs", -1.0, "config.schedule.warmup_epochs=-1.0: must be a number >= 0"),
-    ("optimizer.name", "adamx", "config.optimizer.name='adamx': choose one of 'sgd', 'adamw'"),
+    ("optimizer.name", "adamx", "Unknown optimizer 'adamx' in config.optimizer.name; choose one "
+     "of ('sgd', 'adamw'"),
     ("optimizer.weight_decay", -1e-4, "config.optimizer.weight_decay=-0.0001: must be a number >= 0"),
     ("optimizer.momentum", 1.0, "config.optimizer.momentum=1.0: must be a number in [0, 1)"),
     ("optimizer.nesterov", "true", "config.optimizer.nesterov='true': must be True or False"),

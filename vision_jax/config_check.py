@@ -189,9 +189,9 @@ def _check_init_from(c: _Checks) -> None:
   if _REMOTE.match(init_from):
     return
   if not os.path.exists(init_from):
-    raise ConfigError(f"config.init_from={init_from!r} does not exist; give another run's workdir "
-                      "or a directory written by tools/convert_weights.py (or unset it to train "
-                      "from scratch).")
+    raise ConfigError(f"config.init_from={init_from!r} does not exist, so it is neither a workdir "
+                      "with checkpoints/ nor a directory written by tools/convert_weights.py; fix "
+                      "the path, or unset it to train from scratch.")
   if not os.path.isdir(init_from):
     raise ConfigError(f"config.init_from={init_from!r} is a file; give the directory around it "
                       "(another run's workdir, or a tools/convert_weights.py output directory).")
@@ -278,7 +278,9 @@ def _check_schedule(c: _Checks) -> None:
     from vision_jax.train.optim import DECAYS  # pylint: disable=import-outside-toplevel
   except ImportError:
     DECAYS = ("cosine", "linear", "step", "exponential", "constant")  # pylint: disable=invalid-name
-  c.choice("schedule.decay", DECAYS)
+  decay = c.value("schedule.decay")
+  if decay is not None and decay not in DECAYS:  # the words of optim.make_schedule
+    raise ConfigError(f"Unknown config.schedule.decay {decay!r}; choose one of {DECAYS}.")
   c.number("schedule.end_lr_factor", 0.0, 1.0)
   c.number("schedule.decay_factor", 0.0, low_open=True)
   if c.value("schedule.decay") == "exponential":
@@ -297,7 +299,10 @@ def _check_optimizer(c: _Checks) -> None:
     from vision_jax.train.optim import OPTIMIZERS  # pylint: disable=import-outside-toplevel
   except ImportError:
     OPTIMIZERS = ("sgd", "adamw", "rmsprop", "lars")  # pylint: disable=invalid-name
-  c.choice("optimizer.name", OPTIMIZERS)
+  name = c.value("optimizer.name")
+  if name is not None and name not in OPTIMIZERS:  # the words of optim.make_optimizer
+    raise ConfigError(f"Unknown optimizer {name!r} in config.optimizer.name; choose one of "
+                      f"{OPTIMIZERS}.")
   c.number("optimizer.weight_decay", 0.0)
   c.number("optimizer.momentum", 0.0, 1.0, high_open=True)
   c.boolean("optimizer.nesterov")
