@@ -108,6 +108,8 @@ def test_compare_runs_shows_a_changed_seed_xla_flags_and_metric(tmp_path, monkey
 def test_ci_size_trainer_run_writes_environment_json(tmp_path):
   """A CI-size training run (configs/digits.py:smoke) leaves WORKDIR/environment.json."""
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  # The plain smoke run: its compiled programs are shared with test_train's through the
+  # persistent compilation cache.
   config = _smoke_config(seed=3)
   trainer.train_and_evaluate(config, str(tmp_path))
   record = environment.read_environment(str(tmp_path))
@@ -116,3 +118,4 @@ def test_ci_size_trainer_run_writes_environment_json(tmp_path):
   assert record["config"]["seed"] == 3
   assert record["config"]["total_steps"] == config.total_steps
   assert record["devices"]["device_count"] == jax.device_count()
+  assert record["config"]["num_devices"] is None  # None: all devices
