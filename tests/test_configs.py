@@ -1,5 +1,7 @@
-"""Every file in configs/ smoke-runs: `get_config('smoke')` for 2 steps, on tfds mock data
-(tfds datasets), a generated image folder (folder: datasets) or the embedded digits.
+"""Every file in configs/ is checked: `get_config('smoke')` is validated, reads its data (tfds
+mock data for tfds datasets, a generated image folder for folder: datasets, or the embedded
+digits) and traces its train step (`trainer.check_config`); one config per recipe and data
+source also runs 2 real steps (FULL_RUNS).
 
 A new config without a working smoke run fails this file: it is picked up by the glob below
 and run; the only files not run are listed in NOT_RUNNABLE with the reason. Also: the
@@ -101,25 +103,51 @@ def _params():
         yield pytest.param(name, arg, id=test_id)
 
 
+def _with_data(config, tmp_path, fn):
+  """fn() with config.data readable: tfds mock data for tfds names, else as it is."""
+  data_name = config.data.name
+  if data_name in ("digits", "synthetic") or data_name.startswith("folder:"):
+    return fn()
+  tfds_name = data_name.split(":")[0]
+  eval_split = config.data.get("eval_split") or (
+      "validation" if tfds_name == "imagenet2012" else "test")
+  write_metadata(tmp_path / "tfds", tfds_name,
+                 {config.data.get("train_split", "train"): MOCK_EXAMPLES,
+                  eval_split: MOCK_EXAMPLES})
+  with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=str(tmp_path / "tfds")):
+    return fn()
+
+
 @pytest.mark.parametrize("name,arg", list(_params()))
-def test_config_smoke_run(name, arg, tmp_path, image_folder):
+def test_config_checks_and_traces_a_step(name, arg, tmp_path, image_folder):
+  """Every config and stage: validated, its data read (one train and one eval batch through
+  the real pipeline), its model built and its recipe's train step traced on those batches
+  (trainer.check_config: everything but XLA compilation and execution)."""
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
   module = load_config_module(name)
   config = module.get_config(arg.format(folder=image_folder))
   assert config.batch_size == 16 or name == "digits", config.batch_size
-  data_name = config.data.name
+  report = _with_data(config, tmp_path, lambda: trainer.check_config(config))
+  assert report["num_params"] > 0 and report["total_steps"] >= 1
+  assert report["train_batch"][0] == config.batch_size
+  assert "loss" in report["metrics"] and "learning_rate" in report["metrics"]
+
+
+# Configs that also run for real (2 steps, then the final evaluation and checkpoint), one
+# per recipe and data source: the tracing check above covers the rest. The default digits
+# run is test_train.py's, with the same compiled programs.
+FULL_RUNS = [("transfer", "smoke"), ("simclr_digits", "smoke"),
+             ("transfer", "smoke,model=convnext_atto")]
+
+
+@pytest.mark.parametrize("name,arg", FULL_RUNS, ids=[f"{n}:{a}" for n, a in FULL_RUNS])
+def test_config_smoke_run(name, arg, tmp_path):
+  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  module = load_config_module(name)
+  config = module.get_config(arg)
+  config.num_devices = 1  # sharding is test_train.py's subject; one device compiles faster
   workdir = str(tmp_path / "work")
-  if data_name in ("digits", "synthetic") or data_name.startswith("folder:"):
-    final = trainer.train_and_evaluate(config, workdir)
-  else:
-    tfds_name = data_name.split(":")[0]
-    eval_split = config.data.get("eval_split") or (
-        "validation" if tfds_name == "imagenet2012" else "test")
-    write_metadata(tmp_path / "tfds", tfds_name,
-                        {config.data.get("train_split", "train"): MOCK_EXAMPLES,
-                         eval_split: MOCK_EXAMPLES})
-    with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES, data_dir=str(tmp_path / "tfds")):
-      final = trainer.train_and_evaluate(config, workdir)
+  final = _with_data(config, tmp_path, lambda: trainer.train_and_evaluate(config, workdir))
   if config.get("recipe", "supervised") == "simclr":  # representation metrics, no classifier
     keys = ("knn_top1", "linear_top1", "eval_count")
   else:
@@ -245,7 +273,8 @@ def test_imagenet_efficientnet_recipe():
   # x0.97 every 2.4 epochs of 1,281,167 images at batch 4096.
   assert config.schedule.decay == "exponential" and config.schedule.decay_every == 751
   assert config.optimizer.to_dict() == {"name": "rmsprop", "decay": 0.9, "momentum": 0.9,
-                                        "eps": 1e-3, "weight_decay": 1e-5}
+                                        "eps": 1e-3, "weight_decay": 1e-5,
+                                        "grad_clip_norm": None, "layer_decay": None}
   assert config.model.overrides.bn_momentum == 0.99 and config.model.overrides.drop_path_rate == 0.2
   assert config.ema_decay == 0.9999 and "autoaugment" in config.data.preprocess_train
   b7 = module.get_config("variant=b7")

@@ -116,9 +116,10 @@ def test_unknown_model_dataset_optimizer(tmp_path):
 
 def test_missing_config_field(tmp_path):
   config = digits_config()
-  del config["optimizer"]
-  with pytest.raises(ConfigError, match="no 'optimizer.name'"):
+  config.schedule.base_lr = None  # a field without a default
+  with pytest.raises(ConfigError, match="schedule.base_lr"):
     trainer.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
 
 
 def test_workdir_of_another_model_is_refused(tmp_path):

@@ -11,6 +11,7 @@ and the state is donated to the jitted step.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -101,14 +102,39 @@ def durations(config: Any, examples_per_epoch: int) -> dict[str, int]:
   return out
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
+@dataclasses.dataclass
+class RunSetup:
+  """Everything a run builds from its config before it touches the workdir.
+
+  `train_and_evaluate` trains with it; `check_config` traces one step with it.
+  """
+
+  config: Any
+  recipe: recipes.Recipe
+  mesh: Any
+  dataset: Any
+  steps: dict[str, int]
+  eval_batch: int
+  model: Any
+  schedule: Any
+  tx: Any
+  init_fn: Any
+  rng: jax.Array
+  abstract_state: Any
+  state_shardings: Any
+
+
+def setup_run(config: Any) -> RunSetup:
+  """Validates `config` and builds mesh, data, model, optimizer and the abstract sharded state.
+
+  Every mistake in the config is a ConfigError / DatasetError / ModelError here, before
+  any workdir is written or any program compiled.
+  """
   config = with_defaults(config)
   config_check.validate(config)  # every field named with its value, before any work
   require_fields(config, "model.name", "data.name", "batch_size", "schedule.base_lr",
                  "optimizer.name")
   recipe = recipes.get_recipe(config.recipe)
-  os.makedirs(workdir, exist_ok=True)
 
   # --- Devices and data.
   mesh = sharding_lib.make_mesh(config.num_devices)
@@ -127,25 +153,69 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   dataset = data_lib.get_dataset(config.data)
   recipe.check(config, dataset)
   steps = durations(config, dataset.num_train)
-  total_steps = steps["total"]
-  config_check.check_lengths(total_steps, steps["warmup"])
+  config_check.check_lengths(steps["total"], steps["warmup"])
 
-  # --- Model, optimizer, state (born sharded).
+  # --- Model, optimizer, state (shapes only; the run creates it born sharded).
   if config.dtype not in DTYPES:
     raise ConfigError(f"config.dtype={config.dtype!r}; choose one of {sorted(DTYPES)}.")
   model = recipe.build_model(config, dataset, DTYPES[config.dtype])
-  schedule = optim.make_schedule(config.schedule, total_steps, steps["warmup"])
+  schedule = optim.make_schedule(config.schedule, steps["total"], steps["warmup"])
   tx = optim.make_optimizer(config.optimizer, schedule)
   if config.trainable_params:
     tx = optim.freeze_except(tx, config.trainable_params)
-  ema_decay = float(config.ema_decay or 0.0)
   sample = next(dataset.eval_iterator(n_dev))["image"]
   input_shape = (1,) + sample.shape[1:]
   init_fn = functools.partial(steps_lib.create_train_state, model=model, tx=tx,
-                              input_shape=input_shape, use_ema=ema_decay > 0)
+                              input_shape=input_shape, use_ema=float(config.ema_decay or 0) > 0)
   rng = jax.random.key(int(config.seed))
   abstract_state = jax.eval_shape(init_fn, rng)
   state_shardings = sharding_lib.state_shardings(abstract_state, mesh, fsdp=bool(config.fsdp))
+  return RunSetup(config=config, recipe=recipe, mesh=mesh, dataset=dataset, steps=steps,
+                  eval_batch=eval_batch, model=model, schedule=schedule, tx=tx, init_fn=init_fn,
+                  rng=rng, abstract_state=abstract_state, state_shardings=state_shardings)
+
+
+def check_config(config: Any) -> dict[str, Any]:
+  """Checks that `config` can train, without compiling or running anything heavy.
+
+  Builds everything `train_and_evaluate` builds, draws one real training batch and
+  one evaluation batch through the data pipeline, and traces the recipe's train
+  step on them abstractly (`jax.eval_shape`): a wrong field, a model override the
+  architecture lacks, a preprocessing string that does not fit the model, or a
+  step that does not trace all fail here, in seconds, with the error the real run
+  would give.
+
+  Returns:
+    {'num_params', 'total_steps', 'train_batch', 'eval_batch', 'metrics'}: the
+    parameter count, the run length in steps, the shapes of the image batches and
+    the names of the step's metrics.
+  """
+  run = setup_run(config)
+  config = run.config
+  train = next(iter(run.dataset.train_iterator(int(config.batch_size), int(config.seed))))
+  evaluation = next(iter(run.dataset.eval_iterator(run.eval_batch)))
+  step_fn = run.recipe.train_step(config, run.dataset, run.model, run.tx, run.schedule)
+  abstract_batch = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), train)
+  new_state, metrics = jax.eval_shape(step_fn, run.abstract_state, abstract_batch)
+  if jax.tree_util.tree_structure(new_state) != jax.tree_util.tree_structure(run.abstract_state):
+    raise AssertionError("the train step changed the structure of the train state")
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(
+      run.abstract_state.params))
+  return {"num_params": num_params, "total_steps": run.steps["total"],
+          "train_batch": tuple(np.shape(train["image"])),
+          "eval_batch": tuple(np.shape(evaluation["image"])), "metrics": sorted(metrics)}
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
+  run = setup_run(config)
+  config, recipe, mesh, dataset = run.config, run.recipe, run.mesh, run.dataset
+  model, schedule, tx, init_fn, rng = run.model, run.schedule, run.tx, run.init_fn, run.rng
+  abstract_state, state_shardings = run.abstract_state, run.state_shardings
+  steps, total_steps, eval_batch = run.steps, run.steps["total"], run.eval_batch
+  batch_size = int(config.batch_size)
+  os.makedirs(workdir, exist_ok=True)
 
   # What this run runs on (code, packages, devices, CPU, XLA flags, the resolved config).
   environment.write_environment(workdir, config)
