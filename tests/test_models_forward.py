@@ -1,8 +1,12 @@
-"""Real (allocated) forward passes over the registry at tiny sizes, and gradient steps.
+"""Real (allocated) forward passes at tiny sizes, and gradient steps, one model per family.
 
-Parameters are filled with numpy from the eval_shape shapes (compiling every
-random initialiser on the CPU would cost more than the forward itself).
-Variants above MAX_PARAMS are covered by the abstract checks of test_models.py.
+Every registered variant gets an abstract forward (shapes, dtypes, parameter count) in
+test_models.py, and every family a real forward against its reference in its parity tests
+(test_resnet.py, test_vit.py, ...). Here the smallest registered variant of each family runs
+for real at a tiny input size (finite, input-dependent logits; pooled features without the
+head), and one gradient step per family, at reduced width and depth, lowers the loss.
+Parameters are filled with numpy from the eval_shape shapes (compiling every random
+initialiser on the CPU would cost more than the forward itself).
 """
 
 import jax
@@ -13,9 +17,18 @@ import pytest
 
 from vision_jax import models
 
-MAX_PARAMS = 30_000_000
-GRAD_STEP = ["cifar_resnet20", "resnet18", "resnetv2_50x1_bit", "efficientnet_b0",
-             "vit_tiny_patch16_224", "vit_tiny_r_s16_p8_224"]
+# One gradient step per family: the registered name and overrides that keep its code path
+# (block type, norm, attention, SE, layer scale) at a fraction of the width and depth.
+GRAD_STEP = {
+    "cifar_resnet20": {},
+    "resnet18": {"stage_sizes": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "stem_width": 8},
+    "resnet50": {"stage_sizes": (1, 1, 1, 1), "widths": (8, 8, 16, 16), "stem_width": 8},
+    "resnetv2_50x1_bit": {"layers": (1, 1), "channels": (128, 128), "stem_chs": 32},
+    "efficientnet_b0": {"width_mult": 0.25, "depth_mult": 0.1, "head_width": 64},
+    "vit_tiny_patch16_224": {"depth": 2},
+    "vit_tiny_r_s16_p8_224": {"depth": 1},
+    "convnext_atto": {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16)},
+}
 
 
 def tiny_setup(name, num_classes=10, **kw):
@@ -53,16 +66,28 @@ def _num_params(name):
   return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
 
 
-SMALL = [n for n in models.list_models() if _num_params(n) <= MAX_PARAMS]
+# Families whose smallest variant runs elsewhere, and where.
+FORWARD_ELSEWHERE = {
+    "vgg": "tests/test_vgg.py (every VGG has over 130M parameters; run there at 1/8 width)",
+    "resnet_v2": "tests/test_resnet_v2.py (BiT R50x1 against timm at 64 px)",
+}
 
 
-# Families with no variant under MAX_PARAMS, and the test that runs their forward at reduced width.
-FORWARD_ELSEWHERE = {"vgg": "tests/test_vgg.py (every VGG has over 130M parameters)"}
+def _smallest_per_family() -> list[str]:
+  families: dict[str, list[str]] = {}
+  for name in models.list_models():
+    families.setdefault(models.model_info(name).family, []).append(name)
+  return sorted(min(names, key=_num_params) for family, names in families.items()
+                if family not in FORWARD_ELSEWHERE)
+
+
+SMALL = _smallest_per_family()
 
 
 def test_small_set_covers_every_family():
   families = {models.model_info(n).family for n in SMALL} | set(FORWARD_ELSEWHERE)
   assert families == {models.model_info(n).family for n in models.list_models()}
+  assert {models.model_info(n).family for n in GRAD_STEP} == families - {"vgg"}
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -82,9 +107,9 @@ def test_forward_tiny(name):
   assert pooled.shape == (2, variables["params"]["head"]["kernel"].shape[0])
 
 
-@pytest.mark.parametrize("name", GRAD_STEP)
+@pytest.mark.parametrize("name", sorted(GRAD_STEP))
 def test_one_gradient_step_lowers_the_loss(name):
-  module, size = tiny_setup(name, num_classes=4)
+  module, size = tiny_setup(name, num_classes=4, **GRAD_STEP[name])
   variables = numpy_variables(module, size)
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((4, size, size, 3)), jnp.float32)
