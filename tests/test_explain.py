@@ -20,6 +20,10 @@ from tests.timm_parity import randomize_norms, relative_error, timm_state_dict  
 from vision_jax import explain  # noqa: E402
 from vision_jax.weights import from_timm  # noqa: E402
 
+# One worker runs this whole file (`--dist loadgroup`), so that the module fixtures (the
+# trained digits model, the reference models) are built once, not once per xdist worker.
+pytestmark = pytest.mark.xdist_group("explain")
+
 TOLERANCE = 1e-4
 
 
