@@ -24,6 +24,7 @@ CASES = {
     "resize(16)": (IMAGE, (16, 16, 3), tf.uint8, (0, 255)),
     "resize_small(20)": (IMAGE, (20, 24, 3), tf.uint8, (0, 255)),
     "central_crop(32)": (JPEG, (32, 32, 3), tf.uint8, (0, 255)),
+    "timm_resize_crop(32, 0.875)": (JPEG, (32, 32, 3), tf.uint8, (0, 255)),
     "random_crop((24, 20))": (JPEG, (24, 20, 3), tf.uint8, (0, 255)),
     "inception_crop(32)": (JPEG, (32, 32, 3), tf.uint8, (0, 255)),
     "flip_lr": (IMAGE, (40, 48, 3), tf.uint8, (0, 255)),
