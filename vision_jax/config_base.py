@@ -63,6 +63,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "ema_decay": 0.0,
     "prefetch": 2,
     "keep_checkpoints": 2,
+    # A checkpoint that cannot be read: 'stop', or 'restart' from init_from / scratch when no
+    # readable one is left (damaged steps are moved aside either way).
+    "on_corrupt_checkpoint": "stop",
     # Starting from pretrained weights: another run's workdir or converted weights.
     "init_from": placeholder(str),
     "dont_load": ("params/head/.*",),  # regexes kept at their fresh init

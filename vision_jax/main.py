@@ -32,13 +32,15 @@ from absl import flags, logging
 from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
+from vision_jax.config_base import TRAINER_DEFAULTS
+
 VERBOSE_ENV = "VISION_JAX_VERBOSE"
 
 # Optional fields that the trainer and the data sources read, which a config file
 # need not declare: `--config.FIELD=...` adds them (with this default, whose type
 # parses the value) when the config lacks them. Any other unknown field is an error.
 OPTIONAL_FIELDS = {
-    "on_corrupt_checkpoint": "stop",
+    "on_corrupt_checkpoint": TRAINER_DEFAULTS["on_corrupt_checkpoint"],
     "data.max_bad_fraction": 0.1,
     "data.data_dir": placeholder(str),
     "data.validate_files": "auto",

@@ -230,7 +230,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   try:  # damaged steps are moved aside (see train/checkpoint.py)
     state = checkpointer.restore_newest_readable(
         ckpt_lib.abstract_with_shardings(abstract_state, state_shardings), meta,
-        on_corrupt=config.get("on_corrupt_checkpoint", None) or "stop")
+        on_corrupt=config.on_corrupt_checkpoint)
   except Exception:
     checkpointer.close()  # releases the workdir lock
     raise
