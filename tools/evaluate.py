@@ -37,10 +37,8 @@ def main(argv=None) -> int:
   import ml_collections  # pylint: disable=import-outside-toplevel
   from vision_jax import data as data_lib, environment, inference  # pylint: disable=import-outside-toplevel
   try:
-    for path in (args.confusion, args.output):
-      if path:
-        inference.refuse_overwrite(path, args.overwrite)
-    model = inference.load_model(args.workdir, args.weights)
+    model = inference.open_model(args.workdir, args.weights, (args.confusion, args.output),
+                                 args.overwrite)
   except (inference.LoadError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -45,9 +45,8 @@ def main(argv=None) -> int:
   except inference.LoadError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  paths = inference.list_images(args.images)
-  paths, images = inference.read_images(paths, model.preprocess,
-                                        warn=lambda m: print(m, file=sys.stderr))
+  paths, images = inference.read_image_args(args.images, model.preprocess,
+                                            warn=lambda m: print(m, file=sys.stderr))
   if not paths:
     print("error: no image could be read.", file=sys.stderr)
     return 1

@@ -38,16 +38,13 @@ def main(argv=None) -> int:
 
   from vision_jax import inference  # pylint: disable=import-outside-toplevel
   try:
-    for path in (args.output, args.sheet):
-      if path:
-        inference.refuse_overwrite(path, args.overwrite)
-    model = inference.load_model(args.workdir, args.weights)
+    model = inference.open_model(args.workdir, args.weights, (args.output, args.sheet),
+                                 args.overwrite)
   except (inference.LoadError, FileExistsError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  paths = inference.list_images(args.images)
-  paths, images = inference.read_images(paths, model.preprocess,
-                                        warn=lambda m: print(m, file=sys.stderr))
+  paths, images = inference.read_image_args(args.images, model.preprocess,
+                                            warn=lambda m: print(m, file=sys.stderr))
   if not paths:
     print("error: no image could be read.", file=sys.stderr)
     return 1
