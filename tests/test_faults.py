@@ -558,23 +558,36 @@ def wait_for(condition, process, timeout=120):
   return False
 
 
-def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigterm_and_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
+  """SIGTERM (a preemption notice) saves and exits 0; SIGKILL at any moment loses at most the
+  steps since the last save; either way the resumed run ends bitwise where an uninterrupted
+  one does."""
   import random  # pylint: disable=import-outside-toplevel
-  total = 8
+  total = 12
   flags = ["--config=configs/digits.py:smoke", f"--config.total_steps={total}",
-           "--config.log_every_steps=1", "--config.checkpoint_every_steps=1",
-           "--config.eval_every_steps=1000"]
+           "--config.log_every_steps=1", "--config.eval_every_steps=1000"]
+  every_step = ["--config.checkpoint_every_steps=1"]
   log = str(tmp_path / "stderr.log")
-  reference = start_main(flags + [f"--workdir={tmp_path / 'reference'}"], log)  # meanwhile
+  reference = start_main(flags + every_step + [f"--workdir={tmp_path / 'reference'}"], log)
   workdir = str(tmp_path / "killed")
+
+  # SIGTERM with no periodic checkpoint due: the handler itself must save the step it reached.
+  process = start_main(flags + ["--config.checkpoint_every_steps=1000", f"--workdir={workdir}"], log)
+  assert wait_for(lambda: len(logged_steps(workdir)) >= 1, process), open(log).read()[-3000:]
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=120) == 0, open(log).read()[-3000:]
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert len(saved) == 1 and 1 <= saved[0] < total, ("the signal must stop the run mid-way", saved)
+  assert saved[0] == max(logged_steps(workdir)), (saved, logged_steps(workdir))
+
   rng = random.Random(13)
   kills = []
-  # Twice during training (a step or an asynchronous save is always in flight: a
-  # checkpoint is written every step), then once the last step is logged (the final
-  # eval or the final save).
+  # A checkpoint is written every step, so a step or an asynchronous save is always in
+  # flight: twice during training, then once the last step is logged (the final eval or
+  # the final save).
   for moment in ("training", "training", "final eval"):
     before = len(logged_steps(workdir))
-    process = start_main(flags + [f"--workdir={workdir}"], log)
+    process = start_main(flags + every_step + [f"--workdir={workdir}"], log)
     if moment == "training":
       reached = wait_for(lambda: len(logged_steps(workdir)) > before, process)
       time.sleep(rng.uniform(0.0, 0.3))
@@ -587,8 +600,14 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     assert reached or alive, f"the run ended before it could be killed; see {log}"
     kills.append((moment, alive, max(logged_steps(workdir), default=0)))
   assert sum(alive for _, alive, _ in kills) >= 2, kills
-  resumed = start_main(flags + [f"--workdir={workdir}"], log)
+  resumed = start_main(flags + every_step + [f"--workdir={workdir}"], log)
   assert resumed.wait(timeout=240) == 0, open(log).read()[-3000:]
   assert reference.wait(timeout=240) == 0, open(log).read()[-3000:]
   assert final_eval(workdir) == final_eval(tmp_path / "reference"), kills  # bitwise on the CPU
+  # Every step's loss, as last logged (a step redone after a kill logs again), is the reference's.
+  def loss_by_step(directory):
+    with open(os.path.join(directory, "metrics.jsonl")) as f:
+      return {m["step"]: m["loss"] for m in map(json.loads, f) if "loss" in m}
+  assert loss_by_step(workdir) == loss_by_step(tmp_path / "reference"), kills
+  assert sorted(loss_by_step(workdir)) == list(range(1, total + 1))
   assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt")), kills
