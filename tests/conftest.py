@@ -6,6 +6,11 @@ compiling is most of their cost on the CPU. The cache lives in a fresh directory
 per test run (shared by the xdist workers and the subprocesses the tests start,
 which inherit the environment), so every run starts cold, as on a fresh machine.
 Set JAX_COMPILATION_CACHE_DIR yourself to keep a cache across runs.
+
+Two workers that compile the same program at the same time both miss the cache,
+so the tests that train the plain `configs/digits.py:smoke` run on 8 devices are
+in one xdist group ("digits_smoke"): one worker runs them in turn, and only the
+first compiles.
 """
 
 import os

@@ -105,6 +105,7 @@ def test_compare_runs_shows_a_changed_seed_xla_flags_and_metric(tmp_path, monkey
   assert "missing" in capsys.readouterr().err
 
 
+@pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
 def test_ci_size_trainer_run_writes_environment_json(tmp_path):
   """A CI-size training run (configs/digits.py:smoke) leaves WORKDIR/environment.json."""
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel

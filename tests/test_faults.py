@@ -438,10 +438,11 @@ def hold_lock(workdir):
   return holder
 
 
+@pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
 def test_trainer_falls_back_to_the_newest_readable_checkpoint_and_respects_the_lock(tmp_path,
                                                                                    caplog):
   from vision_jax.train import checkpoint as ckpt, trainer  # pylint: disable=import-outside-toplevel
-  config = load_config(DIGITS, "smoke", num_devices=1)  # checkpoints at steps 2 and 4
+  config = load_config(DIGITS, "smoke")  # checkpoints at steps 2 and 4
   work = tmp_path / "run"
   first = trainer.train_and_evaluate(config, str(work))
   damage(work / "checkpoints" / "4")
@@ -549,7 +550,7 @@ def final_eval(workdir):
   return evals[-1]
 
 
-def wait_for(condition, process, timeout=120):
+def wait_for(condition, process, timeout=300):
   deadline = time.time() + timeout
   while time.time() < deadline and process.poll() is None:
     if condition():
@@ -563,7 +564,8 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_equals_an_uninterrupt
   steps since the last save; either way the resumed run ends bitwise where an uninterrupted
   one does."""
   import random  # pylint: disable=import-outside-toplevel
-  total = 12
+  # Enough steps that the SIGTERM run cannot finish between two polls on a loaded machine.
+  total = 30
   flags = ["--config=configs/digits.py:smoke", f"--config.total_steps={total}",
            "--config.log_every_steps=1", "--config.eval_every_steps=1000"]
   every_step = ["--config.checkpoint_every_steps=1"]

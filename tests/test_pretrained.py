@@ -67,6 +67,7 @@ def test_lr_multipliers_freeze_all_but_head():
   assert float(jnp.abs(updates["head"]["kernel"]).max()) > 0.0
 
 
+@pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
 def test_init_from_another_workdir(tmp_path):
   trainer.train_and_evaluate(digits_config(), str(tmp_path / "pre"))
   config = digits_config(total_steps=2, init_from=str(tmp_path / "pre"))

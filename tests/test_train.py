@@ -54,6 +54,7 @@ def run_main(args, devices=1, timeout=300, env_extra=None, popen=False):
 # ---------------------------------------------------------------------------
 # Whole runs in this process (8 simulated devices).
 # ---------------------------------------------------------------------------
+@pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
 def test_train_and_eval_on_8_devices(tmp_path, caplog):
   assert jax.device_count() == 8
   caplog.set_level(logging.INFO)
@@ -120,6 +121,7 @@ def test_missing_config_field(tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
 def test_workdir_of_another_model_is_refused(tmp_path):
   trainer.train_and_evaluate(digits_config(), str(tmp_path))
   other = digits_config(**{"model.name": "cifar_resnet32"})
