@@ -54,6 +54,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # (vision_jax.train.recipes lists them).
     "recipe": "supervised",
     "dtype": "float32",
+    # Rematerialise the model's blocks in the backward pass: 'none', 'block' (keep matmul
+    # and conv outputs) or 'full' (keep only block inputs); vision_jax/models/layers.py.
+    "remat": "none",
     "batch_size": placeholder(int),
     "eval_batch_size": placeholder(int),  # None: batch_size
     "num_devices": placeholder(int),  # None: every device of every process

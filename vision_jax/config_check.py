@@ -162,6 +162,8 @@ def _check_top_level(c: _Checks) -> None:
   if seed is not None and not _is_int(seed):
     c.fail("seed", seed, "must be an integer")
   c.choice("dtype", DTYPES)
+  from vision_jax.models.layers import REMAT_CHOICES  # pylint: disable=import-outside-toplevel
+  c.choice("remat", REMAT_CHOICES)
   c.number("label_smoothing", 0.0, 1.0, high_open=True)
   c.number("ema_decay", 0.0, 1.0, high_open=True, what=" (0: no EMA; typical 0.9999)")
   for flag in ("fsdp", "zero_init_head", "freeze_bn"):
@@ -267,9 +269,14 @@ def _check_model(c: _Checks) -> None:
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   try:
     # Building the module only binds its fields: no parameters, no device.
-    models.create_model(name, num_classes=0, **dict(overrides))
+    module = models.create_model(name, num_classes=0, **dict(overrides))
   except (ValueError, TypeError) as e:
     raise ConfigError(f"config.model: {e}") from None
+  remat = c.value("remat")
+  if remat not in (None, "none") and not hasattr(module, "remat"):
+    raise ConfigError(f"config.remat={remat!r}: {name} has no blocks to rematerialise (only "
+                      "ResNet, ResNetV2, EfficientNet, ConvNeXt and ViT models do); set "
+                      "config.remat='none'.")
 
 
 def _check_schedule(c: _Checks) -> None:
@@ -342,6 +349,10 @@ def _check_data(c: _Checks) -> None:
   c.non_negative_int("data.max_shift")
   c.positive_int("data.train_per_class")
   c.positive_int("data.shuffle_buffer")
+  c.positive_int("data.num_parallel_calls", what=" (examples preprocessed at once; unset: "
+                 "tf.data.AUTOTUNE, sized to the host's cores)")
+  c.positive_int("data.prefetch_batches", what=" (batches kept ready on the host; unset: "
+                 "tf.data.AUTOTUNE)")
   c.positive_int("data.num_classes")
   c.positive_int("data.num_train")
   c.positive_int("data.num_eval")

@@ -26,7 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models.layers import DropPath, classifier_head, global_avg_pool
+from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
+                                      remat_block)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
 from vision_jax.models.resnet import drop_path_rates
 
@@ -99,6 +100,8 @@ class ConvNeXt(nn.Module):
     drop_path_rate: stochastic depth of the last block; block i of n gets
       drop_path_rate * i / (n - 1), as in the reference code and timm.
     layer_scale_init: initial layer-scale value (1e-6 in the paper; None: none).
+    remat: 'none', 'block' or 'full': rematerialise every ConvNeXt block in the
+      backward pass (see `layers.REMAT_CHOICES`); parameters are unchanged.
   """
 
   depths: Sequence[int]
@@ -109,6 +112,7 @@ class ConvNeXt(nn.Module):
   drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   layer_scale_init: float | None = 1e-6
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -124,6 +128,8 @@ class ConvNeXt(nn.Module):
     """
     if len(self.depths) != len(self.widths):
       raise ValueError(f"ConvNeXt: {len(self.depths)} stages but {len(self.widths)} widths.")
+    check_remat(self.remat, "ConvNeXt")
+    block_cls = remat_block(ConvNeXtBlock, self.remat)
     conv = functools.partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
                              kernel_init=_init, padding="VALID")
     x = jnp.asarray(x, self.dtype)
@@ -135,9 +141,9 @@ class ConvNeXt(nn.Module):
         x = _layer_norm(f"stages_{stage}_downsample_norm", self.dtype, self.param_dtype)(x)
         x = conv(width, (2, 2), strides=(2, 2), name=f"stages_{stage}_downsample_conv")(x)
       for b in range(depth):
-        x = ConvNeXtBlock(drop_path_rate=next(rates), layer_scale_init=self.layer_scale_init,
-                          dtype=self.dtype, param_dtype=self.param_dtype,
-                          name=f"stages_{stage}_blocks_{b}")(x, train)
+        x = block_cls(drop_path_rate=next(rates), layer_scale_init=self.layer_scale_init,
+                      dtype=self.dtype, param_dtype=self.param_dtype,
+                      name=f"stages_{stage}_blocks_{b}")(x, train)
     x = global_avg_pool(x)
     x = _layer_norm("head_norm", self.dtype, self.param_dtype)(x)
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)

@@ -27,7 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models.layers import DropPath, classifier_head, global_avg_pool
+from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
+                                      remat_block)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
 
 ModuleDef = Callable[..., nn.Module]
@@ -256,6 +257,8 @@ class EfficientNet(nn.Module):
     drop_rate: dropout on the pooled features, before the classifier.
     drop_path_rate: drop-connect of the residual branches; block i of n gets
       drop_path_rate * i / n.
+    remat: 'none', 'block' or 'full': rematerialise every MBConv block in the
+      backward pass (see `layers.REMAT_CHOICES`); parameters are unchanged.
   """
 
   width_mult: float = 1.0
@@ -271,6 +274,7 @@ class EfficientNet(nn.Module):
   bn_epsilon: float = 1e-3
   drop_rate: float = 0.2
   drop_path_rate: float = 0.2
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -286,6 +290,8 @@ class EfficientNet(nn.Module):
     """
     if self.padding not in PADDINGS:
       raise ValueError(f"EfficientNet: padding must be one of {PADDINGS}, got {self.padding!r}.")
+    check_remat(self.remat, "EfficientNet")
+    block_cls = remat_block(MBConv, self.remat)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=_conv_init)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
@@ -298,7 +304,8 @@ class EfficientNet(nn.Module):
     x = nn.swish(norm(name="bn1")(x))
     for cfg in block_configs(self.width_mult, self.depth_mult, self.drop_path_rate,
                              self.stages, self.stem_width):
-      x = MBConv(cfg, self.padding, conv, norm, name=f"blocks_{cfg.stage}_{cfg.index}")(x, train)
+      x = block_cls(cfg, self.padding, conv, norm, name=f"blocks_{cfg.stage}_{cfg.index}")(
+          x, train)
     x = conv(round_channels(self.head_width, self.width_mult), (1, 1), padding="VALID",
              name="conv_head")(x)
     x = nn.swish(norm(name="bn2")(x))

@@ -21,7 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models.layers import DropPath, classifier_head, global_avg_pool
+from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
+                                      remat_block)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -148,6 +149,8 @@ class ResNet(nn.Module):
     drop_rate: dropout rate on the pooled features, before the classifier.
     drop_path_rate: stochastic depth of the last block; block i of n gets
       drop_path_rate * i / (n - 1), as in timm.
+    remat: 'none', 'block' or 'full': rematerialise every residual block in the
+      backward pass (see `layers.REMAT_CHOICES`); parameters are unchanged.
   """
 
   stage_sizes: Sequence[int]
@@ -163,6 +166,7 @@ class ResNet(nn.Module):
   zero_init_last_bn: bool = True
   drop_rate: float = 0.0
   drop_path_rate: float = 0.0
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -182,7 +186,8 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet: stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
     if len(self.widths) != len(self.stage_sizes):
       raise ValueError(f"ResNet: {len(self.stage_sizes)} stages but {len(self.widths)} widths.")
-    block_cls = BLOCKS[self.block]
+    check_remat(self.remat, "ResNet")
+    block_cls = remat_block(BLOCKS[self.block], self.remat)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=_conv_init)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,

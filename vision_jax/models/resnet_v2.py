@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_jax.models.layers import DropPath, classifier_head, global_avg_pool
+from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
+                                      remat_block)
 from vision_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, ModelInfo, register_model
 
 _STEM_TYPES = ("fixed", "same", "")
@@ -242,6 +243,8 @@ class ResNetV2(nn.Module):
     drop_rate: dropout before the classifier.
     drop_path_rate: stochastic depth, rising linearly over all blocks from 0 to
       this rate at the last block.
+    remat: 'none', 'block' or 'full': rematerialise every bottleneck in the
+      backward pass (see `layers.REMAT_CHOICES`); parameters are unchanged.
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -257,6 +260,7 @@ class ResNetV2(nn.Module):
   global_pool: bool = True
   drop_rate: float = 0.0
   drop_path_rate: float = 0.0
+  remat: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -284,7 +288,8 @@ class ResNetV2(nn.Module):
     x = Stem(make_divisible(self.stem_chs * wf), self.stem_type, self.preact,
              dtype=self.dtype, param_dtype=self.param_dtype, name="stem")(x)
 
-    block_cls = PreActBottleneck if self.preact else Bottleneck
+    check_remat(self.remat, "ResNetV2")
+    block_cls = remat_block(PreActBottleneck if self.preact else Bottleneck, self.remat)
     total = sum(self.layers)
     rates = np.linspace(0.0, self.drop_path_rate, total) if total else []
     index = 0

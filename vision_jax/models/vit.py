@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models.layers import DropPath, classifier_head
+from vision_jax.models.layers import DropPath, check_remat, classifier_head, remat_block
 from vision_jax.models.resnet_v2 import ResNetV2
 from vision_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, ModelInfo, register_model
 
@@ -176,13 +177,100 @@ class MlpBlock(nn.Module):
     return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "explicit")
+
+
+def fused_attention_backend(dtype: Any, head_dim: int) -> str:
+  """The `jax.nn.dot_product_attention` implementation 'auto' asks for: 'cudnn' or 'xla'.
+
+  cuDNN's fused (flash) kernel needs an NVIDIA GPU, fp16 or bf16 inputs in
+  (batch, tokens, heads, head_dim) layout, and a head dim that is a multiple of
+  8 and at most 128 (256 from Hopper on; every ViT here has 64). Anything else,
+  float32 included, runs XLA's attention.
+  """
+  if jax.default_backend() != "gpu":
+    return "xla"
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return "xla"
+  if head_dim % 8 or head_dim > 128:
+    return "xla"
+  return "cudnn"
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "auto"
+                    ) -> jax.Array:
+  """softmax(q k^T / sqrt(head_dim)) v through `jax.nn.dot_product_attention`.
+
+  Args:
+    q, k, v: (batch, tokens, heads, head_dim), one dtype.
+    implementation: 'auto' (cuDNN where `fused_attention_backend` allows it,
+      else XLA; a GPU whose cuDNN refuses falls back to XLA with a warning),
+      'xla', or 'cudnn' (an error where cuDNN cannot run).
+
+  Returns:
+    (batch, tokens, heads, head_dim) in the input dtype. The logits are
+    accumulated and the softmax taken in float32.
+  """
+  if implementation == "xla":
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  if implementation == "cudnn":
+    try:
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except (RuntimeError, NotImplementedError, ValueError) as e:
+      raise ValueError(
+          f"attention_impl='cudnn' cannot run here ({type(e).__name__}: {e}); it needs an "
+          "NVIDIA GPU with cuDNN, a bfloat16/float16 model dtype and a head dim that is a "
+          "multiple of 8. Use attention_impl='auto' to fall back to XLA.") from None
+  backend = fused_attention_backend(q.dtype, q.shape[-1])
+  if backend == "cudnn":
+    try:
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except (RuntimeError, NotImplementedError) as e:
+      # Once per process: the check runs each time a model is traced.
+      logging.log_first_n(logging.WARNING, "cuDNN fused attention is unavailable (%s); using "
+                          "XLA's attention.", 1, e)
+  return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
+def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                       dropout: Optional[Callable[[jax.Array], jax.Array]] = None) -> jax.Array:
+  """The same attention written out, so that dropout can act on the attention weights.
+
+  Logits are accumulated in float32 and the softmax is float32 (bf16 loses too
+  much precision in the normaliser), as in `fused_attention`; the weights are
+  cast back to the input dtype before they multiply v.
+
+  Args:
+    q, k, v: (batch, tokens, heads, head_dim), one dtype.
+    dropout: applied to the (batch, heads, tokens, tokens) weights; None: none.
+
+  Returns:
+    (batch, tokens, heads, head_dim) in the input dtype.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  weights = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  if dropout is not None:
+    weights = dropout(weights)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv projection.
+
+  The product runs through `jax.nn.dot_product_attention` (cuDNN's fused
+  kernel on NVIDIA GPUs in bf16/fp16, XLA's elsewhere), except while training
+  with attention dropout, which that function does not offer: then the
+  weights are formed explicitly (`explicit_attention`). Both give the same
+  result; `vision_jax.explain.rollout` recomputes the weights from the
+  captured qkv projection, so it needs neither.
 
   Attributes:
     num_heads: number of heads; the width must be divisible by it.
     attn_drop_rate: dropout on the attention weights.
     proj_drop_rate: dropout after the output projection.
+    implementation: one of `ATTENTION_IMPLS`: 'auto', 'xla' or 'cudnn' (see
+      `fused_attention`), or 'explicit' to always form the weights.
     dtype: compute dtype; the softmax always runs in float32.
     param_dtype: parameter dtype.
   """
@@ -190,6 +278,7 @@ class Attention(nn.Module):
   num_heads: int
   attn_drop_rate: float = 0.0
   proj_drop_rate: float = 0.0
+  implementation: str = "auto"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -198,20 +287,27 @@ class Attention(nn.Module):
     batch, length, width = x.shape
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
+    check_attention_impl(self.implementation)
     head_dim = width // self.num_heads
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.truncated_normal(0.02))
-    # Output features are ordered (q|k|v, head, head_dim), as in timm's qkv Linear.
+    # Output features are ordered (q|k|v, head, head_dim), as in timm's qkv Linear; the
+    # slices below are already in the (batch, tokens, heads, head_dim) layout cuDNN wants.
     qkv = dense(3 * width, name="qkv")(x).reshape(batch, length, 3, self.num_heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    q = q * jnp.asarray(head_dim ** -0.5, self.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
-    # Softmax in float32: bf16 logits lose too much precision in the normaliser.
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.attn_drop_rate)(weights, deterministic=not train)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, width)
-    out = dense(width, name="proj")(out)
+    attn_drop = functools.partial(nn.Dropout(self.attn_drop_rate), deterministic=not train)
+    if self.implementation == "explicit" or (train and self.attn_drop_rate > 0.0):
+      out = explicit_attention(q, k, v, attn_drop)
+    else:
+      out = fused_attention(q, k, v, self.implementation)
+    out = dense(width, name="proj")(out.reshape(batch, length, width))
     return nn.Dropout(self.proj_drop_rate)(out, deterministic=not train)
+
+
+def check_attention_impl(implementation: str) -> None:
+  """Raises ValueError unless `implementation` is one of `ATTENTION_IMPLS`."""
+  if implementation not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {implementation!r}.")
 
 
 class Block(nn.Module):
@@ -223,6 +319,7 @@ class Block(nn.Module):
     proj_drop_rate: dropout in the MLP and after the attention projection.
     attn_drop_rate: dropout on the attention weights.
     drop_path_rate: stochastic-depth rate of both residual branches.
+    attention_impl: how attention is computed (`Attention.implementation`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -232,6 +329,7 @@ class Block(nn.Module):
   proj_drop_rate: float = 0.0
   attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.0
+  attention_impl: str = "auto"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -240,7 +338,8 @@ class Block(nn.Module):
     norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype,
                              param_dtype=self.param_dtype)
     y = norm(name="norm1")(x)
-    y = Attention(self.num_heads, self.attn_drop_rate, self.proj_drop_rate, dtype=self.dtype,
+    y = Attention(self.num_heads, self.attn_drop_rate, self.proj_drop_rate,
+                  implementation=self.attention_impl, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="attn")(y, train)
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
     y = norm(name="norm2")(x)
@@ -257,6 +356,7 @@ class PatchEmbed(nn.Module):
     patch_size: side of the non-overlapping patches.
     backbone_layers: ResNetV2 stage depths of a hybrid (() = its stem only);
       None for a plain ViT that cuts patches from the image.
+    remat: rematerialisation of the backbone's blocks (`layers.REMAT_CHOICES`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -264,6 +364,7 @@ class PatchEmbed(nn.Module):
   width: int
   patch_size: int
   backbone_layers: Optional[Sequence[int]] = None
+  remat: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -273,7 +374,7 @@ class PatchEmbed(nn.Module):
       # The hybrids' backbone: non-preact ResNetV2 with GroupNorm and weight-standardised
       # SAME convs, without pooling or classifier (NHWC feature map out).
       x = ResNetV2(layers=tuple(self.backbone_layers), num_classes=0, preact=False,
-                   stem_type="same", global_pool=False, dtype=self.dtype,
+                   stem_type="same", global_pool=False, remat=self.remat, dtype=self.dtype,
                    param_dtype=self.param_dtype, name="backbone")(x, train=train)
     p = self.patch_size
     return nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
@@ -298,6 +399,10 @@ class VisionTransformer(nn.Module):
     proj_drop_rate: dropout inside the MLPs and after the attention projections.
     attn_drop_rate: dropout on the attention weights.
     drop_path_rate: stochastic depth, rising linearly from 0 to this over the blocks.
+    attention_impl: 'auto' (cuDNN's fused kernel on NVIDIA GPUs in bf16/fp16, XLA's
+      attention elsewhere), 'xla', 'cudnn' or 'explicit' (see `Attention`).
+    remat: 'none', 'block' or 'full': rematerialise every transformer block (and the
+      hybrid backbone's blocks) in the backward pass; see `layers.REMAT_CHOICES`.
     dtype: compute dtype.
     param_dtype: parameter dtype.
   """
@@ -315,6 +420,8 @@ class VisionTransformer(nn.Module):
   proj_drop_rate: float = 0.0
   attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.0
+  attention_impl: str = "auto"
+  remat: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -340,8 +447,11 @@ class VisionTransformer(nn.Module):
           f"VisionTransformer was built for {self.img_size}x{self.img_size} inputs, got "
           f"{x.shape[1]}x{x.shape[2]}; build it with img_size={x.shape[1]} (and resize the "
           "position embeddings with vit.resample_pos_embed to reuse weights).")
-    x = PatchEmbed(self.width, self.patch_size, self.backbone_layers, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name="patch_embed")(
+    check_attention_impl(self.attention_impl)
+    check_remat(self.remat, "VisionTransformer")
+    block_cls = remat_block(Block, self.remat)
+    x = PatchEmbed(self.width, self.patch_size, self.backbone_layers, remat=self.remat,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name="patch_embed")(
                        jnp.asarray(x, self.dtype), train)
     batch, grid_h, grid_w, _ = x.shape
     x = x.reshape(batch, grid_h * grid_w, self.width)
@@ -361,8 +471,9 @@ class VisionTransformer(nn.Module):
 
     for i in range(self.depth):
       rate = self.drop_path_rate * i / (self.depth - 1) if self.depth > 1 else 0.0
-      x = Block(self.num_heads, self.mlp_dim, self.proj_drop_rate, self.attn_drop_rate, rate,
-                dtype=self.dtype, param_dtype=self.param_dtype, name=f"blocks_{i}")(x, train)
+      x = block_cls(self.num_heads, self.mlp_dim, self.proj_drop_rate, self.attn_drop_rate, rate,
+                    attention_impl=self.attention_impl, dtype=self.dtype,
+                    param_dtype=self.param_dtype, name=f"blocks_{i}")(x, train)
     x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="norm")(x)
     x = x[:, 0]  # 'token' pooling: the class token is the image representation

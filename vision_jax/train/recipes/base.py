@@ -66,6 +66,22 @@ class Recipe(abc.ABC):
     """`run_eval(state, final=False) -> {name: value}`, over eval batches of `batch_size`."""
 
 
+def model_overrides(config: Any) -> dict[str, Any]:
+  """The `create_model` overrides of a run: config.model.overrides, and config.remat.
+
+  `config.remat` other than 'none' becomes the model's `remat` field; setting
+  both it and config.model.overrides.remat to different values is an error.
+  """
+  overrides = dict(config.model.get("overrides", None) or {})
+  remat = config.get("remat", None) or "none"
+  if remat != "none":
+    if overrides.get("remat", remat) != remat:
+      raise ConfigError(f"config.remat={remat!r} and config.model.overrides.remat="
+                        f"{overrides['remat']!r} disagree; set only config.remat.")
+    overrides["remat"] = remat
+  return overrides
+
+
 _RECIPES: dict[str, Recipe] = {}
 
 

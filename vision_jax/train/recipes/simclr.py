@@ -24,14 +24,14 @@ from vision_jax.config_util import ConfigError, require_fields
 from vision_jax.models.heads import ProjectionHead
 from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import simclr as simclr_lib
-from vision_jax.train.recipes.base import Recipe, register_recipe
+from vision_jax.train.recipes.base import Recipe, model_overrides, register_recipe
 from vision_jax.train.recipes.supervised import eval_params
 
 
 def build_model(config: Any, dtype: Any) -> simclr_lib.SimCLRModel:
   """`SimCLRModel` from config.model (the encoder, built with num_classes=0) and config.simclr.head."""
   encoder = models.create_model(config.model.name, num_classes=0, dtype=dtype,
-                                **dict(config.model.overrides or {}))
+                                **model_overrides(config))
   head = dict(config.simclr.get("head", None) or {})
   return simclr_lib.SimCLRModel(encoder=encoder, head=ProjectionHead(
       hidden_dim=head.get("hidden_dim", None), out_dim=int(head.get("out_dim", 128)),

@@ -17,7 +17,7 @@ from vision_jax import models
 from vision_jax.config_util import ConfigError
 from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import steps as steps_lib
-from vision_jax.train.recipes.base import Recipe, register_recipe
+from vision_jax.train.recipes.base import Recipe, model_overrides, register_recipe
 
 
 def evaluate(eval_fn, params, batch_stats, dataset, batch_size: int, mesh) -> dict[str, float]:
@@ -50,7 +50,7 @@ class Supervised(Recipe):
 
   def build_model(self, config: Any, dataset: Any, dtype: Any):
     return models.create_model(config.model.name, num_classes=dataset.num_classes, dtype=dtype,
-                               **dict(config.model.overrides or {}))
+                               **model_overrides(config))
 
   def train_step(self, config: Any, dataset: Any, model, tx, schedule):
     return functools.partial(
