@@ -104,11 +104,23 @@ def _load_workdir(workdir: str) -> LoadedModel:
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
   num_classes = _num_classes(params)
-  overrides = dict(config.get("model", {}).get("overrides") or {})
+  overrides = _hashable(config.get("model", {}).get("overrides"))
   module = models.create_model(config["model"]["name"], num_classes=num_classes, **overrides)
   names = dataset_class_names(data, num_classes)
   preprocess, mean, std = _workdir_preprocess(data)
   return LoadedModel(module, variables, names, preprocess, mean, std, workdir)
+
+
+def _hashable(overrides: dict[str, Any] | None) -> dict[str, Any]:
+  """Model overrides read back from JSON, lists turned back into tuples.
+
+  A module's attributes must be hashable (jitted functions take the module as a
+  static argument), and JSON has no tuples: stage_sizes=(1, 1, 1) comes back as
+  a list.
+  """
+  def fix(value):
+    return tuple(fix(v) for v in value) if isinstance(value, list) else value
+  return {k: fix(v) for k, v in dict(overrides or {}).items()}
 
 
 def _num_classes(params: Any) -> int:
@@ -164,7 +176,7 @@ def _load_weights(directory: str) -> LoadedModel:
   except (FileNotFoundError, ValueError) as e:
     raise LoadError(f"--weights: {e}") from None
   module = models.create_model(meta["model"], num_classes=int(meta["num_classes"]),
-                               **dict(meta.get("overrides") or {}))
+                               **_hashable(meta.get("overrides")))
   info = meta.get("info", {})
   preprocess = meta.get("preprocess") or {
       "input_size": info.get("input_size", 224), "crop_pct": info.get("crop_pct", 0.875),

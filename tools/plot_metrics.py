@@ -1,0 +1,57 @@
+"""Plots training curves of one or more runs into a PNG: loss, eval top-1, learning rate, images/s.
+
+  python tools/plot_metrics.py /tmp/digits --out curves.png
+  python tools/plot_metrics.py /tmp/scratch /tmp/pretrained --names scratch pretrained \
+      --x examples --out compare.png
+
+Each WORKDIR is a training run's directory; its metrics.jsonl (one JSON object
+per logged step and per evaluation, written by the trainer) is read. One line
+per run, named in the legend by its directory (or --names). --x epoch needs
+--examples-per-epoch (the training split's size). An existing --out is kept
+unless --overwrite is given. See vision_jax/plots.py for the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="training run directories")
+  parser.add_argument("--out", default="curves.png", help="PNG to write (default curves.png)")
+  parser.add_argument("--names", nargs="+", help="legend names, one per WORKDIR")
+  parser.add_argument("--x", choices=("step", "examples", "epoch"), default="step",
+                      help="horizontal axis: step, images seen, or epoch")
+  parser.add_argument("--examples-per-epoch", type=int,
+                      help="training split size, for --x epoch (1437 for the digits)")
+  parser.add_argument("--title", help="figure title")
+  parser.add_argument("--dpi", type=int, default=100)
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  args = parser.parse_args(argv)
+
+  from vision_jax import plots  # pylint: disable=import-outside-toplevel
+  if os.path.exists(args.out) and not args.overwrite:
+    print(f"error: {args.out} exists; pass --overwrite to replace it.", file=sys.stderr)
+    return 2
+  try:
+    fig = plots.training_curves(args.workdirs, names=args.names, x=args.x,
+                                examples_per_epoch=args.examples_per_epoch, title=args.title,
+                                dpi=args.dpi)
+    plots.save_figure(fig, args.out)
+  except plots.PlotError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:
+    print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+    return 2
+  print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
