@@ -16,9 +16,16 @@ Training stream of process p of P, for a run seed and a global batch B:
     (s mod S) * B / P examples of epoch s // S (before any decoding) and yields
     exactly what an uninterrupted run yields from s on.
   * Epochs follow each other inside one tf.data graph (no restart at the epoch
-    boundary); decoding and augmentation run in parallel (AUTOTUNE), in a
-    deterministic order, and batches are prefetched on the host. The trainer's
-    Prefetcher then puts them on the devices ahead of the step.
+    boundary); decoding and augmentation run in parallel, in a deterministic
+    order, and batches are prefetched on the host. The trainer's Prefetcher then
+    puts them on the devices ahead of the step.
+
+Host parallelism (config.data): `num_parallel_calls` examples are decoded and
+augmented at once and `prefetch_batches` batches are kept ready. Unset, both are
+tf.data.AUTOTUNE, which sizes them to the host's cores and to the consumer's pace,
+so a host with many cores uses them all. Set them to cap the input pipeline
+(several jobs on one host, or cores the train step needs). They change speed only:
+the batches are the same whatever their values.
 
 Evaluation: each process reads its share in order; the last batch is padded
 with zeros and 'mask' False, and processes with a shorter share add padding
@@ -118,10 +125,13 @@ class TfDataset:
     preprocess_train, preprocess_eval: the parsed op strings.
     shuffle_buffer: config.data.shuffle_buffer (None: the source's default).
     cache: keep this process's raw share in memory after the first epoch.
+    num_parallel_calls: examples preprocessed at once (AUTOTUNE: tf.data picks).
+    prefetch_batches: batches kept ready on the host (AUTOTUNE: tf.data picks).
   """
 
   def __init__(self, source: Source, train_split: str, eval_split: str, preprocess_train: str,
-               preprocess_eval: str, shuffle_buffer: int | None = None, cache: bool = False):
+               preprocess_eval: str, shuffle_buffer: int | None = None, cache: bool = False,
+               num_parallel_calls: int | None = None, prefetch_batches: int | None = None):
     self.source = source
     self.train_split = train_split
     self.eval_split = eval_split
@@ -129,6 +139,8 @@ class TfDataset:
     self.preprocess_eval = ops_lib.get_preprocess_fn(preprocess_eval)
     self.shuffle_buffer = shuffle_buffer
     self.cache = cache
+    self.num_parallel_calls = _parallelism("num_parallel_calls", num_parallel_calls)
+    self.prefetch_batches = _parallelism("prefetch_batches", prefetch_batches)
     self.num_classes = source.num_classes
 
   @property
@@ -185,11 +197,12 @@ class TfDataset:
       return preprocess(source.load(example), example_seed)
 
     ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_examples)
-    ds = ds.map(process, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(process, num_parallel_calls=self.num_parallel_calls, deterministic=True)
     _check_outputs(ds, "preprocess_train", self.preprocess_train.spec)
-    ds = ds.batch(local, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(local, drop_remainder=True, num_parallel_calls=self.num_parallel_calls,
+                  deterministic=True)
     ds = ds.map(_finalize)
-    return ds.with_options(_options()).prefetch(AUTOTUNE)
+    return ds.with_options(_options()).prefetch(self.prefetch_batches)
 
   def train_iterator(self, global_batch: int, seed: int, start_step: int = 0,
                      process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
@@ -227,15 +240,16 @@ class TfDataset:
     num_batches = math.ceil(max(sizes) / local)
     base = self.source.read(self.eval_split, process_index, process_count, training=False)
     preprocess, source = self.preprocess_eval, self.source
-    ds = base.map(lambda example: preprocess(source.load(example)), num_parallel_calls=AUTOTUNE,
-                  deterministic=True)
+    ds = base.map(lambda example: preprocess(source.load(example)),
+                  num_parallel_calls=self.num_parallel_calls, deterministic=True)
     _check_outputs(ds, "preprocess_eval", self.preprocess_eval.spec)
-    ds = ds.batch(local, num_parallel_calls=AUTOTUNE, deterministic=True).map(_finalize)
+    ds = ds.batch(local, num_parallel_calls=self.num_parallel_calls,
+                  deterministic=True).map(_finalize)
     if not ds.element_spec["label"].dtype.is_integer:
       raise DatasetError(f"config.data.preprocess_eval={self.preprocess_eval.spec!r} makes "
                          "non-integer labels; evaluation needs integer class labels (remove "
                          "onehot from the eval string).")
-    ds = ds.with_options(_options()).prefetch(AUTOTUNE)
+    ds = ds.with_options(_options()).prefetch(self.prefetch_batches)
     return self._padded(ds, local, num_batches)
 
   def _padded(self, ds: tf.data.Dataset, local: int, num_batches: int) -> Iterator[Batch]:
@@ -272,6 +286,16 @@ class TfDataset:
       except tf.errors.OpError as e:
         raise DatasetError(self.source.explain_failure(split, e)) from None
       yield batch
+
+
+def _parallelism(field: str, value: int | None) -> int:
+  """config.data.<field> as tf.data takes it: None (or AUTOTUNE) is AUTOTUNE, else >= 1."""
+  if value is None or value == AUTOTUNE:
+    return AUTOTUNE
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise DatasetError(f"config.data.{field}={value!r}: must be a positive integer, or unset "
+                       "for tf.data.AUTOTUNE (sized to the host's cores).")
+  return int(value)
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -342,4 +366,6 @@ def tf_dataset(data_config: Any, folder: str | None = None, tfds_name: str | Non
           "'decode|resize_small(256)|central_crop(224)|value_range(-1,1)' (eval).")
   return TfDataset(source, train_split, eval_split, specs["preprocess_train"],
                    specs["preprocess_eval"], shuffle_buffer=data_config.get("shuffle_buffer"),
-                   cache=bool(data_config.get("cache", False)))
+                   cache=bool(data_config.get("cache", False)),
+                   num_parallel_calls=data_config.get("num_parallel_calls"),
+                   prefetch_batches=data_config.get("prefetch_batches"))
