@@ -34,7 +34,8 @@ def test_compare_timm_and_flax_from_the_command_line(capsys, monkeypatch):
   monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # what the tool sets
   code = tool_main("benchmark.py")([
       "--model", "resnet18", "--batch-size", "2", "--image-size", "32", "--compare", "timm",
-      "--compare", "flax", "--no-trainer", "--steps", "1", "--repeats", "2"])
+      "--compare", "flax", "--no-trainer", "--steps", "1", "--repeats", "1",
+      "--torch-threads", "1"])
   out = capsys.readouterr()
   assert code == 0, out.err
   row = json.loads(out.out.strip().splitlines()[-1])
@@ -43,6 +44,7 @@ def test_compare_timm_and_flax_from_the_command_line(capsys, monkeypatch):
   assert row["dtype"] == "float32" and row["timm_precision"] == "fp32"
   assert row["timm_name"] == "resnet18" and row["timm_channels_last"] is True
   assert row["timm_compiled"] is False and row["timm_device"] == "cpu"
+  assert row["timm_threads"] == 1 and row["timm_params"] == 11_689_512
   for key in ("images_per_sec", "timm_images_per_sec", "flax_images_per_sec", "jax_over_timm",
               "ours_over_flax", "compile_s", "flax_compile_s", "timm_compile_s", "mfu",
               "train_gflops_per_image", "peak_memory_mb", "flax_peak_memory_mb"):
@@ -71,7 +73,7 @@ def test_timm_peer_of_every_family_has_our_architecture_and_trains(model_name):
                                             train=False))
   ours_count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
   images, labels = benchmark.synthetic_batch(2, 32)
-  trial = benchmark.timm_trial(model_name, images, labels, amp_bf16=False)
+  trial = benchmark.timm_trial(model_name, images, labels, amp_bf16=False, threads=1, warmup=0)
   try:
     assert trial.info["timm_params"] == ours_count
     assert trial.info["timm_channels_last"] == (model_name != "vit_tiny_patch16_224")
@@ -122,6 +124,7 @@ def test_accelerator_report_smoke(tmp_path):
   env, blocker = without_training_only_packages(tmp_path)
   out_dir = tmp_path / "report"
   env["PYTHONPATH"] = os.pathsep.join([blocker, ROOT])
+  env["OMP_NUM_THREADS"] = "1"  # PyTorch's two threads crawl on a shared 2-core machine
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "accelerator_report.py"),
                          "--smoke", "--out-dir", str(out_dir), "--budget-s", "300"],
                         capture_output=True, text=True, env=env, timeout=600)

@@ -319,7 +319,7 @@ def main(argv=None) -> int:
   def finish(status: str) -> int:
     report["elapsed_s"] = time.monotonic() - started
     report["status"] = status
-    report["complete"] = status == "complete"
+    report["complete"] = status.startswith("complete")
     write(report, args.out_dir)
     print(markdown(report))
     return 0
@@ -364,7 +364,10 @@ def main(argv=None) -> int:
                               f"{timm['timm_device']}: install jax with the accelerator's "
                               "plugin (e.g. jax[cuda12]) for a fair ratio")
           print(f"warning: {entry['warning']}", file=sys.stderr)
-      return finish("complete")
+      failed = [f"{e['model']} ({side})" for e in report["models"] for side in ("ours", "timm")
+                if (e.get(side) or {}).get("status") != "ok"]
+      return finish("complete" if not failed else
+                    f"complete, without figures for {', '.join(failed)} (see the notes)")
     finally:
       for worker in workers.values():
         worker.kill()

@@ -367,9 +367,11 @@ def timm_trial(model_name: str, images: np.ndarray, labels: np.ndarray, amp_bf16
     device: 'cuda' or 'cpu'; None: CUDA when available.
     warmup: steps run after the first one before timing starts.
     num_classes: classifier size.
-    threads: torch.set_num_threads for CPU work (None: PyTorch's default, one per core).
+    threads: torch.set_num_threads for CPU work until `close` (None: as it is; PyTorch's
+      default is one per core).
   """
   torch, timm = import_torch_and_timm()
+  threads_before = torch.get_num_threads()
   if threads is not None:
     torch.set_num_threads(threads)
   name = timm_name(model_name)
@@ -391,6 +393,7 @@ def timm_trial(model_name: str, images: np.ndarray, labels: np.ndarray, amp_bf16
       torch.cuda.empty_cache()
     if compile_model:
       torch._dynamo.reset()  # pylint: disable=protected-access
+    torch.set_num_threads(threads_before)
 
   def sync() -> None:
     if cuda:
