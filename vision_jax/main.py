@@ -45,6 +45,8 @@ OPTIONAL_FIELDS = {
     "data.data_dir": placeholder(str),
     "data.validate_files": "auto",
     "data.shuffle_buffer": placeholder(int),
+    "data.num_parallel_calls": placeholder(int),  # None: tf.data.AUTOTUNE
+    "data.prefetch_batches": placeholder(int),  # None: tf.data.AUTOTUNE
     "data.cache": False,
     "data.train_split": placeholder(str),
     "data.eval_split": placeholder(str),

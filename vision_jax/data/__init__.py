@@ -34,6 +34,7 @@ from vision_jax.data.eval_preprocess import eval_preprocess  # noqa: F401
 
 DATASETS = ("digits", "synthetic", "folder:/path", "<tfds builder name>")
 _TF_FIELDS = ("preprocess_train", "preprocess_eval", "shuffle_buffer", "cache", "data_dir",
+              "num_parallel_calls", "prefetch_batches",
               "validate_files", "image_key", "label_key")
 
 __all__ = ["ArrayDataset", "DatasetError", "PreprocessError", "digits_dataset", "get_dataset",
