@@ -216,6 +216,33 @@ def _jax_timed_loop(step: Callable[[], Any]) -> Callable[[int], float]:
   return run
 
 
+def _compile_and_warm(what: str, batch_size: int, device: Any, prepare: Callable[[], Any],
+                      make_step: Callable[[Any], Callable[[], Any]], close: Callable[[], None],
+                      warmup: int) -> tuple[Callable[[int], float], int | None, float]:
+  """Shared by `ours_trial` and `flax_trial`: (timed loop, compiled peak memory, compile s).
+
+  `prepare()` allocates the inputs and returns a zero-argument function that lowers
+  the step; the compile time runs from lowering to the end of the first step. A
+  step that does not fit the device raises OutOfMemory, after `close()`.
+  """
+  try:
+    lower = prepare()
+    start = time.perf_counter()
+    compiled = lower().compile()
+    memory = _compiled_memory(compiled)
+    _check_fits(what, batch_size, memory, device)
+    run = _jax_timed_loop(make_step(compiled))
+    run(1)
+    compile_s = time.perf_counter() - start
+    run(warmup)
+  except Exception as e:
+    close()
+    if _is_oom(e):
+      raise OutOfMemory(f"{what} at batch {batch_size}: {str(e)[:300]}") from None
+    raise
+  return run, memory, compile_s
+
+
 def ours_trial(model_name: str, images: np.ndarray, labels: np.ndarray, dtype_name: str,
                num_devices: int | None = None, warmup: int = 1,
                num_classes: int = 1000) -> Trial:
@@ -238,30 +265,23 @@ def ours_trial(model_name: str, images: np.ndarray, labels: np.ndarray, dtype_na
                  in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
                  out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=(0,))
 
-  def one() -> Any:
-    box["state"], metrics = compiled(box["state"], box["batch"])
-    return metrics
+  def make_step(compiled: Any) -> Callable[[], Any]:
+    def one() -> Any:
+      box["state"], metrics = compiled(box["state"], box["batch"])
+      return metrics
+    return one
 
   def close() -> None:
     box.clear()
     gc.collect()
 
-  try:
+  def prepare() -> Callable[[], Any]:
     box["state"] = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
     box["batch"] = sharding_lib.make_global_batch({"image": images, "label": labels}, mesh)
-    start = time.perf_counter()
-    compiled = step.lower(box["state"], box["batch"]).compile()
-    memory = _compiled_memory(compiled)
-    _check_fits("our train step", batch_size, memory, mesh.devices.flat[0])
-    run = _jax_timed_loop(one)
-    run(1)
-    compile_s = time.perf_counter() - start
-    run(warmup)
-  except Exception as e:
-    close()
-    if _is_oom(e):
-      raise OutOfMemory(f"our train step at batch {batch_size}: {str(e)[:300]}") from None
-    raise
+    return lambda: step.lower(box["state"], box["batch"])
+
+  run, memory, compile_s = _compile_and_warm("our train step", batch_size, mesh.devices.flat[0],
+                                             prepare, make_step, close, warmup)
   params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(box["state"].params))
   return Trial("ours", batch_size, compile_s, run, memory, close,
                {"dtype": dtype_name, "devices": mesh.size, "params": params})
@@ -294,37 +314,29 @@ def flax_trial(model_name: str, images: np.ndarray, labels: np.ndarray, dtype_na
   box: dict[str, Any] = {}
   step = jax.jit(functools.partial(flax_train_step, model=model, tx=tx))
 
-  def one() -> Any:
-    box["params"], box["batch_stats"], box["opt_state"], loss = compiled(
-        box["params"], box["batch_stats"], box["opt_state"], box["images"], box["labels"])
-    return loss
+  def make_step(compiled: Any) -> Callable[[], Any]:
+    def one() -> Any:
+      box["params"], box["batch_stats"], box["opt_state"], loss = compiled(
+          box["params"], box["batch_stats"], box["opt_state"], box["images"], box["labels"])
+      return loss
+    return one
 
   def close() -> None:
     box.clear()
     gc.collect()
 
-  try:
+  def prepare() -> Callable[[], Any]:
     variables = jax.jit(functools.partial(model.init, train=False))(
         {"params": jax.random.key(0), "dropout": jax.random.key(0)},
         jnp.zeros((1, image_size, image_size, 3), jnp.float32))
     box.update(params=variables["params"], batch_stats=variables.get("batch_stats", {}),
                opt_state=jax.jit(tx.init)(variables["params"]), images=jnp.asarray(images),
                labels=jnp.asarray(labels))
-    del variables
-    start = time.perf_counter()
-    compiled = step.lower(box["params"], box["batch_stats"], box["opt_state"], box["images"],
-                          box["labels"]).compile()
-    memory = _compiled_memory(compiled)
-    _check_fits("the flax step", batch_size, memory, jax.devices()[0])
-    run = _jax_timed_loop(one)
-    run(1)
-    compile_s = time.perf_counter() - start
-    run(warmup)
-  except Exception as e:
-    close()
-    if _is_oom(e):
-      raise OutOfMemory(f"the flax step at batch {batch_size}: {str(e)[:300]}") from None
-    raise
+    return lambda: step.lower(box["params"], box["batch_stats"], box["opt_state"],
+                              box["images"], box["labels"])
+
+  run, memory, compile_s = _compile_and_warm("the flax step", batch_size, jax.devices()[0],
+                                             prepare, make_step, close, warmup)
   return Trial("flax", batch_size, compile_s, run, memory, close, {"dtype": dtype_name})
 
 
