@@ -1,5 +1,6 @@
 """The training engine: sharding, FSDP, multi-process, resume, failures, optimizers."""
 
+import functools
 import json
 import logging
 import os
@@ -216,6 +217,34 @@ def _mlp_setup(ema=False, accum=1):
   batch = {"image": jnp.asarray(rng.standard_normal((8, 4, 4, 1)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
   return model, tx, schedule, state, batch
+
+
+@pytest.mark.parametrize("name,overrides,size", [
+    ("cifar_resnet20", {"stage_sizes": (1, 1, 1)}, 16),  # truncated-normal convs, BatchNorm
+    ("vit_tiny_patch16_224", {"img_size": 32, "depth": 1}, 32),  # xavier, trunc-normal, zeros
+])
+def test_cpu_initialisation_at_opt_level_1_is_bitwise_the_default(name, overrides, size):
+  """steps.init_state compiles initialisation at LLVM level 1 on the CPU: same values, bit for
+  bit, as the default level (2), for the parameters, AdamW's moments, the EMA copy and the
+  state's random key."""
+  from vision_jax.models import create_model  # pylint: disable=import-outside-toplevel
+  assert jax.default_backend() == "cpu" and steps.CPU_INIT_OPT_LEVEL == 1
+  model = create_model(name, num_classes=10, **overrides)
+  init = functools.partial(steps.create_train_state, model=model, tx=optax.adamw(1e-3),
+                           input_shape=(1, size, size, 3), use_ema=True)
+  mesh = jax.sharding.Mesh(jax.devices(), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  rng = jax.random.key(7)
+  fast = steps.init_state(init, rng, replicated)
+  default = jax.jit(init, out_shardings=replicated)(rng)
+
+  def leaves(state):
+    return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+                       else x) for x in jax.tree_util.tree_leaves(state)]
+  assert len(leaves(fast)) == len(leaves(default)) > 10
+  for a, b in zip(leaves(fast), leaves(default)):
+    np.testing.assert_array_equal(a, b)
+  assert sum(np.std(x) > 0 for x in leaves(fast.params)) >= 3, "random weights were compared"
 
 
 def test_gradient_accumulation_equals_full_batch():

@@ -276,7 +276,7 @@ def ours_trial(model_name: str, images: np.ndarray, labels: np.ndarray, dtype_na
     gc.collect()
 
   def prepare() -> Callable[[], Any]:
-    box["state"] = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    box["state"] = steps_lib.init_state(init, jax.random.key(0), shardings)
     box["batch"] = sharding_lib.make_global_batch({"image": images, "label": labels}, mesh)
     return lambda: step.lower(box["state"], box["batch"])
 

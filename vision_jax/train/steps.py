@@ -59,6 +59,29 @@ def create_train_state(rng: jax.Array, model: nn.Module, tx: optax.GradientTrans
       rng=state_rng, first_nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
+# LLVM optimisation level for the initialisation program on the CPU (XLA's default is 2).
+CPU_INIT_OPT_LEVEL = 1
+
+
+def init_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array, out_shardings: Any) -> Any:
+  """`init_fn(rng)` compiled and run, its output born with `out_shardings`.
+
+  On the CPU, initialisation is compiled at LLVM optimisation level 1 instead of
+  2. That program is integer random-number hashing (threefry, one loop per
+  parameter) plus element-wise scaling: no reduction or matmul whose rounding the
+  level could change. The values are bitwise the same for every model family
+  (tests/test_train.py checks it), and compilation is 2 to 3.5 times faster: for
+  cifar_resnet20 it was most of the compile time of a short CPU run.
+  """
+  lowered = jax.jit(init_fn, out_shardings=out_shardings).lower(rng)
+  if jax.default_backend() == "cpu":
+    compiled = lowered.compile(compiler_options={
+        "xla_backend_optimization_level": CPU_INIT_OPT_LEVEL})
+  else:
+    compiled = lowered.compile()
+  return compiled(rng)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, num_classes: int,
                   label_smoothing: float = 0.0) -> jax.Array:
   """Per-example softmax cross-entropy in float32, integer or one-hot/soft labels."""

@@ -237,7 +237,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
   if state is not None:
     logging.info("Resumed from %s at step %d.", checkpointer.directory, int(state.step))
   else:
-    state = jax.jit(init_fn, out_shardings=state_shardings)(rng)
+    state = steps_lib.init_state(init_fn, rng, state_shardings)
     if config.init_from:
       state = _load_init(state, config, recipe, state_shardings)
   start_step = int(jax.device_get(state.step))
