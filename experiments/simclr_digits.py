@@ -89,16 +89,20 @@ def random_encoder_metrics(config) -> dict[str, float]:
   model = recipe.build_model(config, dataset, jax.numpy.float32)
   sample = next(dataset.eval_iterator(mesh.devices.size))["image"]
   # No update is applied, so the optimizer is irrelevant: the parameters depend on the seed only.
-  state = jax.jit(functools.partial(steps_lib.create_train_state, model=model, tx=optax.identity(),
-                                    input_shape=(1,) + sample.shape[1:], use_ema=False))(
-                                        jax.random.key(int(config.seed)))
+  state = steps_lib.init_state(functools.partial(
+      steps_lib.create_train_state, model=model, tx=optax.identity(),
+      input_shape=(1,) + sample.shape[1:], use_ema=False), jax.random.key(int(config.seed)))
   run_eval = recipe.make_eval(config, dataset, model, mesh,
                               int(config.eval_batch_size or config.batch_size))
   return run_eval(state, final=True)
 
 
-def run(workdir: str, seeds, arg: str = "", changes: dict | None = None) -> dict:
-  """Pretrains (and evaluates a random encoder) for each seed; returns all figures."""
+def run(workdir: str, seeds, arg: str = "", changes: dict | None = None,
+        baselines: bool = True) -> dict:
+  """Pretrains (and evaluates a random encoder) for each seed; returns all figures.
+
+  `baselines` adds the seed-independent raw-pixel figures (`pixel_baselines`).
+  """
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
   results: dict = {"simclr_knn_top1": [], "simclr_linear_top1": [], "random_knn_top1": [],
                    "random_linear_top1": []}
@@ -113,7 +117,8 @@ def run(workdir: str, seeds, arg: str = "", changes: dict | None = None) -> dict
       results[f"{start}_linear_top1"].append(final["linear_top1"])
   for key in list(results):
     results[key.replace("_top1", "_mean")] = float(np.mean(results[key]))
-  results.update(pixel_baselines(config))
+  if baselines:
+    results.update(pixel_baselines(config))
   return results
 
 

@@ -63,8 +63,9 @@ def create_train_state(rng: jax.Array, model: nn.Module, tx: optax.GradientTrans
 CPU_INIT_OPT_LEVEL = 1
 
 
-def init_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array, out_shardings: Any) -> Any:
-  """`init_fn(rng)` compiled and run, its output born with `out_shardings`.
+def init_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array,
+               out_shardings: Any = None) -> Any:
+  """`init_fn(rng)` compiled and run, its output born with `out_shardings` (None: JAX's choice).
 
   On the CPU, initialisation is compiled at LLVM optimisation level 1 instead of
   2. That program is integer random-number hashing (threefry, one loop per
@@ -73,7 +74,9 @@ def init_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array, out_sharding
   (tests/test_train.py checks it), and compilation is 2 to 3.5 times faster: for
   cifar_resnet20 it was most of the compile time of a short CPU run.
   """
-  lowered = jax.jit(init_fn, out_shardings=out_shardings).lower(rng)
+  jitted = (jax.jit(init_fn) if out_shardings is None
+            else jax.jit(init_fn, out_shardings=out_shardings))
+  lowered = jitted.lower(rng)
   if jax.default_backend() == "cpu":
     compiled = lowered.compile(compiler_options={
         "xla_backend_optimization_level": CPU_INIT_OPT_LEVEL})
