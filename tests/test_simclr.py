@@ -528,26 +528,27 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
 # 8. The offline SimCLR check at CI size (full size: experiments/simclr_digits.py, 3 seeds).
 # ---------------------------------------------------------------------------
 def test_simclr_digits_beats_random_encoder(tmp_path):
-  """Label-free pretraining (10 epochs at batch 128 on one device, instead of 100 at 256)
+  """Label-free pretraining (5 epochs at batch 128 on one device, instead of 100 at 256)
   against the same linear probe and kNN on a randomly initialised encoder."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location(
       "simclr_digits_experiment", os.path.join(ROOT, "experiments", "simclr_digits.py"))
   experiment = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(experiment)
-  changes = {"batch_size": 128, "total_epochs": 10, "schedule.warmup_epochs": 2,
+  changes = {"batch_size": 128, "total_epochs": 5, "schedule.warmup_epochs": 1,
              "simclr.linear.steps": 1000, "eval_every_epochs": None,
              "checkpoint_every_epochs": None, "num_devices": 1}
   r = experiment.run(str(tmp_path), [0], "", changes, baselines=False)  # see the raw-pixel note
   simclr_linear, simclr_knn = r["simclr_linear_top1"][0], r["simclr_knn_top1"][0]
   # Measured at this size over seeds 0-4 (one device; experiments/README.md): linear probe
-  # 96.7 +- 0.8% (95.8-97.8), kNN 94.7 +- 0.9% (93.6-96.1); random encoder 78.4 +- 2.4%
-  # (74.7-80.8) / 63.7 +- 3.2% (59.2-66.9). SimCLR minus random: 15.0 to 22.0 points (linear),
-  # 27.5 to 35.2 (kNN). Under --xla_cpu_max_isa=AVX2, seeds 0/1: linear 98.3 / 97.8%, kNN
-  # 94.2 / 95.3%. The bounds sit 5.0, 7.5 and 2.8 points below the worst seed.
-  # Raw pixels (same probe) give 95.3%: SimCLR beats them by only 0.6 to 2.5 points at this
-  # size, within what rounding moves (issue 15 measured 95.8% at 20 epochs), so that claim is
-  # checked at full size only: experiments/simclr_digits.py, 99.1% vs 95.6%.
+  # 95.0 +- 1.2% (93.1-96.4), kNN 90.8 +- 2.0% (88.9-93.1); random encoder 78.4 +- 2.4%
+  # (74.7-80.8) / 63.7 +- 3.2% (59.2-66.9). SimCLR minus random: 14.4 to 20.6 points (linear),
+  # 22.8 to 33.9 (kNN). Under --xla_cpu_max_isa=AVX2, seeds 0/1: linear 95.3 / 94.2%, kNN
+  # 91.1 / 92.2%.
+  # The bounds sit 4.4, 7.8 and 3.1 points below the worst seed.
+  # Raw pixels (same probe) give 95.3%: SimCLR does not beat them at this size (it did by 0.6
+  # to 2.5 points at 10 epochs), so that claim is checked at full size only:
+  # experiments/simclr_digits.py, 99.1% vs 95.6%.
   assert simclr_linear > r["random_linear_top1"][0] + 0.10, r
-  assert simclr_knn > r["random_knn_top1"][0] + 0.20, r
-  assert simclr_linear > 0.93, r
+  assert simclr_knn > r["random_knn_top1"][0] + 0.15, r
+  assert simclr_linear > 0.90, r
