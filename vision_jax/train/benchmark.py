@@ -243,6 +243,12 @@ def _compile_and_warm(what: str, batch_size: int, device: Any, prepare: Callable
   return run, memory, compile_s
 
 
+def _release(box: dict[str, Any]) -> None:
+  """Drops a trial's state and batch so that the next trial has the memory."""
+  box.clear()
+  gc.collect()
+
+
 def ours_trial(model_name: str, images: np.ndarray, labels: np.ndarray, dtype_name: str,
                num_devices: int | None = None, warmup: int = 1,
                num_classes: int = 1000) -> Trial:
@@ -271,9 +277,7 @@ def ours_trial(model_name: str, images: np.ndarray, labels: np.ndarray, dtype_na
       return metrics
     return one
 
-  def close() -> None:
-    box.clear()
-    gc.collect()
+  close = functools.partial(_release, box)
 
   def prepare() -> Callable[[], Any]:
     box["state"] = steps_lib.init_state(init, jax.random.key(0), shardings)
@@ -321,9 +325,7 @@ def flax_trial(model_name: str, images: np.ndarray, labels: np.ndarray, dtype_na
       return loss
     return one
 
-  def close() -> None:
-    box.clear()
-    gc.collect()
+  close = functools.partial(_release, box)
 
   def prepare() -> Callable[[], Any]:
     variables = jax.jit(functools.partial(model.init, train=False))(
