@@ -17,6 +17,8 @@ import pytest
 
 from vision_jax import models
 
+from tests import pins
+
 # One gradient step per family: the registered name and overrides that keep its code path
 # (block type, norm, attention, SE, layer scale) at a fraction of the width and depth.
 GRAD_STEP = {
@@ -58,14 +60,6 @@ def numpy_variables(module, size, seed=0):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def _num_params(name):
-  module = models.create_model(name)
-  size = models.model_info(name).input_size
-  shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
-                          jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
-  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
-
-
 # Families whose smallest variant runs elsewhere, and where.
 FORWARD_ELSEWHERE = {
     "vgg": "tests/test_vgg.py (every VGG has over 130M parameters; run there at 1/8 width)",
@@ -74,10 +68,13 @@ FORWARD_ELSEWHERE = {
 
 
 def _smallest_per_family() -> list[str]:
+  # By the pinned counts (checked against the models in tests/test_models.py): tracing every
+  # registered model here would cost about 40 CPU s in each worker's collection.
+  counts = pins.param_counts()
   families: dict[str, list[str]] = {}
   for name in models.list_models():
     families.setdefault(models.model_info(name).family, []).append(name)
-  return sorted(min(names, key=_num_params) for family, names in families.items()
+  return sorted(min(names, key=counts.__getitem__) for family, names in families.items()
                 if family not in FORWARD_ELSEWHERE)
 
 
