@@ -18,3 +18,20 @@ def param_counts() -> dict[str, int]:
       assert name not in counts, f"{name} pinned twice"
       counts[name] = count
   return counts
+
+
+def smallest_per_family() -> dict[str, str]:
+  """{family: its registered model with the fewest pinned parameters}.
+
+  A registered model without a pin ranks last here; test_models.py's
+  test_every_registered_model_is_pinned reports it, not the collection.
+  """
+  from vision_jax import models  # pylint: disable=import-outside-toplevel
+  counts = param_counts()
+  smallest: dict[str, str] = {}
+  for name in models.list_models():
+    family = models.model_info(name).family
+    best = smallest.get(family)
+    if best is None or counts.get(name, float("inf")) < counts.get(best, float("inf")):
+      smallest[family] = name
+  return smallest

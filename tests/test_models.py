@@ -59,19 +59,9 @@ def test_reference_headless_counts(name):
   assert _count(variables["params"]) == TIMM_REFERENCE_HEADLESS[name]
 
 
-def _smallest_of_each_family() -> set[str]:
-  smallest = {}
-  for name in ALL:
-    family = models.model_info(name).family
-    # An unpinned model fails test_every_registered_model_is_pinned, not the collection.
-    if family not in smallest or PINNED.get(name, np.inf) < PINNED.get(smallest[family], np.inf):
-      smallest[family] = name
-  return set(smallest.values())
-
-
 # num_classes=0 is handled by each family's module, the same way for all of its variants:
 # the headless model is traced for the smallest variant of each family only.
-HEADLESS_CHECKED = _smallest_of_each_family()
+HEADLESS_CHECKED = set(pins.smallest_per_family().values())
 
 
 @pytest.mark.parametrize("name", ALL)

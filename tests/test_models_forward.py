@@ -70,11 +70,7 @@ FORWARD_ELSEWHERE = {
 def _smallest_per_family() -> list[str]:
   # By the pinned counts (checked against the models in tests/test_models.py): tracing every
   # registered model here would cost about 40 CPU s in each worker's collection.
-  counts = pins.param_counts()
-  families: dict[str, list[str]] = {}
-  for name in models.list_models():
-    families.setdefault(models.model_info(name).family, []).append(name)
-  return sorted(min(names, key=counts.__getitem__) for family, names in families.items()
+  return sorted(name for family, name in pins.smallest_per_family().items()
                 if family not in FORWARD_ELSEWHERE)
 
 
