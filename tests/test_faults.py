@@ -29,7 +29,7 @@ TRANSFER = os.path.join(ROOT, "configs", "transfer.py")
 def _in_repo(monkeypatch):
   monkeypatch.chdir(ROOT)
   monkeypatch.delenv(main.VERBOSE_ENV, raising=False)
-  monkeypatch.setattr(main, "_setup_logging", lambda: None)  # keep pytest's logging as it is
+  monkeypatch.setattr(main, "_setup_logging", lambda verbose=False: None)  # keep pytest's logging
 
 
 def cli(capsys, *args):

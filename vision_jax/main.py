@@ -21,7 +21,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
-import logging as logging_std
 import os
 import re
 import sys
@@ -32,9 +31,10 @@ from absl import flags, logging
 from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
+from vision_jax import console
 from vision_jax.config_base import TRAINER_DEFAULTS
 
-VERBOSE_ENV = "VISION_JAX_VERBOSE"
+VERBOSE_ENV = console.VERBOSE_ENV
 
 # Optional fields that the trainer and the data sources read, which a config file
 # need not declare: `--config.FIELD=...` adds them (with this default, whose type
@@ -259,22 +259,17 @@ def _initialize_distributed(invocation: Invocation) -> None:
     jax.distributed.initialize()  # automatic cluster detection
 
 
-class _QuietLibraries(logging_std.Filter):
-  """Drops the per-save INFO chatter of orbax and the like from the console."""
-
-  def filter(self, record):
-    return record.levelno >= logging_std.WARNING or not any(
-        f"{os.sep}{lib}{os.sep}" in record.pathname for lib in ("orbax", "etils", "tensorstore"))
+def _setup_logging(verbose: bool = False) -> console.LoggingSetup:
+  """The console: the project's lines and every warning; library INFO only with --verbose."""
+  return console.configure_logging(verbose)
 
 
-def _setup_logging() -> None:
-  """What absl's app.run does: the absl handler on stderr, INFO unless --verbosity says."""
-  logging.use_absl_handler()
-  if flags.FLAGS["verbosity"].using_default_value:
-    logging.set_verbosity(logging.INFO)
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
-    handler.addFilter(_QuietLibraries())
+def _add_log_file(setup: console.LoggingSetup, workdir: str, argv: Sequence[str]) -> None:
+  """Everything logged (the libraries' INFO and the full errors behind warnings) to WORKDIR/run.log."""
+  if setup is None or re.match(r"^[a-z][a-z0-9+.-]*://", workdir):  # no local file for gs:// and the like
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  console.add_log_file(setup, workdir, argv, jax.process_index())
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -302,8 +297,7 @@ def error_line(error: BaseException) -> str:
 
 def _verbose_requested(argv: Sequence[str]) -> bool:
   """--verbose anywhere in argv, or VISION_JAX_VERBOSE=1 (checked before parsing can fail)."""
-  env = os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
-  return env or any(a in ("--verbose", "-verbose", "--verbose=true", "--verbose=1") for a in argv)
+  return console.verbose_requested(argv)
 
 
 def run_command(argv: Sequence[str]) -> int:
@@ -319,17 +313,22 @@ def run_command(argv: Sequence[str]) -> int:
     print(__doc__)
     return 0
   verbose = _verbose_requested(argv)
+  logging_setup = None
   try:
     invocation = parse_command_line(argv)
     verbose = invocation.verbose
-    _setup_logging()
+    logging_setup = _setup_logging(verbose)
     from vision_jax import config_check  # pylint: disable=import-outside-toplevel
     config_check.validate(invocation.config)  # before any device is touched
     _initialize_distributed(invocation)
+    _add_log_file(logging_setup, invocation.workdir, argv)
     # Imported after distributed init: importing the trainer touches jax devices.
     from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
     trainer.train_and_evaluate(invocation.config, invocation.workdir)
   except Exception as e:  # pylint: disable=broad-except
+    # The whole error, for the log file (the console gets one line, or this with --verbose).
+    console.DETAIL.debug("The run ended with %s:", type(e).__name__, exc_info=True,
+                         extra=console.FILE_ONLY)
     if not isinstance(e, user_error_types()):
       raise
     if verbose:
@@ -337,6 +336,10 @@ def run_command(argv: Sequence[str]) -> int:
     print(error_line(e), file=sys.stderr, flush=True)
     from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
     return EXIT_USAGE if isinstance(e, (CommandLineError, ConfigError)) else EXIT_FAILED
+  finally:
+    if logging_setup is not None and logging_setup.file_handler is not None:
+      # The file is closed when the command ends (a caller may run several in one process).
+      logging_setup.close_log_file()
   return 0
 
 

@@ -21,10 +21,14 @@ What can go wrong, and what happens:
   * `WorkdirLock`: a second run on the same workdir refuses to start, naming the
     PID that holds it; a lock left by a dead process (even after SIGKILL) is
     taken over.
+  * A failed restore leaves nothing behind: orbax's reads of the other arrays
+    are allowed to finish before their event loop is closed (see
+    `_run_until_settled`), so no traceback is printed after the fault is handled.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
@@ -33,11 +37,13 @@ import re
 import shutil
 import socket
 import time
-from typing import Any
+from typing import Any, Coroutine
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from vision_jax import console
 
 CORRUPT_DIR = "checkpoints_corrupt"
 LOCK_FILE = "vision_jax.lock"
@@ -84,9 +90,9 @@ class WorkdirLock:
   """An exclusive lock on a workdir, held by one process (re-entrant within it).
 
   The lock is a `flock` on WORKDIR/vision_jax.lock, whose content names the
-  holder (pid, host, start time) for the message. The kernel drops a flock when
-  its process dies, however it dies, so a lock file left by a dead process is
-  simply taken over. (flock is per host: on a filesystem shared by several
+  holder (pid, host, start time) for the message; a release empties it. The
+  kernel drops a flock when its process dies, however it dies, so a lock file
+  left by a dead process is simply taken over (with a warning naming it). (flock is per host: on a filesystem shared by several
   hosts it does not exclude runs started on another host.)
   """
 
@@ -136,7 +142,12 @@ class WorkdirLock:
       _HELD[self.path] = (fd, count - 1)
       return
     del _HELD[self.path]
-    os.close(fd)  # drops the flock; the file stays, naming the last holder
+    # A run that ends normally leaves an empty file: only the lock of a process that died
+    # holding it names a holder, which the next run reports taking over.
+    try:
+      os.ftruncate(fd, 0)
+    finally:
+      os.close(fd)  # drops the flock; the file stays
 
   def __enter__(self) -> "WorkdirLock":
     return self.acquire()
@@ -151,6 +162,85 @@ def _read_holder(fd: int) -> dict[str, Any]:
   except (OSError, ValueError):
     return {}
   return holder if isinstance(holder, dict) else {}
+
+
+# ---------------------------------------------------------------------------
+# orbax's event loops: nothing left running when one is closed.
+# ---------------------------------------------------------------------------
+_SETTLE_TIMEOUT_S = 120.0
+
+
+def _run_until_settled(coro: Coroutine[Any, Any, Any]) -> Any:
+  """Runs `coro` in a fresh event loop, as orbax does, and closes the loop only once every
+  task that ran in it has finished.
+
+  orbax (0.12) runs each synchronous restore or save in a new event loop and
+  closes that loop as soon as the main coroutine returns or raises. When one
+  array of a damaged checkpoint cannot be read, `asyncio.gather` raises at once
+  while the reads of the other arrays are still in flight, and the loop is
+  closed under them. Each such read later surfaces where no `except` can catch
+  it: TensorStore completes it and calls back into the closed loop ("Exception
+  ignored ... RuntimeError: Event loop is closed"); the garbage collector closes
+  the suspended coroutine, which orbax turns into an exception ("Exception
+  ignored in: <coroutine object _read_array_index_and_device_put>", with the
+  TensorStore spec); asyncio reports "Task exception was never retrieved". A
+  damaged checkpoint of the digits state printed over 200 such tracebacks.
+
+  Here the loop first lets the pending tasks finish (the remaining reads of one
+  checkpoint: at most what a whole restore costs), cancels any still running
+  after _SETTLE_TIMEOUT_S (a stuck filesystem), and runs their completion
+  callbacks, which mark their errors as seen. asyncio.run settles a loop the
+  same way; orbax stopped using it because its clean-up walks every task of
+  every thread, and this one looks at the tasks of its own loop only.
+  """
+  loop = asyncio.new_event_loop()
+  try:
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(coro)
+  finally:
+    try:
+      _settle(loop)
+    finally:
+      asyncio.set_event_loop(None)
+      loop.close()
+
+
+def _settle(loop: asyncio.AbstractEventLoop, timeout_s: float | None = None) -> None:
+  """Runs `loop` until it has no pending task (cancelling what is left after `timeout_s`)."""
+  deadline = time.monotonic() + (_SETTLE_TIMEOUT_S if timeout_s is None else timeout_s)
+  while True:
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+      break
+    left = deadline - time.monotonic()
+    if left <= 0:
+      for task in pending:
+        task.cancel()
+      loop.run_until_complete(asyncio.wait(pending, timeout=5.0))
+      break
+    loop.run_until_complete(asyncio.wait(pending, timeout=left))
+  # One more pass: the done-callbacks of the last tasks (gather's marks their errors as
+  # retrieved), then async generators, as asyncio.run does.
+  loop.run_until_complete(asyncio.sleep(0))
+  loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+def _settle_orbax_event_loops() -> None:
+  """Makes orbax run its synchronous calls with `_run_until_settled`.
+
+  orbax's run_sync looks `_run_sync_via_new_loop` up at each call, so replacing
+  it is enough. An orbax without it (older ones used asyncio.run, which
+  settles) is left alone; tests/test_faults.py fails if the tracebacks return.
+  """
+  try:
+    from orbax.checkpoint._src import asyncio_utils  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return
+  if hasattr(asyncio_utils, "_run_sync_via_new_loop"):
+    asyncio_utils._run_sync_via_new_loop = _run_until_settled  # pylint: disable=protected-access
+
+
+_settle_orbax_event_loops()
 
 
 # ---------------------------------------------------------------------------
@@ -317,6 +407,7 @@ class Checkpointer:
       try:
         state = self.restore(abstract_state, expected_meta, step)
       except CorruptCheckpointError as e:
+        console.DETAIL.debug("Why the checkpoint at step %d cannot be read:", step, exc_info=e)
         moved = self.move_aside(step)
         logging.warning("%s Moved it to %s; trying the previous checkpoint.", e, moved)
         damaged.append(e)
@@ -359,11 +450,14 @@ class Checkpointer:
     return target
 
   def _corrupt(self, step: int, error: BaseException, default_path: str) -> CorruptCheckpointError:
-    path = _file_named(error) or default_path
-    reason = _first_line(error)
+    # orbax wraps TensorStore's error (which names the file and what is wrong with it) in
+    # a generic one that carries a dump of the TensorStore spec: report the innermost.
+    cause = _root_cause(error)
+    path = _file_named(cause) or _file_named(error) or default_path
+    reason = _first_line(cause)
     return CorruptCheckpointError(
         f"The checkpoint at step {step} is unreadable or corrupt: {path} cannot be read "
-        f"({type(error).__name__}: {reason}).", step, path)
+        f"({type(cause).__name__}: {reason}).", step, path)
 
   def _diagnose(self, step: int, error: BaseException, abstract_state: Any) -> CheckpointError:
     """Damage (unreadable files) or a different train state, for a restore that failed."""
@@ -454,6 +548,15 @@ def _file_named(error: BaseException) -> str | None:
   return None
 
 
+def _root_cause(error: BaseException) -> BaseException:
+  """The innermost exception of `error`'s explicit (`raise ... from`) chain."""
+  seen = {id(error)}
+  while error.__cause__ is not None and id(error.__cause__) not in seen:
+    error = error.__cause__
+    seen.add(id(error))
+  return error
+
+
 def _first_line(error: BaseException, limit: int = 300) -> str:
   line = next((l.strip() for l in str(error).splitlines() if l.strip()), type(error).__name__)
   return line if len(line) <= limit else line[:limit] + "..."
@@ -466,10 +569,21 @@ def _key_name(key: Any) -> str:
   return str(key)
 
 
+def _stored_shape(leaf: Any) -> tuple[int, ...]:
+  """The shape an array has in a checkpoint: a typed PRNG key is stored as its key data
+  (a key of shape () is a (2,) uint32 array for threefry)."""
+  shape = tuple(getattr(leaf, "shape", ()) or ())
+  dtype = getattr(leaf, "dtype", None)
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return tuple(jax.eval_shape(jax.random.key_data,
+                                jax.ShapeDtypeStruct(shape, dtype)).shape)
+  return shape
+
+
 def _leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
-  """'/'-joined leaf path -> shape, for arrays (stored metadata or abstract state)."""
+  """'/'-joined leaf path -> stored shape, for arrays (stored metadata or abstract state)."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()) or ())
+  return {"/".join(_key_name(k) for k in path): _stored_shape(leaf)
           for path, leaf in leaves if hasattr(leaf, "shape")}
 
 
