@@ -2,11 +2,18 @@
 
 The command line is called in this process (`main.run_command`): each case
 asserts the exit code, the single `error:` line and the absence of a traceback.
+
+After every fault that a run survives, the console (file descriptors 1 and 2,
+captured with capfd, since native code and Python's unraisable hook write there
+directly) holds only the project's lines: `assert_quiet_console`. An exception
+that Python could not raise (a coroutine or a callback left behind by orbax)
+fails the test that caused it (the filterwarnings mark below).
 """
 
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vision_jax import config_check, main
+from vision_jax import config_check, console, main
 from vision_jax.config_util import ConfigError, load_config
 from vision_jax.data import DatasetError
 
@@ -24,12 +31,66 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 TRANSFER = os.path.join(ROOT, "configs", "transfer.py")
 
+# "Exception ignored in: <coroutine ...>" and "Event loop is closed" reach pytest as this
+# warning: here it is an error, not a line in the summary.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
 
 @pytest.fixture(autouse=True)
 def _in_repo(monkeypatch):
   monkeypatch.chdir(ROOT)
   monkeypatch.delenv(main.VERBOSE_ENV, raising=False)
   monkeypatch.setattr(main, "_setup_logging", lambda verbose=False: None)  # keep pytest's logging
+
+
+@pytest.fixture
+def user_console():
+  """`user_console(workdir)` sets up logging as `python -m vision_jax.main` does (the console
+  filter, WORKDIR/run.log); undone at the end of the test."""
+  setups = []
+
+  def setup(workdir, verbose=False):
+    logging_setup = console.configure_logging(verbose)
+    console.add_log_file(logging_setup, str(workdir))
+    setups.append(logging_setup)
+    return logging_setup
+
+  yield setup
+  for logging_setup in reversed(setups):
+    logging_setup.close()
+
+
+def console_text(capfd):
+  """Everything written to stdout and stderr (the file descriptors) since the last call."""
+  captured = capfd.readouterr()
+  return captured.out + captured.err
+
+
+# A line of the project's log (absl's format names the file that logged it).
+PROJECT_FILES = {name for _, _, names in os.walk(os.path.join(ROOT, "vision_jax"))
+                 for name in names if name.endswith(".py")}
+
+
+def log_line_file(line):
+  match = re.match(r"^[IWEF]\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\] ", line)
+  return match.group(1) if match else None
+
+
+def assert_quiet_console(text, max_lines, clean_start=False):
+  """The console after a handled fault: no traceback, nothing "ignored", no log line of a
+  library, at most `max_lines` lines of at most 1,000 characters; with `clean_start`, the
+  first line is the project's."""
+  assert "Traceback" not in text, text
+  assert "Exception ignored" not in text, text
+  assert "never retrieved" not in text, text  # asyncio's report of an abandoned task
+  lines = text.splitlines()
+  assert len(lines) <= max_lines, (len(lines), text)
+  assert all(len(line) <= 1000 for line in lines), text
+  foreign = [line for line in lines if log_line_file(line) not in (None, *PROJECT_FILES)]
+  assert not foreign, foreign
+  if clean_start:
+    assert lines and log_line_file(lines[0]) in PROJECT_FILES, text
+  return lines
 
 
 def cli(capsys, *args):
@@ -331,10 +392,13 @@ def damage(step_dir):
           f.truncate(os.path.getsize(path) // 2)
 
 
-def test_corrupt_checkpoint_is_named_moved_aside_and_the_previous_one_used(tmp_path, caplog):
+def test_corrupt_checkpoint_is_named_moved_aside_and_the_previous_one_used(tmp_path, caplog, capfd,
+                                                                           user_console):
   from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
   work = saved_workdir(tmp_path / "run")
   damage(work / "checkpoints" / "3")
+  user_console(work)
+  console_text(capfd)
   checkpointer = ckpt.Checkpointer(str(work), max_to_keep=5, async_save=False)
   with pytest.raises(ckpt.CorruptCheckpointError) as raised:
     checkpointer.restore(abstract(tiny_state()), META, step=3)
@@ -354,13 +418,23 @@ def test_corrupt_checkpoint_is_named_moved_aside_and_the_previous_one_used(tmp_p
   with pytest.raises(ckpt.CheckpointMismatchError, match="different model"):
     checkpointer.restore(abstract(tiny_state()), dict(META, model="other"), step=2)
   checkpointer.close()
+  # The console: one warning for the damaged step, one for the resume; the reads that the
+  # failed restores left in flight (of step 3, and of step 2 in the other shape) were
+  # settled, so nothing is reported after the fact. The detail is in the log file.
+  lines = assert_quiet_console(console_text(capfd), max_lines=2)
+  assert "The checkpoint at step 3 is unreadable or corrupt" in lines[0], lines
+  assert "Resumed from step 2" in lines[1], lines
+  log = (work / console.LOG_FILE).read_text()
+  assert "Why the checkpoint at step 3 cannot be read" in log and "Traceback" in log, log
 
 
-def test_no_readable_checkpoint_left_stops_unless_restart_is_asked(tmp_path):
+def test_no_readable_checkpoint_left_stops_unless_restart_is_asked(tmp_path, capfd, user_console):
   from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
   work = saved_workdir(tmp_path / "run", steps=(1, 2))
   damage(work / "checkpoints" / "2")
   os.remove(work / "checkpoints" / "1" / "meta" / "metadata")
+  user_console(work)
+  console_text(capfd)
   checkpointer = ckpt.Checkpointer(str(work), async_save=False)
   with pytest.raises(ckpt.CorruptCheckpointError) as raised:
     checkpointer.restore_newest_readable(abstract(tiny_state()), META)
@@ -368,16 +442,23 @@ def test_no_readable_checkpoint_left_stops_unless_restart_is_asked(tmp_path):
   assert "--config.on_corrupt_checkpoint=restart" in str(raised.value)
   assert sorted(os.listdir(work / "checkpoints_corrupt")) == ["1", "2"]
   checkpointer.close()
+  lines = assert_quiet_console(console_text(capfd), max_lines=2)  # one warning per damaged step
+  assert "step 2 is unreadable" in lines[0] and "step 1 is unreadable" in lines[1], lines
+  # With --verbose, the console also shows why (orbax's and TensorStore's errors).
   work = saved_workdir(tmp_path / "again", steps=(1,))
   damage(work / "checkpoints" / "1")
+  user_console(work, verbose=True)
   checkpointer = ckpt.Checkpointer(str(work), async_save=False)
   assert checkpointer.restore_newest_readable(abstract(tiny_state()), META, "restart") is None
   assert checkpointer.latest_step() is None
   checkpointer.close()
+  verbose = console_text(capfd)
+  assert "Why the checkpoint at step 1 cannot be read" in verbose and "Traceback" in verbose
+  assert "Exception ignored" not in verbose and "never retrieved" not in verbose, verbose
 
 
 def test_full_disk_during_save_names_the_disk_and_keeps_the_previous_checkpoint(tmp_path,
-                                                                                monkeypatch):
+                                                                                monkeypatch, capfd):
   # The error is injected where orbax's background thread finishes a save (writing its
   # commit file before the atomic rename), as a disk that fills up during the save would.
   from orbax.checkpoint._src.path import async_path  # pylint: disable=import-outside-toplevel
@@ -403,11 +484,14 @@ def test_full_disk_during_save_names_the_disk_and_keeps_the_previous_checkpoint(
   assert reopened.all_steps() == [1]
   assert int(reopened.restore(abstract(tiny_state()), META)["step"]) == 1
   reopened.close()
+  assert_quiet_console(console_text(capfd), max_lines=0)
 
 
-def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path):
+def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path, capfd,
+                                                                        user_console):
   from vision_jax.train import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
   lock_path = tmp_path / ckpt.LOCK_FILE
+  user_console(tmp_path)
   holder = hold_lock(tmp_path)
   try:
     with pytest.raises(ckpt.WorkdirLockedError) as raised:
@@ -418,9 +502,16 @@ def test_second_run_on_a_workdir_is_refused_and_a_stale_lock_taken_over(tmp_path
     holder.wait()
   # The holder died without cleaning up: its lock file names it, but nobody holds the lock.
   assert json.loads(lock_path.read_text())["pid"] == holder.pid
+  console_text(capfd)
   checkpointer = ckpt.Checkpointer(str(tmp_path), lock=True)
   assert json.loads(lock_path.read_text())["pid"] == os.getpid()
   checkpointer.close()
+  lines = assert_quiet_console(console_text(capfd), max_lines=1)
+  assert f"Taking over the lock of {lock_path} from process {holder.pid}" in lines[0], lines
+  # A run that ends normally leaves the lock empty: the next one has nobody to take over from.
+  assert lock_path.read_text() == ""
+  ckpt.Checkpointer(str(tmp_path), lock=True).close()
+  assert_quiet_console(console_text(capfd), max_lines=0)
 
 
 def hold_lock(workdir):
@@ -439,12 +530,18 @@ def hold_lock(workdir):
 
 
 @pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
-def test_trainer_falls_back_to_the_newest_readable_checkpoint_and_respects_the_lock(tmp_path,
-                                                                                   caplog):
+def test_trainer_falls_back_to_the_newest_readable_checkpoint_and_respects_the_lock(
+    tmp_path, caplog, capfd, user_console):
   from vision_jax.train import checkpoint as ckpt, trainer  # pylint: disable=import-outside-toplevel
   config = load_config(DIGITS, "smoke")  # checkpoints at steps 2 and 4
   work = tmp_path / "run"
+  user_console(work)  # the console of `python -m vision_jax.main`
+  console_text(capfd)
   first = trainer.train_and_evaluate(config, str(work))
+  # A clean run: the project's lines from the first one (the parameter table: about 70
+  # lines, then one per logged step and evaluation).
+  steps = config.total_steps // config.log_every_steps
+  assert_quiet_console(console_text(capfd), max_lines=100 + 2 * steps, clean_start=True)
   damage(work / "checkpoints" / "4")
   with caplog.at_level("WARNING"):
     second = trainer.train_and_evaluate(config, str(work))
@@ -452,10 +549,16 @@ def test_trainer_falls_back_to_the_newest_readable_checkpoint_and_respects_the_l
   assert "The checkpoint at step 4 is unreadable or corrupt" in caplog.text
   assert "Resumed from step 2" in caplog.text
   assert os.listdir(work / "checkpoints_corrupt") == ["4"]
+  # Two warnings about the damaged step, the resume, the progress of steps 3-4, the end.
+  lines = assert_quiet_console(console_text(capfd), max_lines=12)
+  assert sum("step 4 is unreadable" in line for line in lines) == 1, lines
+  assert (work / console.LOG_FILE).read_text().count("Why the checkpoint at step 4 cannot be read") == 1
   for step in ckpt.Checkpointer(str(work), async_save=False).all_steps():
     damage(work / "checkpoints" / str(step))
   with pytest.raises(ckpt.CorruptCheckpointError, match="No readable checkpoint is left"):
     trainer.train_and_evaluate(config, str(work))
+  # The run stops (main prints one `error:` line); before it, one warning per damaged step.
+  assert_quiet_console(console_text(capfd), max_lines=2)
   holder = hold_lock(work)
   try:
     with pytest.raises(ckpt.WorkdirLockedError, match=f"in use by another run: process {holder.pid}"):
@@ -463,6 +566,7 @@ def test_trainer_falls_back_to_the_newest_readable_checkpoint_and_respects_the_l
   finally:
     holder.kill()
     holder.wait()
+  assert_quiet_console(console_text(capfd), max_lines=0)
 
 
 # ---------------------------------------------------------------------------
@@ -483,8 +587,11 @@ def folder_dataset(root, **fields):
                            "preprocess_eval": "decode", **fields})
 
 
-def test_files_that_become_unreadable_mid_run_are_skipped_counted_and_named(tmp_path, caplog):
+def test_files_that_become_unreadable_mid_run_are_skipped_counted_and_named(tmp_path, caplog, capfd,
+                                                                           user_console):
   root = small_folder(tmp_path / "images")
+  user_console(tmp_path)
+  console_text(capfd)
   ds = folder_dataset(root)
   batches = ds.train_iterator(6, seed=0)
   for _ in range(2):
@@ -501,6 +608,10 @@ def test_files_that_become_unreadable_mid_run_are_skipped_counted_and_named(tmp_
   assert "2 image file(s) of split 'train' became unreadable during the run" in caplog.text
   assert str(deleted) in caplog.text and str(truncated) in caplog.text
   assert "(2 of 24 files of the split unreadable so far)" in caplog.text
+  # On the console: the warning, which lists the two files on lines of their own; nothing
+  # from tf.data.
+  lines = assert_quiet_console(console_text(capfd), max_lines=3)
+  assert "became unreadable during the run" in lines[0] and str(truncated) in lines[2], lines
   # Evaluation rechecks its split before each pass.
   os.remove(root / "val" / "ant" / "0.png")
   counted = sum(int(b["mask"].sum()) for b in ds.eval_iterator(4))
@@ -523,17 +634,19 @@ def test_files_that_become_unreadable_mid_run_are_skipped_counted_and_named(tmp_
 # SIGKILL at any moment.
 # ---------------------------------------------------------------------------
 def start_main(args, log_path, devices=2):
-  """`python -m vision_jax.main ARGS` in the background, its stderr in `log_path`."""
+  """`python -m vision_jax.main ARGS` in the background, its console (stdout and stderr) in
+  `log_path`."""
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT,
+             PYTHONPATH=ROOT,
              # Compiled steps are shared through a cache: each restart skips the compilation.
              JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(log_path), "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   env.pop(main.VERBOSE_ENV, None)
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # conftest.py sets it: the console a user sees is checked
   with open(log_path, "a") as log:
     return subprocess.Popen([sys.executable, "-m", "vision_jax.main", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=log)
+                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def logged_steps(workdir):
@@ -562,29 +675,42 @@ def wait_for(condition, process, timeout=300):
 def test_sigterm_and_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
   """SIGTERM (a preemption notice) saves and exits 0; SIGKILL at any moment loses at most the
   steps since the last save; either way the resumed run ends bitwise where an uninterrupted
-  one does."""
+  one does. Then the newest checkpoint is damaged: the run says so in a few lines, resumes
+  from the one before and ends the same. The console of every run is checked."""
   import random  # pylint: disable=import-outside-toplevel
   # Enough steps that the SIGTERM run cannot finish between two polls on a loaded machine.
   total = 30
   flags = ["--config=configs/digits.py:smoke", f"--config.total_steps={total}",
            "--config.log_every_steps=1", "--config.eval_every_steps=1000"]
   every_step = ["--config.checkpoint_every_steps=1"]
-  log = str(tmp_path / "stderr.log")
+  logs = []
+
+  def start(args):
+    """start_main with a console log of its own (stdout and stderr), kept in `logs`."""
+    logs.append(str(tmp_path / f"console_{len(logs)}.log"))
+    return start_main(args, logs[-1])
+
+  def tail():
+    return open(logs[-1]).read()[-3000:]
+
   # The uninterrupted run saves only at the end (an orbax save costs about 0.4 CPU s on this
   # state): the interrupted runs below save every step, so the comparison also shows that
   # how often a run saves does not change what it computes.
-  reference = start_main(flags + ["--config.checkpoint_every_steps=1000",
-                                  f"--workdir={tmp_path / 'reference'}"], log)
+  reference = start(flags + ["--config.checkpoint_every_steps=1000",
+                             f"--workdir={tmp_path / 'reference'}"])
   # Run to the end first: it fills the compilation cache that the five runs below then read
   # (two processes started together would both compile).
-  assert reference.wait(timeout=300) == 0, open(log).read()[-3000:]
+  assert reference.wait(timeout=300) == 0, tail()
+  # A clean run's console: the project's lines from the first one (the parameter table,
+  # about 70 lines, then one line per step, the final eval), at most 100 + 2 per step.
+  assert_quiet_console(open(logs[-1]).read(), max_lines=100 + 2 * total, clean_start=True)
   workdir = str(tmp_path / "killed")
 
   # SIGTERM with no periodic checkpoint due: the handler itself must save the step it reached.
-  process = start_main(flags + ["--config.checkpoint_every_steps=1000", f"--workdir={workdir}"], log)
-  assert wait_for(lambda: len(logged_steps(workdir)) >= 1, process), open(log).read()[-3000:]
+  process = start(flags + ["--config.checkpoint_every_steps=1000", f"--workdir={workdir}"])
+  assert wait_for(lambda: len(logged_steps(workdir)) >= 1, process), tail()
   process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=120) == 0, open(log).read()[-3000:]
+  assert process.wait(timeout=120) == 0, tail()
   saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
   assert len(saved) == 1 and 1 <= saved[0] < total, ("the signal must stop the run mid-way", saved)
   assert saved[0] == max(logged_steps(workdir)), (saved, logged_steps(workdir))
@@ -596,7 +722,7 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_equals_an_uninterrupt
   # the final save).
   for moment in ("training", "training", "final eval"):
     before = len(logged_steps(workdir))
-    process = start_main(flags + every_step + [f"--workdir={workdir}"], log)
+    process = start(flags + every_step + [f"--workdir={workdir}"])
     if moment == "training":
       reached = wait_for(lambda: len(logged_steps(workdir)) > before, process)
       time.sleep(rng.uniform(0.0, 0.3))
@@ -606,11 +732,11 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_equals_an_uninterrupt
     alive = process.poll() is None
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
-    assert reached or alive, f"the run ended before it could be killed; see {log}"
+    assert reached or alive, f"the run ended before it could be killed; see {logs[-1]}"
     kills.append((moment, alive, max(logged_steps(workdir), default=0)))
   assert sum(alive for _, alive, _ in kills) >= 2, kills
-  resumed = start_main(flags + every_step + [f"--workdir={workdir}"], log)
-  assert resumed.wait(timeout=240) == 0, open(log).read()[-3000:]
+  resumed = start(flags + every_step + [f"--workdir={workdir}"])
+  assert resumed.wait(timeout=240) == 0, tail()
   assert final_eval(workdir) == final_eval(tmp_path / "reference"), kills  # bitwise on the CPU
   # Every step's loss, as last logged (a step redone after a kill logs again), is the reference's.
   def loss_by_step(directory):
@@ -619,3 +745,31 @@ def test_sigterm_and_sigkill_at_random_moments_then_resume_equals_an_uninterrupt
   assert loss_by_step(workdir) == loss_by_step(tmp_path / "reference"), kills
   assert sorted(loss_by_step(workdir)) == list(range(1, total + 1))
   assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt")), kills
+  # The consoles of the signalled and resumed runs: the project's lines only (a run started
+  # after a SIGKILL says in one line that it takes over the dead run's lock).
+  for path in logs[1:]:
+    text = open(path).read()
+    assert_quiet_console(text, max_lines=100 + 2 * total)
+    assert text.count("Taking over the lock") <= 1, text
+
+  # The issue's reproduction: the newest checkpoint damaged (three of its files garbled),
+  # rerun the same command. A few lines about the damaged step, then the normal progress,
+  # exit 0, the same end.
+  newest = os.path.join(workdir, "checkpoints", str(total))
+  garbled = sorted(os.path.join(d, n) for d, _, names in os.walk(newest) for n in names
+                   if os.path.getsize(os.path.join(d, n)) > 1024)[:3]
+  assert garbled, os.listdir(newest)
+  for path in garbled:
+    with open(path, "w") as f:
+      f.write("garbage")
+  again = start(flags + every_step + [f"--workdir={workdir}"])
+  assert again.wait(timeout=240) == 0, tail()
+  # Two warnings (the damaged step, the resume), the trainer's "Resumed" line, step 30's
+  # progress line, the final eval (two lines): 6, and at most 8.
+  lines = assert_quiet_console(open(logs[-1]).read(), max_lines=8)
+  assert sum(f"checkpoint at step {total} is unreadable" in line for line in lines) == 1, lines
+  assert any(f"Resumed from step {total - 1}" in line for line in lines), lines
+  assert final_eval(workdir) == final_eval(tmp_path / "reference")
+  assert os.listdir(os.path.join(workdir, "checkpoints_corrupt")) == [str(total)]
+  run_log = open(os.path.join(workdir, console.LOG_FILE)).read()
+  assert f"Why the checkpoint at step {total} cannot be read" in run_log, run_log[-3000:]

@@ -110,6 +110,7 @@ def main(argv=None) -> int:
       return 2
     allowed = allowed[:args.cores]
     os.sched_setaffinity(0, allowed)  # before TensorFlow is imported and sizes its pools
+  import vision_jax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (before TensorFlow: quiet start-up)
   with tempfile.TemporaryDirectory() as tmp:
     root = args.workdir or tmp
     mean_kb = write_jpegs(root, args.images)

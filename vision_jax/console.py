@@ -123,9 +123,10 @@ class _QuietFirstImport(importlib.abc.MetaPathFinder):
     self._names = set(names)
 
   def find_spec(self, fullname, path, target=None):
+    # Every lookup is answered (a library may probe with importlib.util.find_spec before
+    # importing); once imported, the module is found in sys.modules and no lookup comes.
     if fullname not in self._names:
       return None
-    self._names.discard(fullname)  # once: later imports find the module in sys.modules
     for finder in sys.meta_path:
       if finder is self or not hasattr(finder, "find_spec"):
         continue
@@ -197,6 +198,8 @@ class LoggingSetup:
   console_filter: logging.Filter | None = None
   file_handler: logging.Handler | None = None
   previous_verbosity: int | None = None
+  previous_stream: object | None = None
+  added_absl_handler: bool = False
 
   def close_log_file(self) -> None:
     if self.file_handler is not None:
@@ -214,8 +217,16 @@ class LoggingSetup:
       self.console_filter = None
       DETAIL.setLevel(logging.NOTSET)
     if self.previous_verbosity is not None:
+      from absl import flags  # pylint: disable=import-outside-toplevel
       absl_logging.set_verbosity(self.previous_verbosity)
+      flags.FLAGS["verbosity"].using_default_value = True  # as it was: not the user's choice
       self.previous_verbosity = None
+    if self.previous_stream is not None:
+      absl_logging.get_absl_handler().python_handler.stream = self.previous_stream
+      self.previous_stream = None
+    if self.added_absl_handler:
+      logging.getLogger().removeHandler(absl_logging.get_absl_handler())
+      self.added_absl_handler = False
 
 
 def configure_logging(verbose: bool = False) -> LoggingSetup:
@@ -226,12 +237,19 @@ def configure_logging(verbose: bool = False) -> LoggingSetup:
   """
   from absl import flags, logging as absl_logging  # pylint: disable=import-outside-toplevel
   setup = LoggingSetup()
+  if not flags.FLAGS.is_parsed():  # called outside main (a test): absl would say it is early
+    flags.FLAGS.mark_as_parsed()
+  handler = absl_logging.get_absl_handler()
+  setup.added_absl_handler = handler not in logging.getLogger().handlers
   absl_logging.use_absl_handler()
+  # absl's handler writes to the sys.stderr of the time absl was imported; the console is
+  # the one of now (the same in a plain process; not under a test's capture).
+  setup.previous_stream = handler.python_handler.stream
+  handler.python_handler.stream = sys.stderr
   verbosity = flags.FLAGS["verbosity"]
-  if not flags.FLAGS.is_parsed() or verbosity.using_default_value:
+  if verbosity.using_default_value:
     setup.previous_verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.INFO)
-  handler = absl_logging.get_absl_handler()
   for old in [f for f in handler.filters if isinstance(f, ConsoleFilter)]:
     handler.removeFilter(old)  # an earlier command in this process
   setup.console_filter = ConsoleFilter(verbose)
@@ -251,6 +269,7 @@ def add_log_file(setup: LoggingSetup, workdir: str, argv: Sequence[str] | None =
   """
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   name = LOG_FILE if process_index == 0 else f"run.process_{process_index}.log"
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, name)
   handler = logging.FileHandler(path, encoding="utf-8")
   handler.setLevel(logging.DEBUG)

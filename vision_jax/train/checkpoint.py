@@ -291,6 +291,8 @@ class Checkpointer:
     self._options = dict(max_to_keep=max_to_keep, async_save=async_save)
     self._last_save: int | None = None
     try:
+      if lock:
+        self._remove_unfinished_saves()
       self._manager = self._open_manager()
     except Exception:
       self._release_lock()
@@ -303,6 +305,26 @@ class Checkpointer:
             max_to_keep=self._options["max_to_keep"], create=True,
             enable_async_checkpointing=self._options["async_save"]),
         item_handlers={"state": _state_handler(), "meta": ocp.JsonCheckpointHandler()})
+
+  def _remove_unfinished_saves(self) -> None:
+    """Deletes what a save interrupted by a kill left (STEP.orbax-checkpoint-tmp*), saying so.
+
+    These are never read as checkpoints; orbax would delete one when it saves the
+    same step again, with a warning of its own about an "already existing
+    temporary directory". Only the run that holds the workdir's lock calls this,
+    so no save of another run is in flight.
+    """
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    unfinished = sorted((int(m.group(1)), name) for name in os.listdir(self.directory)
+                        if (m := re.match(r"^(\d+)\.orbax-checkpoint-tmp", name)))
+    if not unfinished:
+      return
+    for _, name in unfinished:
+      shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    logging.warning("Deleted the unfinished save(s) of step(s) %s in %s, left by a run stopped "
+                    "while saving; the finished checkpoints are intact.",
+                    [step for step, _ in unfinished], self.directory)
 
   def _release_lock(self) -> None:
     if self._lock is not None:
