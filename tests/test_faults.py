@@ -178,6 +178,40 @@ def test_verbose_shows_the_traceback(tmp_path, capsys, monkeypatch):
   assert code == 2 and "Traceback" in err
 
 
+NATIVE_NOISE = [  # what `import tensorflow` writes to descriptor 2 (twice), from C++
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "I0000 00:00:1796397089.148292    5204 port.cc:153] oneDNN custom operations are on. You may "
+    "see slightly different numerical results due to floating-point round-off errors."]
+
+
+def test_native_start_up_lines_go_to_the_log_file_and_the_rest_stays(tmp_path, capfd, monkeypatch):
+  """The first import of a module named to `_QuietFirstImport` keeps absl's notice and native
+  INFO lines off the console (into run.log); a native warning and Python's output stay."""
+  kept = ["W0000 00:00:1796397089.2    5204 gpu.cc:1] a native warning stays",
+          "a line from Python stays"]
+  write(tmp_path / "noisy_native.py", "import os, sys\n" + "".join(
+      f"os.write(2, {(line + chr(10)).encode()!r})\n" for line in NATIVE_NOISE + kept[:1]) +
+        f"print({kept[1]!r}, file=sys.stderr)\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.setattr(console, "startup_lines", [])
+  monkeypatch.setattr(sys, "meta_path", [console._QuietFirstImport(["noisy_native"]), *sys.meta_path])
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  console_text(capfd)
+  try:
+    assert importlib.util.find_spec("noisy_native") is not None  # libraries probe first
+    importlib.import_module("noisy_native")
+  finally:
+    sys.modules.pop("noisy_native", None)
+  # (sorted: under capfd, Python's sys.stderr is not descriptor 2, so the order differs)
+  assert sorted(console_text(capfd).splitlines()) == sorted(kept)
+  assert console.startup_lines == NATIVE_NOISE
+  logging_setup = console.configure_logging()
+  console.add_log_file(logging_setup, str(tmp_path))
+  logging_setup.close()
+  log = (tmp_path / console.LOG_FILE).read_text()
+  assert all(f"[start-up, native] {line}" in log for line in NATIVE_NOISE), log
+
+
 # ---------------------------------------------------------------------------
 # Data sources that go wrong, through the command line.
 # ---------------------------------------------------------------------------
