@@ -107,14 +107,15 @@ def native_stderr_captured() -> Iterator[None]:
           startup_lines.append(line.rstrip("\n"))
         else:
           kept.append(line)
-      if kept:
-        os.write(2, "".join(kept).encode("utf-8", "replace"))
+      data = "".join(kept).encode("utf-8", "replace")
+      while data:
+        data = data[os.write(2, data):]
 
 
 class _QuietFirstImport(importlib.abc.MetaPathFinder):
   """Runs the first import of each named module inside `native_stderr_captured`.
 
-  It finds the module with the finders after it, then wraps that one spec's
+  It finds the module with the other finders, then wraps that one spec's
   loader.exec_module; the module, its loader and its spec are otherwise the
   ones Python would have used.
   """

@@ -14,6 +14,11 @@ variable VISION_JAX_VERBOSE=1) prints the traceback too, for bug reports.
 Anything else is a bug and keeps its traceback. Exit codes: 2 for the command
 line and the config (`config_check.validate` runs before any device is
 touched), 1 for a run that failed (data, checkpoints, a NaN loss).
+
+The console shows the project's lines and every library's warnings; the
+libraries' INFO lines, TensorFlow's native start-up lines and the full error
+behind each warning or `error:` line go to WORKDIR/run.log, and `--verbose`
+shows them too (see vision_jax/console.py).
 """
 
 from __future__ import annotations
