@@ -9,7 +9,7 @@ The source is config.data-style: 'digits', 'folder:/path' or a tfds name, with
 read images with the preprocessing recorded in their model.json.
 
 Prints a short table: the image count, top-1 and top-5, then the --worst classes
-by top-1 with the class each is most often mistaken for. --output writes every
+by top-1 (those with a mistake) with the class each is most often mistaken for. --output writes every
 figure as JSON (per-class top-1 included) to a .json file, or to metrics.json
 in a directory; --confusion draws the confusion matrix to a .png file, or to
 confusion.png in a directory. Existing files are kept unless --overwrite is given.
@@ -108,19 +108,21 @@ def main(argv=None) -> int:
 
 def summary_table(metrics: dict, confusion: np.ndarray, names, worst: int = 5) -> str:
   """Top-1 and top-5 over the images, then the `worst` classes by top-1, each with the class it
-  is most often mistaken for. Classes without images are left out."""
+  is most often mistaken for. Only classes with a mistake are listed."""
   lines = [f"images  {metrics['count']}", f"top-1   {metrics['top1']:.4f}",
            f"top-5   {metrics['top5']:.4f}"]
   counts = confusion.sum(1)
-  present = np.flatnonzero(counts)
-  accuracy = np.diag(confusion)[present] / counts[present]
-  order = present[np.argsort(accuracy, kind="stable")][:max(0, worst)]
+  wrong_somewhere = np.flatnonzero(counts > np.diag(confusion))
+  accuracy = np.diag(confusion)[wrong_somewhere] / counts[wrong_somewhere]
+  order = wrong_somewhere[np.argsort(accuracy, kind="stable")][:max(0, worst)]
+  if not len(order) and metrics["count"]:
+    lines += ["", "no class has a mistake"]
   if len(order):
     rows = [("worst classes", "top-1", "images", "most often taken for")]
     for c in order:
       wrong = confusion[c].copy()
       wrong[c] = 0
-      taken = (f"{names[int(wrong.argmax())]} ({int(wrong.max())})" if wrong.any() else "-")
+      taken = f"{names[int(wrong.argmax())]} ({int(wrong.max())})"
       rows.append((str(names[c]), f"{confusion[c, c] / counts[c]:.4f}", str(int(counts[c])), taken))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines.append("")
