@@ -6,7 +6,7 @@
 
 No ImageNet weights are available offline, so the model is one we can train on
 a CPU in minutes: a cifar_resnet20 that tells scikit-image's 100 `lfw_subset`
-face crops (25 x 25, grey) from its 100 non-face crops and 640 grey 25-pixel
+face crops (25 x 25, grey) from its 100 non-face crops and 600 grey 25-pixel
 patches of other scikit-image photographs without people (the astronaut, which
 is the test photograph, and the cameraman are left out). 600 Adam steps of 64
 augmented crops at 32 pixels: about 270 CPU-seconds. It then reads a

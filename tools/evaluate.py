@@ -9,10 +9,11 @@ The source is config.data-style: 'digits', 'folder:/path' or a tfds name, with
 read images with the preprocessing recorded in their model.json.
 
 Prints a short table: the image count, top-1 and top-5, then the --worst classes
-by top-1 (those with a mistake) with the class each is most often mistaken for. --output writes every
-figure as JSON (per-class top-1 included) to a .json file, or to metrics.json
-in a directory; --confusion draws the confusion matrix to a .png file, or to
-confusion.png in a directory. Existing files are kept unless --overwrite is given.
+by top-1 (those with a mistake), each with the class it is most often mistaken
+for. --output writes every figure as JSON (per-class top-1 included) to a .json
+file, or to metrics.json in a directory; --confusion draws the confusion matrix
+to a .png file, or to confusion.png in a directory. Existing files are kept
+unless --overwrite is given.
 """
 
 from __future__ import annotations

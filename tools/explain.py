@@ -122,8 +122,12 @@ def main(argv=None) -> int:
 def _window(explain, model, path: str):
   """Where the model input lies on the photograph at `path` (its header gives the size)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  with Image.open(path) as image:
-    width, height = image.size
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+  except OSError as e:
+    raise explain.PlacementError(f"{path} was decoded for the model, but PIL cannot open it to "
+                                 f"draw on ({e}); use --size input.") from None
   return explain.input_window(model.preprocess, height, width)
 
 

@@ -163,7 +163,8 @@ def input_window(preprocess: str, height: int, width: int) -> InputWindow:
       continue
     elif name == "pad":
       amount = args["amount"]
-      pad_top, pad_bottom, pad_left, pad_right = (amount,) * 4 if isinstance(amount, int) else amount
+      amount = (amount,) * 4 if isinstance(amount, int) else amount
+      pad_top, pad_bottom, pad_left, pad_right = amount
       top, left = top - pad_top * step_y, left - pad_left * step_x
       h, w = h + pad_top + pad_bottom, w + pad_left + pad_right
       continue
