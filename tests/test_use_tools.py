@@ -74,6 +74,7 @@ def converted(tmp_path_factory):
   return weights, str(images), root
 
 
+@pytest.mark.xdist_group("use_tools_converted")  # one worker builds the `converted` fixture
 def test_tools_skip_bad_images_refuse_overwrites_and_name_bad_dirs(converted, capsys, tmp_path):
   weights, images, root = converted
   out = str(tmp_path / "preds.jsonl")
@@ -222,6 +223,7 @@ def _displayed(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.asarray(ImageOps.exif_transpose(image))
 
 
+@pytest.mark.xdist_group("use_tools_converted")  # one worker builds the `converted` fixture
 def test_explain_draws_the_map_on_an_exif_rotated_photograph_where_the_input_had_it(
     converted, capsys, tmp_path, monkeypatch):
   """The 'method' here is the greenness of the model input: its hot region is wherever the
@@ -286,6 +288,7 @@ def test_explain_draws_the_map_on_an_exif_rotated_photograph_where_the_input_had
     assert image.size == (32, 32)
 
 
+@pytest.mark.xdist_group("use_tools_converted")  # one worker builds the `converted` fixture
 def test_explain_out_is_a_file_for_one_image_and_a_directory_for_several(converted, capsys,
                                                                           tmp_path):
   weights, images, _ = converted
@@ -314,6 +317,7 @@ def test_explain_out_is_a_file_for_one_image_and_a_directory_for_several(convert
   assert code == 2 and "exists; pass --overwrite" in err
 
 
+@pytest.mark.xdist_group("use_tools_converted")  # one worker builds the `converted` fixture
 def test_predict_prints_a_table_by_default_and_json_lines_on_request(converted, capsys,
                                                                      tmp_path):
   weights, images, _ = converted
