@@ -154,6 +154,12 @@ def test_plot_metrics_cli_writes_a_png_and_refuses_to_overwrite(tmp_path, capsys
   assert tool.main([a, "--out", out]) == 2
   assert "exists; pass --overwrite" in capsys.readouterr().err
   assert tool.main([a, "--out", out, "--overwrite"]) == 0
+  # A directory gets curves.png; a suffix the tool cannot write is refused before any drawing.
+  assert tool.main([a, "--out", str(tmp_path / "figures") + "/", "--dpi", "20"]) == 0
+  assert os.listdir(tmp_path / "figures") == ["curves.png"]
+  assert tool.main([a, "--out", str(tmp_path / "curves.pdf")]) == 2
+  assert "writes .png files, not '.pdf'" in capsys.readouterr().err
+  assert not (tmp_path / "curves.pdf").exists()
 
 
 def test_plot_metrics_cli_on_a_workdir_without_metrics(tmp_path):

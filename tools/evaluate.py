@@ -1,11 +1,19 @@
-"""Evaluates a trained run or converted weights: top-1, top-5, per-class accuracy, confusion PNG.
+"""Evaluates a trained run or converted weights: top-1, top-5, the worst classes, confusion PNG.
 
   python tools/evaluate.py --workdir /tmp/digits --confusion confusion.png
-  python tools/evaluate.py --weights weights/resnet50 --data imagenet2012 --split validation
+  python tools/evaluate.py --weights weights/resnet50 --data imagenet2012 --split validation \
+      --output results/
 
 The source is config.data-style: 'digits', 'folder:/path' or a tfds name, with
 --split. A run defaults to its own dataset and eval split; converted weights
 read images with the preprocessing recorded in their model.json.
+
+Prints a short table: the image count, top-1 and top-5, then the --worst classes
+by top-1 (those with a mistake), each with the class it is most often mistaken
+for. --output writes every figure as JSON (per-class top-1 included) to a .json
+file, or to metrics.json in a directory; --confusion draws the confusion matrix
+to a .png file, or to confusion.png in a directory. Existing files are kept
+unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
   group.add_argument("--weights", help="a tools/convert_weights.py output directory")
@@ -29,17 +37,23 @@ def main(argv=None) -> int:
   parser.add_argument("--split", help="split to evaluate (default: the source's eval split)")
   parser.add_argument("--data-dir", help="tfds data_dir")
   parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--confusion", help="write the confusion matrix as a PNG")
-  parser.add_argument("--output", help="write the metrics as JSON")
+  parser.add_argument("--confusion", help="confusion matrix: a .png file or a directory")
+  parser.add_argument("--output", help="metrics as JSON: a .json file or a directory")
+  parser.add_argument("--worst", type=int, default=5, help="how many worst classes to list")
   parser.add_argument("--overwrite", action="store_true")
   args = parser.parse_args(argv)
 
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from vision_jax import data as data_lib, environment, inference  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  import ml_collections
+  from vision_jax import data as data_lib, environment, inference, output_paths
   try:
-    model = inference.open_model(args.workdir, args.weights, (args.confusion, args.output),
-                                 args.overwrite)
-  except (inference.LoadError, FileExistsError) as e:
+    confusion_path = (output_paths.single_file(args.confusion, "confusion.png",
+                                               option="--confusion") if args.confusion else None)
+    output = (output_paths.single_file(args.output, "metrics.json", (".json",), "--output")
+              if args.output else None)
+    output_paths.refuse_overwrite([confusion_path, output], args.overwrite)
+    model = inference.open_model(args.workdir, args.weights)
+  except (inference.LoadError, FileExistsError, output_paths.OutputError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   data = {}
@@ -82,17 +96,41 @@ def main(argv=None) -> int:
                for i in range(num_classes)}
   metrics = {"count": total, "top1": float(np.trace(confusion) / total), "top5": top5 / total,
              "per_class_top1": per_class}
-  print(json.dumps({k: v for k, v in metrics.items() if k != "per_class_top1"}))
-  for name, acc in per_class.items():
-    if acc is not None and num_classes <= 50:
-      print(f"  {name}: {acc:.4f}")
-  if args.output:
-    with open(args.output, "w", encoding="utf-8") as f:
+  sys.stdout.write(summary_table(metrics, confusion, model.class_names, args.worst))
+  if output:
+    with open(output_paths.prepare(output), "w", encoding="utf-8") as f:
       json.dump(metrics, f, indent=1)
-  if args.confusion:
-    plot_confusion(args.confusion, confusion, model.class_names)
-    print(f"wrote {args.confusion}")
+    print(f"wrote {output}")
+  if confusion_path:
+    plot_confusion(output_paths.prepare(confusion_path), confusion, model.class_names)
+    print(f"wrote {confusion_path}")
   return 0
+
+
+def summary_table(metrics: dict, confusion: np.ndarray, names, worst: int = 5) -> str:
+  """Top-1 and top-5 over the images, then the `worst` classes by top-1, each with the class it
+  is most often mistaken for. Only classes with a mistake are listed."""
+  lines = [f"images  {metrics['count']}", f"top-1   {metrics['top1']:.4f}",
+           f"top-5   {metrics['top5']:.4f}"]
+  counts = confusion.sum(1)
+  wrong_somewhere = np.flatnonzero(counts > np.diag(confusion))
+  accuracy = np.diag(confusion)[wrong_somewhere] / counts[wrong_somewhere]
+  order = wrong_somewhere[np.argsort(accuracy, kind="stable")][:max(0, worst)]
+  if not len(order) and metrics["count"]:
+    lines += ["", "no class has a mistake"]
+  if len(order):
+    rows = [("worst classes", "top-1", "images", "most often taken for")]
+    for c in order:
+      wrong = confusion[c].copy()
+      wrong[c] = 0
+      taken = f"{names[int(wrong.argmax())]} ({int(wrong.max())})"
+      rows.append((str(names[c]), f"{confusion[c, c] / counts[c]:.4f}", str(int(counts[c])), taken))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines.append("")
+    for r in rows:
+      lines.append("  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]),
+                              r[2].rjust(widths[2]), r[3]]).rstrip())
+  return "\n".join(lines) + "\n"
 
 
 def plot_confusion(path: str, confusion: np.ndarray, names) -> None:

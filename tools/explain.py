@@ -1,12 +1,23 @@
-"""Attribution heatmaps over images: one overlay PNG per image and a grid PNG.
+"""Attribution heatmaps over images: an overlay PNG per image, at the photograph's own size.
 
-  python tools/explain.py --workdir /tmp/digits --method gradcam images/ --output-dir out/
-  python tools/explain.py --weights weights/vit --method rollout cat.jpg --output-dir out/
+  python tools/explain.py --workdir /tmp/digits --method gradcam images/ --out maps/
+  python tools/explain.py --weights weights/vit --method rollout cat.jpg --out cat_rollout.png
 
 Methods: gradcam, gradcam++, ig (Integrated Gradients, black baseline),
 smoothgrad, rollout (ViTs and hybrids only). The explained class is the
-predicted one unless --target is given. Existing files are kept unless
---overwrite is given; undecodable images are named and skipped.
+predicted one unless --target is given.
+
+The map is computed on the model's input, then put back on the photograph: the
+eval resize and centre crop are undone, so the map covers the part of the
+photograph the model saw (the rest is darkened), at the photograph's size and
+as its EXIF orientation shows it. --size input draws it on the model's input
+instead; --save-map also writes each map as .npy (float32 in [0, 1], NaN where
+the model saw nothing).
+
+--out names a .png file for one image, or a directory for any number: there
+each image gets NAME_METHOD.png, and grid_METHOD.png shows every image next to
+its overlay. A file name for several images is an error. Existing files are
+kept unless --overwrite is given; undecodable images are named and skipped.
 """
 
 from __future__ import annotations
@@ -23,64 +34,101 @@ METHODS = ("gradcam", "gradcam++", "ig", "smoothgrad", "rollout")
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  # allow_abbrev=False: a shortened option (--out for --output-dir) once bound
+  # silently to another one and made a directory of a file name.
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
   group.add_argument("--weights", help="a tools/convert_weights.py output directory")
   parser.add_argument("images", nargs="+", help="image files, globs or folders")
   parser.add_argument("--method", choices=METHODS, default="gradcam")
-  parser.add_argument("--output-dir", required=True)
+  parser.add_argument("--out", "--output-dir", dest="out", required=True,
+                      help="a .png file (one image) or a directory (any number of images)")
+  parser.add_argument("--size", choices=("photo", "input"), default="photo",
+                      help="draw the map on the photograph at its own size (default) or on the "
+                           "model's input")
+  parser.add_argument("--save-map", action="store_true",
+                      help="also write each map as .npy next to its overlay")
   parser.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
   parser.add_argument("--layer", help="Grad-CAM layer (module path); default per family")
   parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
   parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
   parser.add_argument("--scale", type=int, default=0,
-                      help="enlarge small images to at least this many pixels per side")
+                      help="with --size input: enlarge small inputs to at least this many pixels "
+                           "per side")
   parser.add_argument("--overwrite", action="store_true")
   args = parser.parse_args(argv)
 
-  from vision_jax import explain, inference  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from vision_jax import explain, inference, output_paths
+  listed = inference.list_images(args.images)
+  if not listed:
+    print("error: no image files found in " + " ".join(args.images) + ".", file=sys.stderr)
+    return 1
   try:
+    outputs, to_directory = output_paths.per_input_files(
+        args.out, output_paths.input_names(listed, f"_{_slug(args.method)}.png"))
+    grid_path = (os.path.join(args.out, f"grid_{_slug(args.method)}.png") if to_directory
+                 else None)
+    map_paths = [os.path.splitext(o)[0] + ".npy" for o in outputs] if args.save_map else []
+    output_paths.refuse_overwrite(outputs + map_paths + [grid_path], args.overwrite)
     model = inference.load_model(args.workdir, args.weights)
-  except inference.LoadError as e:
+  except (output_paths.OutputError, FileExistsError, inference.LoadError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  paths, images = inference.read_image_args(args.images, model.preprocess,
-                                            warn=lambda m: print(m, file=sys.stderr))
+  output_of = dict(zip(listed, outputs))
+  paths, images = inference.read_images(listed, model.preprocess,
+                                        warn=lambda m: print(m, file=sys.stderr))
   if not paths:
     print("error: no image could be read.", file=sys.stderr)
     return 1
-  names = [os.path.splitext(os.path.basename(p))[0] + f"_{_slug(args.method)}.png" for p in paths]
-  outputs = [os.path.join(args.output_dir, n) for n in names]
-  grid_path = os.path.join(args.output_dir, f"grid_{_slug(args.method)}.png")
   try:
-    for path in outputs + [grid_path]:
-      inference.refuse_overwrite(path, args.overwrite)
-  except FileExistsError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-
-  targets = None if args.target is None else np.full(len(paths), args.target)
-  try:
+    # Placed before the maps are computed, so that a preprocessing that cannot
+    # be undone fails in a second, not after the attribution.
+    windows = [_window(explain, model, p) for p in paths] if args.size == "photo" else None
+    targets = None if args.target is None else np.full(len(paths), args.target)
     maps = compute_maps(explain, model, images, targets, args)
-  except explain.ExplainError as e:
+  except (explain.ExplainError, explain.PlacementError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   explained = targets if targets is not None else model.logits(images).argmax(1)
-  os.makedirs(args.output_dir, exist_ok=True)
-  overlays, inputs = [], []
-  for path, image, heat in zip(outputs, images, maps):
-    rgb = explain.overlay(image, heat, alpha=args.alpha, mean=model.mean, std=model.std)
-    rgb = _enlarge(rgb, args.scale)
-    _save_png(path, rgb)
-    overlays.append(rgb)
-    inputs.append(_enlarge(explain.to_uint8_image(image, model.mean, model.std), args.scale))
-  _save_grid(grid_path, inputs, overlays, [model.class_names[int(t)] for t in explained],
-             args.method)
-  for path, t in zip(outputs, explained):
-    print(f"{path}: {args.method} for class {model.class_names[int(t)]!r}")
-  print(f"{grid_path}: grid of {len(outputs)}")
+  bases, overlays = [], []
+  for i, (path, image, heat) in enumerate(zip(paths, images, maps)):
+    if args.size == "photo":
+      stored, orientation = explain.read_photo(path)
+      heat = explain.orient(explain.map_to_photo(heat, windows[i], *stored.shape[:2]), orientation)
+      base = explain.orient(stored, orientation)
+      rgb = explain.photo_overlay(base, heat, alpha=args.alpha)
+    else:
+      base = _enlarge(explain.to_uint8_image(image, model.mean, model.std), args.scale)
+      rgb = _enlarge(explain.overlay(image, heat, alpha=args.alpha, mean=model.mean,
+                                     std=model.std), args.scale)
+    out = output_paths.prepare(output_of[path])
+    _save_png(out, rgb)
+    if args.save_map:
+      np.save(os.path.splitext(out)[0] + ".npy", np.asarray(heat, np.float32))
+    name = model.class_names[int(explained[i])]
+    print(f"{out}: {args.method} for class {name!r}, {rgb.shape[1]}x{rgb.shape[0]}")
+    if grid_path:
+      bases.append(_thumbnail(base))
+      overlays.append(_thumbnail(rgb))
+  if grid_path:
+    _save_grid(grid_path, bases, overlays, [model.class_names[int(t)] for t in explained],
+               args.method)
+    print(f"{grid_path}: grid of {len(overlays)}")
   return 0
+
+
+def _window(explain, model, path: str):
+  """Where the model input lies on the photograph at `path` (its header gives the size)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+  except OSError as e:
+    raise explain.PlacementError(f"{path} was decoded for the model, but PIL cannot open it to "
+                                 f"draw on ({e}); use --size input.") from None
+  return explain.input_window(model.preprocess, height, width)
 
 
 def compute_maps(explain, model, images, targets, args) -> np.ndarray:
@@ -121,15 +169,25 @@ def _enlarge(rgb: np.ndarray, scale: int) -> np.ndarray:
   return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1) if factor > 1 else rgb
 
 
+def _thumbnail(rgb: np.ndarray, side: int = 320) -> np.ndarray:
+  """At most `side` pixels on the longer side: a grid cell needs no more."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  if max(rgb.shape[:2]) <= side:
+    return rgb
+  image = Image.fromarray(rgb)
+  image.thumbnail((side, side), Image.Resampling.LANCZOS)
+  return np.asarray(image)
+
+
 def _save_png(path: str, rgb: np.ndarray) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  plt.imsave(path, rgb)
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  Image.fromarray(rgb).save(path, format="PNG")
 
 
 def _save_grid(path: str, inputs, overlays, titles, method: str, columns: int = 4) -> None:
   """Each image next to its overlay, `columns` pairs per row, titled with the explained class."""
+  from vision_jax import output_paths  # pylint: disable=import-outside-toplevel
+  output_paths.prepare(path)
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
@@ -141,9 +199,11 @@ def _save_grid(path: str, inputs, overlays, titles, method: str, columns: int = 
     ax.axis("off")
   for i, (image, rgb, title) in enumerate(zip(inputs, overlays, titles)):
     row, col = divmod(i, columns)
-    axes[row, 2 * col].imshow(image, interpolation="nearest")
+    # Nearest for small inputs (digits), smooth for photographs.
+    interpolation = "nearest" if max(image.shape[:2]) < 128 else "antialiased"
+    axes[row, 2 * col].imshow(image, interpolation=interpolation)
     axes[row, 2 * col].set_title(f"class {title}", fontsize=9)
-    axes[row, 2 * col + 1].imshow(rgb, interpolation="nearest")
+    axes[row, 2 * col + 1].imshow(rgb, interpolation=interpolation)
     axes[row, 2 * col + 1].set_title(method, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=90)

@@ -7,8 +7,9 @@
 Each WORKDIR is a training run's directory; its metrics.jsonl (one JSON object
 per logged step and per evaluation, written by the trainer) is read. One line
 per run, named in the legend by its directory (or --names). --x epoch needs
---examples-per-epoch (the training split's size). An existing --out is kept
-unless --overwrite is given. See vision_jax/plots.py for the figure.
+--examples-per-epoch (the training split's size). --out is a .png file, or a
+directory that gets curves.png; an existing file is kept unless --overwrite is
+given. See vision_jax/plots.py for the figure.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
   parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="training run directories")
-  parser.add_argument("--out", default="curves.png", help="PNG to write (default curves.png)")
+  parser.add_argument("--out", default="curves.png",
+                      help="a .png file, or a directory for curves.png (default curves.png)")
   parser.add_argument("--names", nargs="+", help="legend names, one per WORKDIR")
   parser.add_argument("--x", choices=("step", "examples", "epoch"), default="step",
                       help="horizontal axis: step, images seen, or epoch")
@@ -34,22 +36,25 @@ def main(argv=None) -> int:
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   args = parser.parse_args(argv)
 
-  from vision_jax import plots  # pylint: disable=import-outside-toplevel
-  if os.path.exists(args.out) and not args.overwrite:
-    print(f"error: {args.out} exists; pass --overwrite to replace it.", file=sys.stderr)
+  from vision_jax import output_paths, plots  # pylint: disable=import-outside-toplevel
+  try:
+    out = output_paths.single_file(args.out, "curves.png")
+    output_paths.refuse_overwrite([out], args.overwrite)
+  except (output_paths.OutputError, FileExistsError) as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   try:
     fig = plots.training_curves(args.workdirs, names=args.names, x=args.x,
                                 examples_per_epoch=args.examples_per_epoch, title=args.title,
                                 dpi=args.dpi)
-    plots.save_figure(fig, args.out)
+    plots.save_figure(fig, out)
   except plots.PlotError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:
-    print(f"error: cannot write {args.out}: {e.strerror or e}", file=sys.stderr)
+    print(f"error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
     return 2
-  print(f"wrote {args.out}")
+  print(f"wrote {out}")
   return 0
 
 
