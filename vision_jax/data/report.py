@@ -10,7 +10,9 @@ thumbnail), classes missing from a split. `findings(report, mode, ...)` turns it
 into a list of problems, each an error, a warning or a note.
 
 `check_before_training(dataset, data_config)` runs both before the first step of
-a run (`trainer.setup_run`), with `config.data.checks`:
+a run (`trainer.setup_run`) on folder and in-memory (digits) sources; a tfds
+dataset is checked from its metadata only (class count, split sizes), the tool
+reads it all. `config.data.checks` says what happens:
   'error' (default): problems that make the evaluation meaningless (leakage
      between splits above `config.data.max_cross_split_duplicates`, default 0;
      evaluation classes that training lacks or the reverse; a class without
@@ -52,7 +54,6 @@ NEAR_DUPLICATE_CORRELATION = 0.995
 THUMB_SIDE = 16
 IMBALANCE_RATIO = 5.0  # largest / smallest class count above which the report warns
 NEAR_PAIR_LIMIT = 400_000_000  # train x eval pairs compared by hash; above, only exact duplicates
-TFDS_SCAN_LIMIT = 100_000  # examples of a tfds dataset read by the checks before training
 READ_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGE_LIKE_EXTENSIONS = (".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".jfif",
                          ".avif", ".jp2", ".ppm", ".pgm")
@@ -125,7 +126,7 @@ def describe_bytes(name: str, label: int, data: bytes) -> ImageInfo:
   except UnidentifiedImageError:
     info.problem = "not an image (undecodable)"
   except (OSError, SyntaxError, ValueError) as e:
-    info.problem = "truncated" if "truncated" in str(e) else f"undecodable ({e})"
+    info.problem = "truncated" if "truncated" in str(e).lower() else f"undecodable ({e})"
   return info
 
 
@@ -323,7 +324,9 @@ def _split_section(scan: SplitScan, classes: list[str], expected: int | None) ->
       },
   }
   if expected:
-    section["sizes"]["smaller_than_input"] = int(np.sum(np.minimum(heights, widths) < expected))
+    sides = np.minimum(heights, widths)
+    section["sizes"]["smaller_than_input"] = int(np.sum(sides < expected))
+    section["sizes"]["under_half_the_input"] = int(np.sum(sides < expected / 2))
   if scan.class_folders is not None:
     section["class_folders"] = scan.class_folders
   return section
@@ -497,6 +500,12 @@ def findings(report: dict[str, Any], mode: str = "error",
       add("colour_modes", "warning",
           f"Split {name!r} has images in colour modes {odd}; they are decoded to RGB (or grey "
           "with decode(1)); check that their colours survive (CMYK and 16-bit images may not).")
+    tiny = section["sizes"].get("under_half_the_input", 0)
+    if tiny and tiny * 2 >= section["examples"]:
+      add("small_images", "warning",
+          f"{tiny} of {section['examples']} images of split {name!r} have a shorter side under "
+          f"half the model's input ({report['expected_input']} px): they are upscaled and hold "
+          "little detail; a model or input size nearer theirs may do better.")
     if section["duplicate_groups"]:
       groups = section["duplicate_groups"]
       add("duplicates_within_split", "warning",
@@ -548,13 +557,21 @@ def findings(report: dict[str, Any], mode: str = "error",
 
 
 def unknown_classes_message(split: str, extra: list[str], classes: list[str]) -> str:
+  """'the evaluation split ... has class folder(s) ...', with a guess at misspelt names."""
   import difflib  # pylint: disable=import-outside-toplevel
+  import re  # pylint: disable=import-outside-toplevel
+
+  def letters(name):
+    return re.sub(r"[^a-z]", "", name.lower())
+
   hints = []
   for name in extra:
-    close = difflib.get_close_matches(name, classes, n=1, cutoff=0.6) or [
-        c for c in classes if c.lower() == name.lower()]
-    if close:
-      hints.append(f"{name!r} looks like {close[0]!r}")
+    # Names that differ only in digits (class_0, class_9) are different classes, not typos.
+    close = [c for c in classes if letters(c) and letters(c) != letters(name) and
+             difflib.SequenceMatcher(None, letters(c), letters(name)).ratio() >= 0.6]
+    same = [c for c in classes if c != name and c.lower() == name.lower()]
+    if same or close:
+      hints.append(f"{name!r} looks like {(same or close)[0]!r}")
   hint = f" ({'; '.join(hints)}: a misspelt folder?)" if hints else ""
   return (f"the evaluation split {split!r} has class folder(s) {_names(extra)} that the "
           f"training split lacks{hint}; the classes are {_names(classes)}. Rename or remove "
@@ -604,18 +621,15 @@ def check_before_training(dataset: Any, data_config: Any) -> dict[str, Any] | No
 
 
 def _scannable(inner: Any) -> bool:
+  """Whether the checks before training read the images: in-memory arrays and folders yes;
+  a tfds dataset (published, curated splits, possibly huge) is checked from its metadata
+  only, and `tools/inspect_data.py` reads it all."""
   source = getattr(inner, "source", None)
   if source is None or hasattr(source, "root"):
     return True
-  try:
-    total = source.num_examples(inner.train_split) + source.num_examples(inner.eval_split)
-  except Exception:  # pylint: disable=broad-except
-    return False
-  if total > TFDS_SCAN_LIMIT:
-    logging.info("Data checks: %s has %d examples, more than %d; only its metadata is checked "
-                 "(tools/inspect_data.py reads it all).", source.name, total, TFDS_SCAN_LIMIT)
-    return False
-  return True
+  logging.info("Data checks: %s is a tfds dataset; only its metadata is checked before training "
+               "(python tools/inspect_data.py --data %s reads it all).", source.name, source.name)
+  return False
 
 
 def _structural_findings(inner: Any, name: str) -> list[dict[str, str]]:
@@ -634,6 +648,12 @@ def _structural_findings(inner: Any, name: str) -> list[dict[str, str]]:
     if hasattr(inner, attr) and int(getattr(inner, attr)) == 0:
       error("empty_split", f"The {split} split of {name} holds no examples; give it some, or "
             "name another split.")
+  for field in ("preprocess_train", "preprocess_eval"):
+    depth = _onehot_depth(getattr(getattr(inner, field, None), "spec", None))
+    if depth is not None and depth != num_classes:
+      error("labels_out_of_range", f"config.data.{field} makes one-hot labels of {depth} "
+            f"classes, but {name} has {num_classes} (the model's classes); write "
+            f"onehot({num_classes}).")
   source = getattr(inner, "source", None)
   if source is None:
     labels = np.asarray(inner.train[1])
@@ -649,6 +669,17 @@ def _structural_findings(inner: Any, name: str) -> list[dict[str, str]]:
     error("single_label", f"Every training example of {name} has the label {int(labels[0])}: "
           "nothing can be learnt from one label; add examples of the other classes.")
   return out
+
+
+def _onehot_depth(spec: str | None) -> int | None:
+  if not spec or "onehot" not in spec:
+    return None
+  from vision_jax.data.opstring import parse  # pylint: disable=import-outside-toplevel
+  for call in parse(spec):
+    if call.name == "onehot":
+      kwargs = dict(call.kwargs)
+      return call.args[0] if call.args else kwargs.get("depth")
+  return None
 
 
 def check_batch_size(num_train: int, batch_size: int, process_count: int = 1) -> None:
@@ -677,3 +708,125 @@ def check_geometry(shapes: dict[str, tuple[int, ...]], input_shape: tuple[int, .
         f"its layer {where} outputs shape {tuple(shape)}. Give a larger image (a resize(...) or "
         "crop size in config.data.preprocess_*, or config.data.image_size), or pick a model "
         "with less downsampling.")
+
+
+# ---------------------------------------------------------------------------
+# Showing the report.
+# ---------------------------------------------------------------------------
+def format_report(report: dict[str, Any], found: Sequence[dict[str, str]]) -> str:
+  """The report as text for the terminal."""
+  lines = [f"Dataset report: {report['source']}",
+           f"  classes: {len(report['classes'])}"
+           + (f"; the model expects {report['expected_input']}x{report['expected_input']} inputs"
+              if report.get("expected_input") else "")]
+  for name, section in report["splits"].items():
+    counts = section["class_counts"]
+    lines.append(f"\nsplit {name!r}: {section['examples']} examples")
+    width = max([len(c) for c in counts] + [5])
+    for c, n in counts.items():
+      bar = "#" * int(round(30 * n / max(max(counts.values()), 1)))
+      lines.append(f"  {c:<{width}} {n:>7} {bar}")
+    if section["imbalance_ratio"]:
+      lines.append(f"  largest / smallest class: {section['imbalance_ratio']:.1f}x")
+    h, w = section["sizes"]["height"], section["sizes"]["width"]
+    if h["median"] is not None:
+      lines.append(f"  height min/median/max {h['min']:g}/{h['median']:g}/{h['max']:g}, width "
+                   f"{w['min']:g}/{w['median']:g}/{w['max']:g}")
+      for key, title in (("min_side_histogram", "shorter side"),
+                         ("aspect_ratio_histogram", "aspect ratio (w/h)")):
+        hist = section["sizes"][key]
+        cells = [f"[{_edge(a)}, {_edge(b)}): {n}" for a, b, n in
+                 zip(hist["edges"], hist["edges"][1:], hist["counts"]) if n]
+        lines.append(f"  {title}: " + ", ".join(cells))
+      if "smaller_than_input" in section["sizes"]:
+        lines.append(f"  smaller than the model's input: {section['sizes']['smaller_than_input']}")
+    lines.append(f"  colour modes: {section['modes']}; flat images: {section['constant_images']}; "
+                 f"unusable files: {len(section['problem_files'])}; skipped files: "
+                 f"{len(section['skipped_files'])}; groups of identical files: "
+                 f"{len(section['duplicate_groups'])}")
+  cross = report.get("cross_split")
+  if cross:
+    lines.append(f"\n{cross['eval_split']!r} images also in {cross['train_split']!r}: "
+                 f"{cross['eval_images_with_duplicates']} ({len(cross['exact'])} exact, "
+                 f"{len(cross['near'])} near)")
+  lines.append("")
+  if not found:
+    lines.append("No problem found.")
+  for f in found:
+    lines.append(f"{f['severity']}: [{f['code']}] {f['message']}")
+  return "\n".join(lines)
+
+
+def _edge(value: float) -> str:
+  return "inf" if value >= 1e9 else f"{value:g}"
+
+
+def render_grid(report: dict[str, Any], scans: dict[str, SplitScan], path: str,
+                per_class: int = 8, max_classes: int = 20) -> None:
+  """A PNG: up to `per_class` training thumbnails of each class (rows), then the
+  evaluation images that have a copy in training, next to that copy."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  train = scans[report["train_split"]]
+  classes = report["classes"][:max_classes]
+  by_name = {im.name: im for scan in scans.values() for im in scan.images}
+  rows = [(c, [im for im in train.images if im.label == i and im.thumb is not None][:per_class])
+          for i, c in enumerate(classes)]
+  cross = report.get("cross_split") or {}
+  pairs = [(p["train"], p["eval"]) for p in cross.get("exact", []) + cross.get("near", [])]
+  pairs = pairs[:per_class // 2]
+  if pairs:
+    rows.append(("train | eval copies", [by_name[n] for pair in pairs for n in pair]))
+  fig, axes = plt.subplots(len(rows), per_class, figsize=(per_class * 0.9, len(rows) * 1.0),
+                           squeeze=False)
+  for r, (title, images) in enumerate(rows):
+    for k in range(per_class):
+      ax = axes[r][k]
+      ax.axis("off")
+      if k < len(images):
+        ax.imshow(images[k].thumb, cmap="gray", vmin=0, vmax=255)
+    axes[r][0].set_title(f"{title} ({report['splits'][train.name]['class_counts'].get(title, '')})"
+                         if title in report["classes"] else title, fontsize=7, loc="left")
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def inspect(name: str, train_split: str | None = None, eval_split: str | None = None,
+            data_dir: str | None = None, expected_input: int | None = None,
+            max_examples: int | None = None
+            ) -> tuple[dict[str, Any], dict[str, SplitScan]]:
+  """(report, scans) of a source named as config.data.name ('digits', 'folder:/path', tfds).
+
+  A folder is read directly (not through `FolderSource`), so that a layout the
+  training run would refuse is still reported.
+  """
+  if name.startswith("folder:"):
+    root = os.path.abspath(os.path.expanduser(name[len("folder:"):]))
+    if not os.path.isdir(root):
+      raise DataCheckError(f"The image folder {root} does not exist.")
+    train_split = train_split or "train"
+    if eval_split is None:
+      from vision_jax.data.folder import default_eval_split  # pylint: disable=import-outside-toplevel
+      eval_split = default_eval_split(root)
+    classes, scans = scan_folder(root, list(dict.fromkeys([train_split, eval_split])))
+    source = f"folder:{root}"
+  else:
+    import ml_collections  # pylint: disable=import-outside-toplevel
+    from vision_jax.data import get_dataset  # pylint: disable=import-outside-toplevel
+    config = {"name": name}
+    if name == "digits":
+      config["image_size"] = 8  # the images as stored
+    else:
+      config.update(preprocess_train="decode", preprocess_eval="decode")
+    for key, value in (("train_split", train_split), ("eval_split", eval_split),
+                       ("data_dir", data_dir)):
+      if value:
+        config[key] = value
+    dataset = get_dataset(ml_collections.ConfigDict(config))
+    classes, scans, source = scan_dataset(dataset, max_examples)
+    train_split = getattr(dataset, "train_split", "train")
+    eval_split = getattr(dataset, "eval_split", "eval")
+  report = build_report(classes, scans, source, train_split, eval_split, expected_input)
+  return report, scans
