@@ -125,6 +125,8 @@ def describe_bytes(name: str, label: int, data: bytes) -> ImageInfo:
       _describe_pixels(info, image)
   except UnidentifiedImageError:
     info.problem = "not an image (undecodable)"
+  except Image.DecompressionBombError as e:
+    info.problem = f"too large to decode safely ({e})"
   except (OSError, SyntaxError, ValueError) as e:
     info.problem = "truncated" if "truncated" in str(e).lower() else f"undecodable ({e})"
   return info
@@ -364,8 +366,9 @@ def cross_split_duplicates(train: SplitScan, evaluation: SplitScan) -> dict[str,
     t_hash = np.asarray([train_ok[i].phash for i in t_idx], np.uint64)
     t_thumb = _normalised([train_ok[i].thumb for i in t_idx])
     e_thumb = _normalised([eval_ok[j].thumb for j in e_idx])
-    for start in range(0, len(e_idx), 1024):
-      chunk = e_idx[start:start + 1024]
+    step = max(1, 20_000_000 // max(len(t_idx), 1))  # about 160 MB of XORed hashes at a time
+    for start in range(0, len(e_idx), step):
+      chunk = e_idx[start:start + step]
       e_hash = np.asarray([eval_ok[j].phash for j in chunk], np.uint64)
       distance = np.bitwise_count(e_hash[:, None] ^ t_hash[None, :])
       for a, b in zip(*np.nonzero(distance <= NEAR_DUPLICATE_BITS)):
@@ -479,7 +482,8 @@ def findings(report: dict[str, Any], mode: str = "error",
   for name, section in ((train_name, train), (eval_name, evaluation)):
     if section is None:
       continue
-    if section["unknown_label_examples"]:
+    if section["unknown_label_examples"] and section.get("class_folders") is None:
+      # (a folder's unknown class folders are named by eval_classes_unknown below)
       add("labels_out_of_range", "error",
           f"{section['unknown_label_examples']} example(s) of split {name!r} have labels outside "
           f"the {len(classes)} classes of the model (0..{len(classes) - 1}); fix the labels or "
