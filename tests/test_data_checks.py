@@ -296,7 +296,11 @@ def test_balanced_sampling_draws_classes_evenly_and_resumes_exactly(tmp_path):
 
 
 def test_class_weighted_loss_and_per_class_accuracy():
+  import functools  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
   from vision_jax.train import steps  # pylint: disable=import-outside-toplevel
   from vision_jax.train.recipes import supervised  # pylint: disable=import-outside-toplevel
   weights = balance.loss_weights(np.array([90, 9, 0, 1]))
@@ -304,10 +308,34 @@ def test_class_weighted_loss_and_per_class_accuracy():
   np.testing.assert_allclose(weights, [100 / 270, 100 / 27, 1.0, 100 / 3], rtol=1e-6)
   np.testing.assert_allclose((weights[:2] * [90, 9]).sum() + weights[3], 100, rtol=1e-6)
   labels = jnp.asarray([0, 1, 3])
-  np.testing.assert_allclose(steps.example_weights(labels, weights), weights[[0, 1, 3]], rtol=1e-6)
   soft = jnp.asarray([[0.5, 0.5, 0, 0]])
-  np.testing.assert_allclose(steps.example_weights(soft, weights), [(weights[0] + weights[1]) / 2],
-                             rtol=1e-6)
+  hard, mixed = jax.jit(lambda a, b: (steps.example_weights(a, weights),
+                                      steps.example_weights(b, weights)))(labels, soft)
+  np.testing.assert_allclose(hard, weights[[0, 1, 3]], rtol=1e-6)
+  np.testing.assert_allclose(mixed, [(weights[0] + weights[1]) / 2], rtol=1e-6)
+
+  # Through train_step (jitted: one small compile): the class-weighted mean of the losses.
+  class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(3)(x.reshape((x.shape[0], -1)))
+
+  model, tx, schedule = Linear(), optax.sgd(0.1), optax.constant_schedule(0.1)
+  state = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx,
+                                    input_shape=(1, 2, 2, 1), use_ema=False))(jax.random.key(0))
+  rng = np.random.default_rng(0)
+  mlp_batch = {"image": jnp.asarray(rng.standard_normal((8, 2, 2, 1)), jnp.float32),
+               "label": jnp.asarray([0, 0, 0, 0, 0, 1, 1, 2], jnp.int32)}
+  class_weights = balance.loss_weights(np.array([5, 2, 1]))
+
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, schedule=schedule,
+                                   num_classes=3, class_weights=class_weights))
+  per_example = np.asarray(jax.jit(lambda p, x, y: steps.cross_entropy(
+      model.apply({"params": p}, x), y, 3))(state.params, mlp_batch["image"], mlp_batch["label"]))
+  weighted = float(step(state, mlp_batch)[1]["loss"])
+  assert weighted == pytest.approx(np.mean(per_example * class_weights[[0] * 5 + [1, 1, 2]]),
+                                   rel=1e-5)
+  assert abs(weighted - float(np.mean(per_example))) > 1e-3
 
   class Fixed:  # logits = the image itself: predictions are set by the test
     def apply(self, variables, images, train=False):
@@ -317,7 +345,8 @@ def test_class_weighted_loss_and_per_class_accuracy():
   logits = jnp.asarray(np.eye(3, dtype=np.float32)[[0, 0, 1, 2, 2, 0]])
   batch = {"image": logits, "label": jnp.asarray([0, 1, 1, 2, 0, 0]),
            "mask": jnp.asarray([1, 1, 1, 1, 1, 0], bool)}
-  out = steps.eval_step({}, {}, batch, model=Fixed(), num_classes=3)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, model=Fixed(), num_classes=3))
+  out = eval_fn({}, {}, batch)
   np.testing.assert_array_equal(out["class_count"], [2, 2, 1])
   np.testing.assert_array_equal(out["class_top1"], [1, 1, 1])
 
@@ -327,9 +356,7 @@ def test_class_weighted_loss_and_per_class_accuracy():
 
   from vision_jax.train import sharding  # pylint: disable=import-outside-toplevel
   mesh = sharding.make_mesh(1)
-  metrics = supervised.evaluate(lambda p, s, b: steps.eval_step(p, s, b, model=Fixed(),
-                                                                  num_classes=3),
-                                {}, {}, OneBatch(), 6, mesh, per_class=True)
+  metrics = supervised.evaluate(eval_fn, {}, {}, OneBatch(), 6, mesh, per_class=True)
   assert metrics["eval_top1"] == pytest.approx(3 / 5)
   assert metrics["eval_balanced_top1"] == pytest.approx((1 / 2 + 1 / 2 + 1) / 3)
   assert metrics["eval_worst_class_top1"] == pytest.approx(0.5)
