@@ -41,8 +41,8 @@ _TF_FIELDS = ("preprocess_train", "preprocess_eval", "shuffle_buffer", "cache", 
               "num_parallel_calls", "prefetch_batches",
               "validate_files", "image_key", "label_key")
 
-__all__ = ["ArrayDataset", "DataCheckError", "DatasetError", "PreprocessError", "digits_dataset", "get_dataset",
-           "synthetic_dataset"]
+__all__ = ["ArrayDataset", "DataCheckError", "DatasetError", "PreprocessError", "digits_dataset",
+           "get_dataset", "synthetic_dataset"]
 
 
 def get_dataset(data_config: Any) -> Any:

@@ -8,7 +8,9 @@ those (subfolders of a class folder are searched too)::
   root/val/cat/...
 
 Classes are the class folders of the training split, sorted by name (label 0 is
-the first). Files ending in .jpg, .jpeg or .png (any case) are read; JPEG and
+the first). A later split with a class folder that training lacks, a split with
+no class folder or no image, are DataCheckErrors (exit 2; `report.py` checks the
+rest before training). Files ending in .jpg, .jpeg or .png (any case) are read; JPEG and
 PNG in colour or greyscale all decode to 3 channels by default (greyscale is
 replicated; `decode(1)` gives one channel). Other files are ignored.
 
