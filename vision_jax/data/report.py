@@ -531,7 +531,8 @@ def findings(report: dict[str, Any], mode: str = "error",
     folders = evaluation.get("class_folders")
     extra = sorted(set(folders) - set(classes)) if folders is not None else []
     if extra:
-      add("eval_classes_unknown", "error", unknown_classes_message(eval_name, extra, classes))
+      message = unknown_classes_message(eval_name, extra, classes)
+      add("eval_classes_unknown", "error", message[0].upper() + message[1:])
     missing = [c for c in classes if train["class_counts"].get(c) and
                not evaluation["class_counts"].get(c)]
     if missing:
