@@ -360,6 +360,13 @@ def _check_data(c: _Checks) -> None:
   c.number("data.max_bad_fraction", 0.0, 1.0, what=" (the share of a split that may become "
            "unreadable before the run stops)")
   c.choice("data.validate_files", ("auto", "full", "header", "none"))
+  # pylint: disable=import-outside-toplevel
+  from vision_jax.data.balance import BALANCE_MODES
+  from vision_jax.data.report import CHECK_MODES
+  c.choice("data.balance", BALANCE_MODES)
+  c.choice("data.checks", CHECK_MODES)
+  c.non_negative_int("data.max_cross_split_duplicates", what=" (training images that may also "
+                     "be in the eval split, exactly or nearly)")
   for field in ("preprocess_train", "preprocess_eval", "mix", "train_split", "eval_split"):
     value = c.value(f"data.{field}")
     if value is not None and not isinstance(value, str):

@@ -55,6 +55,9 @@ OPTIONAL_FIELDS = {
     "data.cache": False,
     "data.train_split": placeholder(str),
     "data.eval_split": placeholder(str),
+    "data.checks": "error",
+    "data.max_cross_split_duplicates": 0,
+    "data.balance": "none",
 }
 EXIT_USAGE = 2
 EXIT_FAILED = 1

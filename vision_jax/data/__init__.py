@@ -18,7 +18,10 @@ config.data.name selects the source:
 The tf.data sources take preprocess_train / preprocess_eval op strings
 (`ops`), e.g. "decode|inception_crop(224)|flip_lr|value_range(-1,1)", and every
 source takes config.data.mix ("mixup(0.2)", "cutmix(1.0)", ...; see `mix`).
-docs/data.md lists every field and op.
+config.data.balance ('none', 'sample', 'loss') handles class imbalance (`balance`).
+Before training, `report.check_before_training` looks for degenerate data and
+leakage between splits (`config.data.checks`); `tools/inspect_data.py` prints the
+same dataset report. docs/data.md lists every field and op.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from typing import Any
 
 from absl import logging
 
+from vision_jax.data import balance as balance_lib
 from vision_jax.data.arrays import ArrayDataset, synthetic_dataset
 from vision_jax.data.digits import digits_dataset
-from vision_jax.data.errors import DatasetError, PreprocessError
+from vision_jax.data.errors import DataCheckError, DatasetError, PreprocessError
 from vision_jax.data.eval_preprocess import eval_preprocess  # noqa: F401
 
 DATASETS = ("digits", "synthetic", "folder:/path", "<tfds builder name>")
@@ -37,8 +41,8 @@ _TF_FIELDS = ("preprocess_train", "preprocess_eval", "shuffle_buffer", "cache", 
               "num_parallel_calls", "prefetch_batches",
               "validate_files", "image_key", "label_key")
 
-__all__ = ["ArrayDataset", "DatasetError", "PreprocessError", "digits_dataset", "get_dataset",
-           "synthetic_dataset"]
+__all__ = ["ArrayDataset", "DataCheckError", "DatasetError", "PreprocessError", "digits_dataset",
+           "get_dataset", "synthetic_dataset"]
 
 
 def get_dataset(data_config: Any) -> Any:
@@ -49,6 +53,7 @@ def get_dataset(data_config: Any) -> Any:
     PreprocessError: a malformed preprocessing or mix string (a DatasetError).
   """
   name = data_config.get("name")
+  balance = balance_lib.check_mode(data_config.get("balance"))
   if name in ("digits", "synthetic"):
     ignored = [f for f in _TF_FIELDS if data_config.get(f) is not None]
     if ignored:
@@ -76,6 +81,8 @@ def get_dataset(data_config: Any) -> Any:
     dataset = tf_dataset(data_config, tfds_name=name)
   else:
     raise DatasetError(f"Unknown dataset {name!r} in config.data.name. Available: {DATASETS}.")
+  if isinstance(dataset, ArrayDataset):
+    dataset.balance = balance
   mix = data_config.get("mix")
   if mix:
     from vision_jax.data import mix as mix_lib  # pylint: disable=import-outside-toplevel

@@ -32,6 +32,9 @@ class ArrayDataset:
     preprocess_eval: same, called with rngs None (deterministic).
     views: augmented views per training example (2: batch['image'] is
       [N, 2, H, W, C], for SimCLR); evaluation batches always hold one.
+    balance: 'sample' draws each epoch's examples with replacement, each with a
+      probability proportional to 1 / (its class's count) (`data.balance`);
+      anything else uses a permutation of the split.
   """
 
   train: tuple[np.ndarray, np.ndarray]
@@ -40,6 +43,7 @@ class ArrayDataset:
   preprocess_train: Preprocess
   preprocess_eval: Preprocess
   views: int = 1
+  balance: str = "none"
 
   @property
   def num_train(self) -> int:
@@ -58,10 +62,15 @@ class ArrayDataset:
       raise ValueError(f"The batch size {global_batch} is larger than the training split ({n}).")
     local = _local_size(global_batch, process_count)
     steps_per_epoch = n // global_batch  # the incomplete tail of each epoch is dropped
+    weights = None
+    if self.balance == "sample":
+      from vision_jax.data.balance import sampling_weights  # pylint: disable=import-outside-toplevel
+      weights = sampling_weights(labels, self.num_classes)
     step = start_step
     while True:
       epoch, offset = divmod(step, steps_per_epoch)
-      order = np.random.default_rng([seed, epoch]).permutation(n)
+      rng = np.random.default_rng([seed, epoch])
+      order = rng.permutation(n) if weights is None else rng.choice(n, size=n, p=weights)
       start = offset * global_batch + process_index * local
       index = order[start:start + local]
       rngs = [np.random.default_rng([seed, epoch, int(i)]) for i in index]

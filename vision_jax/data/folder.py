@@ -8,7 +8,9 @@ those (subfolders of a class folder are searched too)::
   root/val/cat/...
 
 Classes are the class folders of the training split, sorted by name (label 0 is
-the first). Files ending in .jpg, .jpeg or .png (any case) are read; JPEG and
+the first). A later split with a class folder that training lacks, a split with
+no class folder or no image, are DataCheckErrors (exit 2; `report.py` checks the
+rest before training). Files ending in .jpg, .jpeg or .png (any case) are read; JPEG and
 PNG in colour or greyscale all decode to 3 channels by default (greyscale is
 replicated; `decode(1)` gives one channel). Other files are ignored.
 
@@ -47,7 +49,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from vision_jax.data.errors import DatasetError
+from vision_jax.data.errors import DataCheckError, DatasetError
 from vision_jax.data.ops.geometry import decode_image
 from vision_jax.data.pipeline import Source, share_bounds
 
@@ -140,8 +142,8 @@ class FolderSource(Source):
     path = self._split_dir(split)
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
     if not classes:
-      raise DatasetError(f"{path} has no class folders; the layout is "
-                         "root/<split>/<class>/<image>.")
+      raise DataCheckError(f"{path} has no class folders; the layout is "
+                           "root/<split>/<class>/<image>.")
     return classes
 
   def _list(self, split: str) -> tuple[list[str], list[int]]:
@@ -149,8 +151,8 @@ class FolderSource(Source):
     classes = self._class_names(split)
     unknown = sorted(set(classes) - set(self.classes))
     if unknown:
-      raise DatasetError(f"{path} has class folders {unknown} that the training split lacks; "
-                         f"the classes are {self.classes}.")
+      from vision_jax.data.report import unknown_classes_message  # pylint: disable=import-outside-toplevel
+      raise DataCheckError(f"{path}: " + unknown_classes_message(split, unknown, self.classes))
     paths, labels = [], []
     for label, name in enumerate(self.classes):
       class_dir = os.path.join(path, name)
@@ -165,7 +167,9 @@ class FolderSource(Source):
       paths.extend(found)
       labels.extend([label] * len(found))
     if not paths:
-      raise DatasetError(f"{path} holds no {'/'.join(EXTENSIONS)} files in its class folders.")
+      raise DataCheckError(f"The split {split!r} is empty: {path} holds no "
+                           f"{'/'.join(EXTENSIONS)} files in its class folders; add images, or "
+                           "name another split (config.data.train_split / eval_split).")
     return paths, labels
 
   def _split_files(self, split: str) -> tuple[list[str], np.ndarray]:
@@ -176,6 +180,9 @@ class FolderSource(Source):
 
   def num_examples(self, split: str) -> int:
     return len(self._split_files(split)[0])
+
+  def train_labels(self, split: str) -> np.ndarray:
+    return np.asarray(self._split_files(split)[1], np.int64)
 
   def share_sizes(self, split: str, process_count: int) -> list[int]:
     n = self.num_examples(split)

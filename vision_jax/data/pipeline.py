@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow as tf
 
 from vision_jax.data import ops as ops_lib
-from vision_jax.data.errors import DatasetError
+from vision_jax.data.errors import DataCheckError, DatasetError
 
 Batch = dict[str, np.ndarray]
 AUTOTUNE = tf.data.AUTOTUNE
@@ -110,6 +110,12 @@ class Source(abc.ABC):
     del split
     return []
 
+  def train_labels(self, split: str) -> np.ndarray:
+    """int64 [N]: the label of every example of `split` (one pass over its records)."""
+    ds = self.read(split, 0, 1, training=False).map(lambda example: example["label"])
+    labels = [np.asarray(b) for b in ds.batch(4096).as_numpy_iterator()]
+    return np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+
   def explain_failure(self, split: str, error: Exception) -> str:
     """A message for an error raised while reading or decoding `split`."""
     return (f"Reading split {split!r} of {self.name} failed: {error}. Check the data, or the "
@@ -127,12 +133,21 @@ class TfDataset:
     cache: keep this process's raw share in memory after the first epoch.
     num_parallel_calls: examples preprocessed at once (AUTOTUNE: tf.data picks).
     prefetch_batches: batches kept ready on the host (AUTOTUNE: tf.data picks).
+    balance: config.data.balance; 'sample' draws each epoch's training examples
+      with replacement, with probabilities 1 / (class count) (`balance.py`).
   """
 
   def __init__(self, source: Source, train_split: str, eval_split: str, preprocess_train: str,
                preprocess_eval: str, shuffle_buffer: int | None = None, cache: bool = False,
-               num_parallel_calls: int | None = None, prefetch_batches: int | None = None):
+               num_parallel_calls: int | None = None, prefetch_batches: int | None = None,
+               balance: str = "none"):
     self.source = source
+    self.balance = balance
+    if balance == "sample" and not hasattr(source, "share"):
+      raise DataCheckError(
+          f"config.data.balance='sample' needs every label before training, which {source.name} "
+          "(a tfds dataset) does not give without a full pass over its records; use "
+          "config.data.balance='loss' (class-weighted loss) instead.")
     self.train_split = train_split
     self.eval_split = eval_split
     self.preprocess_train = ops_lib.get_preprocess_fn(preprocess_train)
@@ -196,6 +211,9 @@ class TfDataset:
           tf.random.experimental.stateless_fold_in(augment_seed, epoch), index)
       return preprocess(source.load(example), example_seed)
 
+    if self.balance == "sample":
+      epoch_examples = self._balanced_epochs(process_index, process_count, per_epoch,  # noqa: F811
+                                             order_seed, start_epoch, offset * local)
     ds = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_examples)
     ds = ds.map(process, num_parallel_calls=self.num_parallel_calls, deterministic=True)
     _check_outputs(ds, "preprocess_train", self.preprocess_train.spec)
@@ -203,6 +221,30 @@ class TfDataset:
                   deterministic=True)
     ds = ds.map(_finalize)
     return ds.with_options(_options()).prefetch(self.prefetch_batches)
+
+  def _balanced_epochs(self, process_index: int, process_count: int, per_epoch: int,
+                       order_seed: tf.Tensor, start_epoch: int, skip: int):
+    """epoch -> its examples under balance='sample': `per_epoch` draws with replacement from
+    this process's share, example i with probability 1 / (C * n_{label_i}) (share counts),
+    by inverse CDF on stateless uniforms seeded by (seed, process, epoch)."""
+    from vision_jax.data.balance import sampling_weights  # pylint: disable=import-outside-toplevel
+    paths, labels = self.source.share(self.train_split, process_index, process_count, True)
+    cdf = np.cumsum(sampling_weights(labels, self.num_classes))
+    cdf = tf.constant(cdf / cdf[-1], tf.float64)
+    files, label_values = tf.constant(paths, tf.string), tf.constant(labels, tf.int64)
+    last = len(paths) - 1
+
+    def epoch_examples(epoch):
+      draws = tf.random.stateless_uniform(
+          [per_epoch], tf.random.experimental.stateless_fold_in(order_seed, epoch),
+          dtype=tf.float64)
+      index = tf.minimum(tf.searchsorted(cdf, draws, side="right"), last)
+      ds = tf.data.Dataset.from_tensor_slices(
+          {"file_name": tf.gather(files, index), "label": tf.gather(label_values, index)})
+      ds = ds.enumerate().skip(tf.where(epoch == start_epoch, tf.constant(skip, tf.int64), 0))
+      return ds.map(lambda i, example: (epoch, i, example))
+
+    return epoch_examples
 
   def train_iterator(self, global_batch: int, seed: int, start_step: int = 0,
                      process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
@@ -368,4 +410,5 @@ def tf_dataset(data_config: Any, folder: str | None = None, tfds_name: str | Non
                    specs["preprocess_eval"], shuffle_buffer=data_config.get("shuffle_buffer"),
                    cache=bool(data_config.get("cache", False)),
                    num_parallel_calls=data_config.get("num_parallel_calls"),
-                   prefetch_batches=data_config.get("prefetch_batches"))
+                   prefetch_batches=data_config.get("prefetch_batches"),
+                   balance=data_config.get("balance") or "none")

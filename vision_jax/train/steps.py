@@ -113,8 +113,8 @@ def _forward(model, params, batch_stats, images, rng, train):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, schedule: Callable[[Any], Any],
                num_classes: int, label_smoothing: float = 0.0, grad_accum_steps: int = 1,
-               ema_decay: float = 0.0, freeze_bn: bool = False, trainable: str | None = None
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               ema_decay: float = 0.0, freeze_bn: bool = False, trainable: str | None = None,
+               class_weights: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on a global batch; returns the new state and step metrics.
 
   With `grad_accum_steps` = k > 1 the batch is split into k micro-batches that run
@@ -126,6 +126,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   '/'-joined parameter paths, e.g. 'head/.*') every other parameter is behind
   stop_gradient: no gradient is computed for it (a frozen backbone costs only its
   forward pass) and the optimizer must leave it alone (`optim.freeze_except`).
+  With `class_weights` ([num_classes], config.data.balance='loss') each example's
+  loss is scaled by its class's weight (soft labels: the label-weighted mean).
   """
   rng = jax.random.fold_in(state.rng, state.step)
 
@@ -134,7 +136,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       params = stop_gradient_except(params, trainable)
     logits, new_stats = _forward(model, params, batch_stats, micro["image"], micro_rng,
                                  not freeze_bn)
-    loss = jnp.mean(cross_entropy(logits, micro["label"], num_classes, label_smoothing))
+    per_example = cross_entropy(logits, micro["label"], num_classes, label_smoothing)
+    if class_weights is not None:
+      per_example = per_example * example_weights(micro["label"], class_weights)
+    loss = jnp.mean(per_example)
     return loss, (new_stats, logits)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -165,6 +170,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   metrics = {"loss": loss, "accuracy": correct / batch["label"].shape[0],
              "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
   return new_state, metrics
+
+
+def example_weights(labels: jax.Array, class_weights: Any) -> jax.Array:
+  """[N] weights of integer or soft labels under per-class `class_weights` [C]."""
+  class_weights = jnp.asarray(class_weights, jnp.float32)
+  if labels.ndim == 2:
+    return labels.astype(jnp.float32) @ class_weights
+  return class_weights[labels]
 
 
 def trainable_mask(params: Any, trainable: str) -> Any:
@@ -203,7 +216,8 @@ def _top1_correct(logits, labels):
 
 def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, model: nn.Module,
               num_classes: int) -> dict[str, jax.Array]:
-  """Sums of loss, top-1 and top-5 hits over the real (mask=1) examples of a batch."""
+  """Sums of loss, top-1 and top-5 hits over the real (mask=1) examples of a batch, plus
+  per-class sums [num_classes] of examples ('class_count') and top-1 hits ('class_top1')."""
   variables = {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
   logits = model.apply(variables, batch["image"], train=False)
   labels = batch["label"]
@@ -212,5 +226,7 @@ def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, mod
   top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
   hit5 = jnp.any(top5 == labels[:, None], axis=-1)
   hit1 = jnp.argmax(logits, -1) == labels
+  per_class = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
   return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask),
-          "top5": jnp.sum(hit5 * mask), "count": jnp.sum(mask)}
+          "top5": jnp.sum(hit5 * mask), "count": jnp.sum(mask),
+          "class_count": jnp.sum(per_class, axis=0), "class_top1": hit1 @ per_class}

@@ -27,6 +27,7 @@ from clu import parameter_overview
 from vision_jax import config_check
 from vision_jax import data as data_lib
 from vision_jax import environment
+from vision_jax.data import report as data_report
 from vision_jax.config_base import DURATION_DEFAULTS, with_defaults
 from vision_jax.config_util import ConfigError, require_fields, steps_from
 from vision_jax.train import checkpoint as ckpt_lib
@@ -37,6 +38,7 @@ from vision_jax.train import recipes
 from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import steps as steps_lib
 
+GEOMETRY_CHECK_BELOW = 128  # input sides from which check_input_geometry is skipped
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -152,6 +154,9 @@ def setup_run(config: Any) -> RunSetup:
                       f"devices; use a multiple of {n_dev}.")
   dataset = data_lib.get_dataset(config.data)
   recipe.check(config, dataset)
+  # Degenerate data, leakage between splits, too small a split (config.data.checks).
+  data_report.check_before_training(dataset, config.data)
+  data_report.check_batch_size(dataset.num_train, batch_size, jax.process_count())
   steps = durations(config, dataset.num_train)
   config_check.check_lengths(steps["total"], steps["warmup"])
 
@@ -168,11 +173,54 @@ def setup_run(config: Any) -> RunSetup:
   init_fn = functools.partial(steps_lib.create_train_state, model=model, tx=tx,
                               input_shape=input_shape, use_ema=float(config.ema_decay or 0) > 0)
   rng = jax.random.key(int(config.seed))
-  abstract_state = jax.eval_shape(init_fn, rng)
+  try:
+    abstract_state = jax.eval_shape(init_fn, rng)
+  except (TypeError, ValueError, ZeroDivisionError) as e:  # e.g. a ViT built for another size
+    raise _input_error(config.model.name, input_shape, e) from None
+  # Inputs of 128 pixels or more survive every registered model (total strides are at most 32);
+  # below, one abstract forward pass looks for a layer left with no pixel.
+  if recipe.name == "supervised" and min(input_shape[1:3]) < GEOMETRY_CHECK_BELOW:
+    check_input_geometry(model, {"params": abstract_state.params,
+                                 "batch_stats": abstract_state.batch_stats},
+                         input_shape, config.model.name)
   state_shardings = sharding_lib.state_shardings(abstract_state, mesh, fsdp=bool(config.fsdp))
   return RunSetup(config=config, recipe=recipe, mesh=mesh, dataset=dataset, steps=steps,
                   eval_batch=eval_batch, model=model, schedule=schedule, tx=tx, init_fn=init_fn,
                   rng=rng, abstract_state=abstract_state, state_shardings=state_shardings)
+
+
+def _input_error(model_name: str, input_shape: tuple[int, ...], error: Exception):
+  return data_lib.DataCheckError(
+      f"{model_name} cannot run on images of {tuple(input_shape[1:])} (height, width, "
+      f"channels): its forward pass fails ({type(error).__name__}: "
+      f"{str(error).splitlines()[0][:300]}). Give the size the model expects (a resize(...) or "
+      "crop in config.data.preprocess_*, or config.data.image_size).")
+
+
+def check_input_geometry(model: Any, variables: Any, input_shape: tuple[int, ...],
+                         model_name: str) -> None:
+  """DataCheckError when the model's downsampling leaves no pixel of `input_shape`.
+
+  Abstract: one traced forward pass (`jax.eval_shape`) with every intermediate
+  output captured; nothing is compiled. `variables` may be shapes only.
+  """
+  def forward(variables, images):
+    _, state = model.apply(variables, images, train=False, capture_intermediates=True,
+                           mutable=["intermediates"])
+    return state["intermediates"]
+
+  try:
+    captured = jax.eval_shape(forward, variables, jax.ShapeDtypeStruct(input_shape, jnp.float32))
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    raise _input_error(model_name, input_shape, e) from None
+
+  def name(path):
+    keys = [str(getattr(k, "key", "")) for k in path]
+    return "/".join(k for k in keys if k and k != "__call__") or "output"
+
+  shapes = {name(path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(captured)}
+  data_report.check_geometry(shapes, input_shape, model_name)
 
 
 def check_config(config: Any) -> dict[str, Any]:
