@@ -30,7 +30,7 @@ _DIGITS = digits_lib.load_digits("all")
 def _in_repo(monkeypatch):
   monkeypatch.chdir(ROOT)
   monkeypatch.delenv(main.VERBOSE_ENV, raising=False)
-  monkeypatch.setattr(main, "_setup_logging", lambda: None)
+  monkeypatch.setattr(main, "_setup_logging", lambda verbose=False: None)  # keep pytest's logging
 
 
 def digit(index: int, size: int = 32) -> Image.Image:
