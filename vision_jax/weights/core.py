@@ -37,8 +37,8 @@ Shape = tuple[int, ...]
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
-class WeightLoadError(ValueError):
-  """A foreign checkpoint does not fit the vision_jax model it was loaded into."""
+# Defined in a plain-Python module so that weights.hub's names parse without JAX.
+from vision_jax.weights.errors import WeightLoadError  # noqa: E402,F401  pylint: disable=wrong-import-position
 
 
 class NoCounterpart(KeyError):

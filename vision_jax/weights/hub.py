@@ -49,6 +49,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import urllib.parse
@@ -58,7 +59,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from absl import logging
 
-from vision_jax.weights.core import WeightLoadError
+from vision_jax.weights.errors import WeightLoadError
 
 SCHEMES = ("timm:", "hf-hub:", "local-dir:", "torchvision:", "npz:")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -248,6 +249,13 @@ def torch_hub_dir() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _timm_tags() -> frozenset[str] | None:
+  """timm's pretrained tags, or None when timm cannot be imported (here).
+
+  timm imports torchvision, which crashes the process when TensorFlow was imported
+  first (as in the trainer); there the hub is asked directly instead.
+  """
+  if "timm" not in sys.modules and "tensorflow" in sys.modules:
+    return None
   try:
     import timm  # pylint: disable=import-outside-toplevel
   except ImportError:
@@ -288,6 +296,10 @@ def _timm_name_check(spec: Spec) -> str:
   name = spec.repo_id.split("/", 1)[1]
   where = f"pretrained({spec.text!r})"
   tags = _timm_tags()
+  if tags is None and "." not in name:
+    raise PretrainedError(f"{where}: {name!r} names an architecture, not a pretrained tag; add "
+                          f"the tag, e.g. timm:{name}.TAG (timm.list_pretrained('{name}.*') lists "
+                          "them).")
   if tags is not None:
     import timm  # pylint: disable=import-outside-toplevel
     if name not in tags and "." not in name and name in set(timm.list_models()):
