@@ -114,8 +114,11 @@ def pretrained_variables(init_from: str, model_name: str,
       architecture, or the architecture is not `model_name`.
   """
   from vision_jax.weights import WeightLoadError, hub  # pylint: disable=import-outside-toplevel
+  # The config's overrides shape the architecture the file is read into (reduced widths, say);
+  # a ViT's img_size is not one of them: its position embeddings are resampled when merged.
+  shape = {k: _tuples(v) for k, v in dict(model_overrides or {}).items() if k != "img_size"}
   try:
-    loaded = hub.pretrained(init_from)
+    loaded = hub.pretrained(init_from, **shape)
   except WeightLoadError as e:
     raise ConfigError(f"config.init_from={init_from!r}: {e}") from None
   if loaded.model_name != model_name:
@@ -133,6 +136,11 @@ def pretrained_variables(init_from: str, model_name: str,
                "cached conversion" if loaded.from_cache else "converted now")
   variables = dict(loaded.variables)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
+
+
+def _tuples(value: Any) -> Any:
+  """Lists (from a config) as tuples: module fields must be hashable."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def match_encoder_nesting(source: dict, target_params: Any, init_from: str) -> dict:

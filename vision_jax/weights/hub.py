@@ -631,7 +631,12 @@ def _cached_convert(sha256: str, loader: str, arch: str, overrides: Mapping[str,
       logging.warning("The cached conversion of %s in %s is damaged (%s): removed, converting "
                       "again.", label, entry, e)
       shutil.rmtree(entry, ignore_errors=True)
-  model_name, module_overrides, variables = convert()
+  try:
+    model_name, module_overrides, variables = convert()
+  except PretrainedError:
+    raise
+  except WeightLoadError as e:  # the table of what does not fit, named after its source
+    raise WeightLoadError(f"{label}: {e}") from None
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   meta = {"model": model_name, "num_classes": _head_classes(variables),
           "overrides": _jsonable(module_overrides), "source": label, "sha256": sha256,
