@@ -487,10 +487,11 @@ def _resolve_files(spec: Spec) -> tuple[str, str, dict[str, Any]]:
     raise PretrainedError(f"{where}: {spec.path} holds neither {' nor '.join(WEIGHT_FILES)}.")
   repo_id = spec.repo_id
   # A cached tag needs no check against timm's list (importing timm costs seconds).
-  if repo_id.startswith("timm/") and (
-      "." not in repo_id or _cached_file(repo_id, CONFIG_FILE, spec.revision) is None):
+  config_path = _cached_file(repo_id, CONFIG_FILE, spec.revision)
+  if repo_id.startswith("timm/") and ("." not in repo_id or config_path is None):
     repo_id = _timm_name_check(spec)
-  config = _read_config(_hub_file(spec, repo_id, CONFIG_FILE), where)
+    config_path = None
+  config = _read_config(config_path or _hub_file(spec, repo_id, CONFIG_FILE), where)
   _check_architecture(str(config["architecture"]), where)
   path = _hub_file(spec, repo_id, WEIGHT_FILES[0], required=False)
   if path is None:
@@ -913,7 +914,6 @@ def _assemble(meta: Mapping[str, Any], variables: Any, dtype: Any, overrides: Ma
               metadata_from: str | None = None) -> Pretrained:
   """Builds the module from the entry's metadata and attaches preprocessing and names."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   from vision_jax.data.eval_preprocess import eval_preprocess  # pylint: disable=import-outside-toplevel
   model_name = meta["model"]
@@ -921,7 +921,7 @@ def _assemble(meta: Mapping[str, Any], variables: Any, dtype: Any, overrides: Ma
   module_overrides = {**_hashable(meta.get("overrides") or {}), **overrides}
   module = models.create_model(model_name, num_classes=num_classes, dtype=dtype,
                                **module_overrides)
-  variables = jax.tree_util.tree_map(jnp.asarray, dict(variables))
+  variables = jax.device_put(dict(variables))  # jnp.asarray would compile per shape
   cfg, origin = _preprocess_cfg(pretrained_cfg, model_name, module_overrides.get("img_size"),
                                 label)
   return Pretrained(module=module, variables=variables, preprocess=eval_preprocess(cfg),
