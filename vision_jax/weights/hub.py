@@ -88,6 +88,8 @@ class Pretrained:
     preprocess_cfg: the timm-style metadata it was made from (input_size, crop_pct, ...).
     class_names: one name per class of the returned head.
     model_name: vision_jax registry name.
+    architecture: the checkpoint's own architecture name (timm's, torchvision's, or the
+      registry name of an .npz file), e.g. to build the reference model.
     num_classes: classes of the returned head (0: pooled features).
     overrides: `create_model` overrides the module was built with.
     source: what was loaded, e.g. 'hf-hub:timm/resnet50.a1_in1k@main'.
@@ -103,6 +105,7 @@ class Pretrained:
   preprocess_cfg: dict[str, Any]
   class_names: list[str]
   model_name: str
+  architecture: str
   num_classes: int
   overrides: dict[str, Any]
   source: str
@@ -499,6 +502,31 @@ def _resolve_files(spec: Spec) -> tuple[str, str, dict[str, Any]]:
   return path, f"hf-hub:{repo_id}@{spec.revision or 'main'}", config
 
 
+def available(spec: str, timeout: float = 3.0) -> bool:
+  """Whether `pretrained(spec)` can find its files: cached (or on disk), or the hub answers.
+
+  Cheap (a cache lookup, then at most `timeout` seconds of connection attempt), so a
+  notebook can choose between pretrained weights and a fallback without waiting for
+  huggingface_hub's retries. A True does not promise that the tag exists.
+  """
+  try:
+    parsed = parse_spec(spec)
+  except PretrainedError:
+    return False
+  if parsed.kind == "local":
+    return os.path.isfile(os.path.join(parsed.path, CONFIG_FILE))
+  if parsed.kind == "npz":
+    return os.path.isfile(parsed.path)
+  if parsed.kind == "torchvision":
+    from vision_jax.weights import torchvision as tv  # pylint: disable=import-outside-toplevel
+    arch, _, weights = parsed.name.partition(".")
+    entry = tv.TORCHVISION_WEIGHTS.get(arch, {}).get(weights)
+    return bool(entry) and os.path.isfile(os.path.join(torch_hub_dir(), "checkpoints", entry[0]))
+  if _cached_file(parsed.repo_id, CONFIG_FILE, parsed.revision) is not None:
+    return True
+  return not hub_offline() and hub_reachable(timeout)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading and hashing weights files.
 
@@ -839,7 +867,7 @@ def _load_timm(spec: Spec, where: str, dtype: Any, overrides: Mapping[str, Any])
     return model_name, _module_overrides(module, model_name), variables
 
   meta, variables, from_cache = _cached_convert(sha, "timm", arch, overrides, convert, label)
-  return _assemble(meta, variables, dtype, overrides, label, path, sha, from_cache,
+  return _assemble(meta, variables, dtype, overrides, arch, label, path, sha, from_cache,
                    config.get("pretrained_cfg"), config)
 
 
@@ -877,8 +905,8 @@ def _load_torchvision(spec: Spec, where: str, dtype: Any,
                                                 label)
   cfg = {"input_size": crop, "crop_pct": crop / resize, "crop_mode": "center",
          "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-  return _assemble(meta, variables, dtype, overrides, label, path, sha, from_cache, cfg, None,
-                   metadata_from="torchvision's transforms for these weights")
+  return _assemble(meta, variables, dtype, overrides, arch, label, path, sha, from_cache, cfg,
+                   None, metadata_from="torchvision's transforms for these weights")
 
 
 def _load_npz(spec: Spec, where: str, dtype: Any, overrides: Mapping[str, Any]) -> Pretrained:
@@ -904,12 +932,12 @@ def _load_npz(spec: Spec, where: str, dtype: Any, overrides: Mapping[str, Any]) 
     return spec.name, _module_overrides(module, spec.name), variables
 
   meta, variables, from_cache = _cached_convert(sha, "npz", spec.name, overrides, convert, label)
-  return _assemble(meta, variables, dtype, overrides, label, spec.path, sha, from_cache, None,
-                   None)
+  return _assemble(meta, variables, dtype, overrides, spec.name, label, spec.path, sha,
+                   from_cache, None, None)
 
 
 def _assemble(meta: Mapping[str, Any], variables: Any, dtype: Any, overrides: Mapping[str, Any],
-              label: str, path: str, sha: str, from_cache: bool,
+              architecture: str, label: str, path: str, sha: str, from_cache: bool,
               pretrained_cfg: Mapping[str, Any] | None, config: Mapping[str, Any] | None,
               metadata_from: str | None = None) -> Pretrained:
   """Builds the module from the entry's metadata and attaches preprocessing and names."""
@@ -926,7 +954,7 @@ def _assemble(meta: Mapping[str, Any], variables: Any, dtype: Any, overrides: Ma
                                 label)
   return Pretrained(module=module, variables=variables, preprocess=eval_preprocess(cfg),
                     preprocess_cfg=cfg, class_names=_class_names(config, num_classes),
-                    model_name=model_name, num_classes=num_classes,
+                    model_name=model_name, architecture=architecture, num_classes=num_classes,
                     overrides=module_overrides, source=label, weights_file=path, sha256=sha,
                     from_cache=from_cache, metadata_from=metadata_from or origin)
 
