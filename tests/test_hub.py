@@ -260,6 +260,17 @@ def test_errors_unknown_tag_unimplemented_architecture_and_offline(hub_cache):
   assert cmd in _one_line(e) and "HF_HUB_OFFLINE" in str(e.value)
   with pytest.raises(hub.PretrainedError, match="not a hub repository name"):
     hub.pretrained("hf-hub:no_slash")
+  # The trainer's config check says the same before any work (no workdir is created).
+  from vision_jax import config_check  # pylint: disable=import-outside-toplevel
+  from vision_jax.config_base import base_config  # pylint: disable=import-outside-toplevel
+  from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
+  for init_from, expected in [("timm:convnext_tiny.fb_in22k", "hf download"),
+                              ("timm:resnext50_32x4d.a1h_in1k", "not implemented")]:
+    config = base_config()
+    config.init_from = init_from
+    with pytest.raises(ConfigError) as e:
+      config_check._check_init_from(config_check._Checks(config))  # pylint: disable=protected-access
+    assert expected in _one_line(e) and e.value.args[0].startswith("config.init_from=")
 
 
 def test_errors_not_a_timm_repo_and_a_file_that_does_not_fit(hub_cache, tmp_path):
@@ -368,6 +379,10 @@ def test_photograph_parity_and_predict_top5_equal_timm(hub_cache, tmp_path, caps
   top = json.loads(out.strip().splitlines()[-1])["top_k"]
   assert [t["class"] for t in top] == timm_top5
   assert top[0]["name"] == inference.imagenet_class_names()[timm_top5[0]]
+  # The README's two lines.
+  import vision_jax  # pylint: disable=import-outside-toplevel
+  names = [name for name, _ in vision_jax.pretrained(f"timm:{tag}").classify(str(path))[0]]
+  assert names == [inference.imagenet_class_names()[c] for c in timm_top5]
   code, out, _ = _run("convert_weights", ["--weights", f"timm:{tag}", "--output",
                                           str(tmp_path / "r18")], capsys)
   assert code == 0, out

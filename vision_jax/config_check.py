@@ -192,8 +192,8 @@ def _check_init_from(c: _Checks) -> None:
     return
   from vision_jax.weights import hub  # pylint: disable=import-outside-toplevel
   if hub.is_pretrained_spec(init_from) and not os.path.isdir(init_from):
-    try:  # the name's form only: fetching and converting happen when training starts
-      hub.parse_spec(init_from)
+    try:  # no network here: fetching and converting happen when training starts
+      hub.precheck(init_from)
     except hub.PretrainedError as e:
       raise ConfigError(f"config.init_from={init_from!r}: {e}") from None
     return

@@ -118,6 +118,23 @@ class Pretrained:
     """Unpacks as (module, variables, preprocess)."""
     return iter((self.module, self.variables, self.preprocess))
 
+  def classify(self, images: str | list[str], top_k: int = 5) -> list[list[tuple[str, float]]]:
+    """The top-k (class name, probability) of each image file (paths, globs or folders).
+
+    `vision_jax.pretrained("resnet50.a1_in1k").classify("cat.jpg")`. Files are read
+    with the checkpoint's own preprocessing; unreadable ones are named and skipped.
+    """
+    from vision_jax import inference  # pylint: disable=import-outside-toplevel
+    paths = inference.list_images([images] if isinstance(images, str) else list(images))
+    _, batch = inference.read_images(paths, self.preprocess)
+    if not len(batch):
+      return []
+    logits = np.asarray(inference._apply(self.module, self.variables, batch), np.float64)  # pylint: disable=protected-access
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    return [[(self.class_names[c], float(p[c])) for c in np.argsort(-p)[:top_k]]
+            for p in probabilities]
+
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
@@ -500,6 +517,33 @@ def _resolve_files(spec: Spec) -> tuple[str, str, dict[str, Any]]:
   if path is None:
     path = _hub_file(spec, repo_id, WEIGHT_FILES[1])
   return path, f"hf-hub:{repo_id}@{spec.revision or 'main'}", config
+
+
+def precheck(spec: str) -> None:
+  """What can be said of a name before any work, without the network or timm.
+
+  The form of the name, the architecture a timm tag names, and, with HF_HUB_OFFLINE
+  set, whether its files are cached. The trainer's config check calls it, so that
+  these mistakes stop a run before its workdir is created.
+
+  Raises:
+    PretrainedError: one line, as `pretrained` would raise it.
+  """
+  parsed = parse_spec(spec)
+  where = f"pretrained({parsed.text!r})"
+  if parsed.kind != "hub":
+    if parsed.kind in ("local", "npz") and not os.path.exists(parsed.path):
+      raise PretrainedError(f"{where}: {parsed.path} does not exist.")
+    return
+  name = parsed.repo_id.split("/", 1)[1]
+  if parsed.repo_id.startswith("timm/") and "." in name:
+    _check_architecture(name.split(".")[0], where)
+  if hub_offline() and _cached_file(parsed.repo_id, CONFIG_FILE, parsed.revision) is None:
+    raise PretrainedError(
+        f"{where}: {parsed.repo_id}/{CONFIG_FILE} is not in the hub cache {hub_cache_dir()} and "
+        "HF_HUB_OFFLINE is set; fetch it on a machine with internet access with "
+        f"`{_download_command(parsed.repo_id, parsed.revision, (CONFIG_FILE, WEIGHT_FILES[0]))}` "
+        "(then copy the cache over), or unset HF_HUB_OFFLINE.")
 
 
 def available(spec: str, timeout: float = 3.0) -> bool:
