@@ -273,6 +273,14 @@ def test_errors_unknown_tag_unimplemented_architecture_and_offline(hub_cache):
     assert expected in _one_line(e) and e.value.args[0].startswith("config.init_from=")
 
 
+def test_init_from_weights_of_another_architecture_is_refused(hub_cache):
+  from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
+  from vision_jax.train import pretrained  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError) as e:
+    pretrained.pretrained_variables("timm:convnext_atto.d2_in1k", "resnet18")
+  assert "holds convnext_atto weights" in _one_line(e) and "'resnet18'" in str(e.value)
+
+
 def test_errors_not_a_timm_repo_and_a_file_that_does_not_fit(hub_cache, tmp_path):
   models, _ = hub_cache
   (tmp_path / "bert").mkdir()
