@@ -196,7 +196,16 @@ def test_local_dir_without_metadata_falls_back_to_the_registry_once(hub_cache, t
   assert loaded.preprocess_cfg["interpolation"] == "bicubic"  # still from config.json
   assert loaded.metadata_from.startswith("config.json, with crop_pct, mean, std")
   # Same file as the hub's resnet18: the conversion is shared through the sha256.
-  assert loaded.from_cache and loaded.sha256 == hub.pretrained("timm:resnet18.a1_in1k").sha256
+  hub_r18 = hub.pretrained("timm:resnet18.a1_in1k")
+  assert loaded.from_cache and loaded.sha256 == hub_r18.sha256
+  # pytorch_model.bin (read with torch.load(weights_only=True)) when there is no safetensors.
+  from timm.models._hub import save_for_hf  # pylint: disable=import-outside-toplevel
+  save_for_hf(models["resnet18.a1_in1k"], str(tmp_path / "bin"), safe_serialization=False,
+              model_args={})
+  from_bin = hub.pretrained(f"local-dir:{tmp_path / 'bin'}")
+  assert from_bin.weights_file.endswith("pytorch_model.bin") and not from_bin.from_cache
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.tree_util.tree_map(np.testing.assert_array_equal, from_bin.variables, hub_r18.variables)
 
 
 def test_torchvision_and_npz_names(hub_cache, tmp_path):

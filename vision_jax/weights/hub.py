@@ -455,6 +455,11 @@ def _hub_file(spec: Spec, repo_id: str, filename: str, *, required: bool = True)
                           "timm.list_pretrained().") from None
   except errors.RevisionNotFoundError:
     raise PretrainedError(f"{where}: {repo_id} has no revision {spec.revision!r}.") from None
+  except errors.LocalEntryNotFoundError as e:  # the connection went between probe and download
+    raise PretrainedError(
+        f"{where}: downloading {filename} of {repo_id} failed (the hub stopped answering: "
+        f"{(str(e).splitlines() or [''])[0][:120]}); fetch it with "
+        f"`{_download_command(repo_id, spec.revision, files)}` where there is internet access.") from None
   except errors.EntryNotFoundError:
     if required:
       raise PretrainedError(f"{where}: {repo_id} has no {filename}, so it is not a timm model "
@@ -513,9 +518,11 @@ def _resolve_files(spec: Spec) -> tuple[str, str, dict[str, Any]]:
     config_path = None
   config = _read_config(config_path or _hub_file(spec, repo_id, CONFIG_FILE), where)
   _check_architecture(str(config["architecture"]), where)
-  path = _hub_file(spec, repo_id, WEIGHT_FILES[0], required=False)
-  if path is None:
-    path = _hub_file(spec, repo_id, WEIGHT_FILES[1])
+  # A cached file of either kind first (some repositories hold only pytorch_model.bin).
+  path = (_cached_file(repo_id, WEIGHT_FILES[0], spec.revision)
+          or _cached_file(repo_id, WEIGHT_FILES[1], spec.revision)
+          or _hub_file(spec, repo_id, WEIGHT_FILES[0], required=False)
+          or _hub_file(spec, repo_id, WEIGHT_FILES[1]))
   return path, f"hf-hub:{repo_id}@{spec.revision or 'main'}", config
 
 
