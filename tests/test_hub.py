@@ -363,6 +363,12 @@ def test_tools_exit_2_with_one_line_and_write_nothing(hub_cache, tmp_path, capsy
   code, _, err = _run("convert_weights", ["--weights", "timm:convnext_tiny.fb_in22k", "--output",
                                           str(tmp_path / "conv")], capsys)
   assert code == 2 and "hf download" in err and not (tmp_path / "conv").exists()
+  code, _, err = _run("evaluate", ["--weights", "timm:resnet50.a1_in1kk", "--data", "digits",
+                                   "--confusion", str(tmp_path / "c.png")], capsys)
+  assert code == 2 and "Nearest known tags" in err and not (tmp_path / "c.png").exists()
+  code, _, err = _run("explain", ["--weights", "timm:resnet50.a1_in1kk", str(image),
+                                  "--output-dir", str(tmp_path / "maps")], capsys)
+  assert code == 2 and "Nearest known tags" in err and not (tmp_path / "maps").exists()
 
 
 # ---------------------------------------------------------------------------------------------
