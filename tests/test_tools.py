@@ -57,11 +57,11 @@ def test_convert_reports_bad_input(tmp_path):
   save_file({"fc.weight": np.zeros((10, 512), np.float32)}, path)
   out = run_tool("convert_weights.py", "--from", "timm", "--model", "resnet18",
                  "--input", path, "--output", str(tmp_path / "o"))
-  assert out.returncode == 1 and "missing keys (" in out.stderr and "bn1.running_mean" in out.stderr
+  assert out.returncode == 2 and "missing keys (" in out.stderr and "bn1.running_mean" in out.stderr
   assert not os.path.exists(tmp_path / "o"), "nothing is written for a checkpoint that does not fit"
   out = run_tool("convert_weights.py", "--from", "timm", "--model", "resnet_9000",
                  "--input", path, "--output", str(tmp_path / "o"))
-  assert out.returncode == 1 and "unknown timm model 'resnet_9000'" in out.stderr
+  assert out.returncode == 2 and "unknown timm model 'resnet_9000'" in out.stderr
 
 
 def test_load_converted_rejects_other_directories(tmp_path):

@@ -1,9 +1,15 @@
 """Converts a foreign checkpoint into a vision_jax orbax checkpoint plus metadata JSON.
 
+  python tools/convert_weights.py --weights timm:resnet50.a1_in1k --output /tmp/resnet50_vj
   python tools/convert_weights.py --from timm --model resnet50 \
       --input resnet50.safetensors --output /tmp/resnet50_vj
 
-The output directory can then be named as `init_from` in a training config.
+--weights takes any name `vision_jax.pretrained` takes (timm:TAG, hf-hub:ORG/REPO,
+local-dir:/path, torchvision:NAME.WEIGHTS, npz:ARCH@/path.npz): the files come from
+the Hugging Face hub cache (or torch's), and model.json records the checkpoint's
+own preprocessing (config.json's pretrained_cfg). The output directory can then be
+named as `init_from` in a training config (a tag works there directly, too).
+Bad input prints one `error:` line, exits with 2 and writes nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import sys
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--from", dest="source", required=True, choices=["timm"],
+  parser.add_argument("--weights", help="a pretrained name, e.g. timm:resnet50.a1_in1k "
+                      "(instead of --from/--model/--input)")
+  parser.add_argument("--from", dest="source", choices=["timm"],
                       help="format of the input checkpoint")
-  parser.add_argument("--model", required=True, help="timm model name, e.g. vit_base_patch16_224")
-  parser.add_argument("--input", required=True, help=".safetensors file (or a .pth/.bin torch state dict)")
+  parser.add_argument("--model", help="timm model name, e.g. vit_base_patch16_224")
+  parser.add_argument("--input", help=".safetensors file (or a .pth/.bin torch state dict)")
   parser.add_argument("--output", required=True, help="directory to create")
   # The eval preprocessing the weights expect, recorded in model.json under "preprocess".
   # timm's pretrained config for --model fills them when timm is installed; flags win.
@@ -32,6 +40,12 @@ def main(argv=None) -> int:
   parser.add_argument("--std", type=float, nargs=3, help="per-channel std (default: timm's cfg)")
   args = parser.parse_args(argv)
 
+  if args.weights:
+    if args.input or args.model:
+      parser.error("give either --weights or --from/--model/--input, not both")
+    return _convert_pretrained(args)
+  if not (args.source and args.model and args.input):
+    parser.error("--from, --model and --input are required (or give --weights timm:TAG)")
   if not os.path.isfile(args.input):
     print(f"error: input file {args.input} does not exist", file=sys.stderr)
     return 2
@@ -45,7 +59,7 @@ def main(argv=None) -> int:
     model_name, _, overrides = resolve(args.model, state_dict)
   except WeightLoadError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 2
   try:
     out = io.save_converted(args.output, variables, model_name, module.num_classes, overrides,
                             source=f"timm:{args.model} from {os.path.abspath(args.input)}")
@@ -60,6 +74,39 @@ def main(argv=None) -> int:
   with open(meta_path, "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
   print(f"wrote {out} ({model_name}, num_classes={module.num_classes}, preprocess={preprocess})")
+  return 0
+
+
+def _convert_pretrained(args) -> int:
+  """--weights NAME: resolve through the hub cache, then write the converted directory."""
+  from vision_jax.weights import WeightLoadError, hub, io  # pylint: disable=import-outside-toplevel
+  target = os.path.join(os.path.abspath(args.output), io.VARIABLES_DIR)
+  if os.path.exists(target):  # before any download or conversion
+    print(f"error: {target} already exists; choose another --output or remove it.",
+          file=sys.stderr)
+    return 2
+  try:
+    loaded = hub.pretrained(args.weights)
+  except WeightLoadError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  preprocess = dict(loaded.preprocess_cfg, **{"from": loaded.metadata_from})
+  for key in _PREPROCESS_KEYS:  # flags win, as for --input
+    value = getattr(args, key)
+    if value is not None:
+      preprocess[key] = list(value) if isinstance(value, (list, tuple)) else value
+      preprocess["from"] += " + flags"
+  out = io.save_converted(args.output, loaded.variables, loaded.model_name, loaded.num_classes,
+                          loaded.overrides, source=f"{loaded.source} (sha256 {loaded.sha256})")
+  meta_path = os.path.join(out, io.METADATA_FILE)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  meta["preprocess"] = preprocess
+  meta["class_names"] = loaded.class_names
+  with open(meta_path, "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+  print(f"wrote {out} ({loaded.model_name}, num_classes={loaded.num_classes}, from "
+        f"{loaded.source}, preprocess={preprocess})")
   return 0
 
 

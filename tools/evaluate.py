@@ -26,13 +26,14 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vision_jax.inference import WEIGHTS_HELP  # noqa: E402  (plain Python, no JAX)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
-  group.add_argument("--weights", help="a tools/convert_weights.py output directory")
+  group.add_argument("--weights", help=WEIGHTS_HELP)
   parser.add_argument("--data", help="'digits', 'folder:/path' or a tfds name (default: the run's)")
   parser.add_argument("--split", help="split to evaluate (default: the source's eval split)")
   parser.add_argument("--data-dir", help="tfds data_dir")

@@ -29,6 +29,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vision_jax.inference import WEIGHTS_HELP  # noqa: E402  (plain Python, no JAX)
 
 METHODS = ("gradcam", "gradcam++", "ig", "smoothgrad", "rollout")
 
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
-  group.add_argument("--weights", help="a tools/convert_weights.py output directory")
+  group.add_argument("--weights", help=WEIGHTS_HELP)
   parser.add_argument("images", nargs="+", help="image files, globs or folders")
   parser.add_argument("--method", choices=METHODS, default="gradcam")
   parser.add_argument("--out", "--output-dir", dest="out", required=True,

@@ -23,12 +23,13 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vision_jax.inference import WEIGHTS_HELP  # noqa: E402  (plain Python, no JAX)
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
   group = parser.add_mutually_exclusive_group(required=True)
   group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
-  group.add_argument("--weights", help="a tools/convert_weights.py output directory")
+  group.add_argument("--weights", help=WEIGHTS_HELP)
 
 
 def main(argv=None) -> int:

@@ -187,8 +187,15 @@ def _check_init_from(c: _Checks) -> None:
     return
   if not isinstance(init_from, str):
     c.fail("init_from", init_from, "must be a path (another run's workdir or a "
-           "tools/convert_weights.py directory)")
+           "tools/convert_weights.py directory) or a pretrained name such as timm:TAG")
   if _REMOTE.match(init_from):
+    return
+  from vision_jax.weights import hub  # pylint: disable=import-outside-toplevel
+  if hub.is_pretrained_spec(init_from) and not os.path.isdir(init_from):
+    try:  # no network here: fetching and converting happen when training starts
+      hub.precheck(init_from)
+    except hub.PretrainedError as e:
+      raise ConfigError(f"config.init_from={init_from!r}: {e}") from None
     return
   if not os.path.exists(init_from):
     raise ConfigError(f"config.init_from={init_from!r} does not exist, so it is neither a workdir "

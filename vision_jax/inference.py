@@ -7,7 +7,11 @@ are thin over this module. A model comes from either
     model, its overrides, the dataset (class names) and the eval preprocessing;
   * a converted-weights directory (tools/convert_weights.py): model.json gives
     the model and its "preprocess" metadata; 1000-class weights get the ImageNet-1k
-    class names shipped in `vision_jax/data/labels/imagenet1k.txt`.
+    class names shipped in `vision_jax/data/labels/imagenet1k.txt`;
+  * a pretrained name (`timm:resnet50.a1_in1k`, `hf-hub:ORG/REPO`, `local-dir:/path`,
+    `torchvision:vgg16_bn.IMAGENET1K_V1`, `npz:ARCH@/path.npz`), resolved by
+    `vision_jax.weights.hub.pretrained` through the Hugging Face hub cache: the
+    checkpoint's config.json gives the preprocessing and the class names.
 """
 
 from __future__ import annotations
@@ -71,12 +75,41 @@ def imagenet_class_names() -> list[str]:
     return [line.strip() for line in f if line.strip()]
 
 
+WEIGHTS_HELP = ("a pretrained name (timm:TAG such as timm:resnet50.a1_in1k, hf-hub:ORG/REPO, "
+                "local-dir:/path, torchvision:vgg16_bn.IMAGENET1K_V1, npz:ARCH@/path.npz) or a "
+                "tools/convert_weights.py output directory")
+
+
 def load_model(workdir: str | None = None, weights: str | None = None) -> LoadedModel:
-  """Loads a training run (`workdir`) or converted weights (`weights`); exactly one is given."""
+  """Loads a training run (`workdir`) or weights (`weights`); exactly one is given.
+
+  `weights` is a converted-weights directory or a pretrained name (see `WEIGHTS_HELP`).
+  """
   if (workdir is None) == (weights is None):
-    raise LoadError("Give exactly one of --workdir (a training run) or --weights (a "
-                    "tools/convert_weights.py directory).")
-  return _load_workdir(workdir) if workdir is not None else _load_weights(weights)
+    raise LoadError("Give exactly one of --workdir (a training run) or --weights (" +
+                    WEIGHTS_HELP + ").")
+  if workdir is not None:
+    return _load_workdir(workdir)
+  from vision_jax.weights.hub import is_pretrained_spec  # pylint: disable=import-outside-toplevel
+  if is_pretrained_spec(weights) and not os.path.isdir(weights):
+    return _load_pretrained(weights)
+  if not os.path.exists(weights):
+    raise LoadError(f"--weights {weights}: no such directory. A pretrained model is named with "
+                    f"a prefix, e.g. --weights timm:{weights} (see --help).")
+  return _load_weights(weights)
+
+
+def _load_pretrained(spec: str) -> LoadedModel:
+  """A model named by a tag: every failure becomes one LoadError line (the WeightLoadError
+  table of a file that does not fit the architecture included)."""
+  from vision_jax.weights import WeightLoadError, hub  # pylint: disable=import-outside-toplevel
+  try:
+    loaded = hub.pretrained(spec)
+  except WeightLoadError as e:
+    raise LoadError(f"--weights {e}") from None
+  return LoadedModel(loaded.module, loaded.variables, loaded.class_names, loaded.preprocess,
+                     loaded.preprocess_cfg.get("mean"), loaded.preprocess_cfg.get("std"),
+                     loaded.source)
 
 
 def _load_workdir(workdir: str) -> LoadedModel:
@@ -183,7 +216,9 @@ def _load_weights(directory: str) -> LoadedModel:
       "interpolation": info.get("interpolation", "bicubic"), "mean": info.get("mean"),
       "std": info.get("std")}
   n = int(meta["num_classes"])
-  names = imagenet_class_names() if n == 1000 else [f"class_{i}" for i in range(n)]
+  names = meta.get("class_names")  # written by convert_weights.py --weights (config.json)
+  if not names or len(names) != n:
+    names = imagenet_class_names() if n == 1000 else [f"class_{i}" for i in range(n)]
   return LoadedModel(module, variables, names, eval_preprocess(preprocess),
                      preprocess.get("mean"), preprocess.get("std"), os.path.abspath(directory))
 

@@ -9,7 +9,8 @@ trained and takes each leaf from the pretrained ones when it can:
 It returns the merged variables and a `LoadReport` whose `table()` lists what
 was loaded, skipped, resampled, missing and unexpected. `match_encoder_nesting`
 first lines up a SimCLR checkpoint (encoder under 'encoder/') with a plain model,
-and the other way round.
+and the other way round. `pretrained_variables` reads weights named by a tag
+(`config.init_from='timm:convnext_tiny.fb_in22k'`) through `weights.hub`.
 """
 
 from __future__ import annotations
@@ -98,6 +99,48 @@ def merge_pretrained(target: Mapping[str, Any], source: Mapping[str, Any],
                       "a checkpoint of another architecture?")
   unflat = traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in merged.items()})
   return unflat, report
+
+
+def pretrained_variables(init_from: str, model_name: str,
+                         model_overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The variables of weights named by a tag (timm:, hf-hub:, local-dir:, torchvision:, npz:).
+
+  Resolved, converted and cached by `vision_jax.weights.hub.pretrained`; the
+  checkpoint's own classifier comes along and `merge_pretrained` then re-creates
+  the head for the new classes (`config.dont_load`).
+
+  Raises:
+    ConfigError: the name cannot be resolved or fetched, the file does not fit its
+      architecture, or the architecture is not `model_name`.
+  """
+  from vision_jax.weights import WeightLoadError, hub  # pylint: disable=import-outside-toplevel
+  # The config's overrides shape the architecture the file is read into (reduced widths, say);
+  # a ViT's img_size is not one of them: its position embeddings are resampled when merged.
+  shape = {k: _tuples(v) for k, v in dict(model_overrides or {}).items() if k != "img_size"}
+  try:
+    loaded = hub.pretrained(init_from, **shape)
+  except WeightLoadError as e:
+    raise ConfigError(f"config.init_from={init_from!r}: {e}") from None
+  if loaded.model_name != model_name:
+    raise ConfigError(f"config.init_from={init_from!r} holds {loaded.model_name} weights, but "
+                      f"config.model.name is {model_name!r}; set --config.model.name="
+                      f"{loaded.model_name} or name weights of {model_name}.")
+  differ = {k: v for k, v in loaded.overrides.items() if k != "img_size"
+            and (model_overrides or {}).get(k) != v}
+  if differ:
+    logging.warning("init_from %s was built with model overrides %s that config.model.overrides "
+                    "does not set; add them to compute the same function as the checkpoint.",
+                    init_from, differ)
+  logging.info("init_from %s: %s, %d classes, sha256 %s (%s).", init_from, loaded.source,
+               loaded.num_classes, loaded.sha256[:12],
+               "cached conversion" if loaded.from_cache else "converted now")
+  variables = dict(loaded.variables)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
+
+
+def _tuples(value: Any) -> Any:
+  """Lists (from a config) as tuples: module fields must be hashable."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def match_encoder_nesting(source: dict, target_params: Any, init_from: str) -> dict:

@@ -371,10 +371,15 @@ def _nonfinite_message(step: int, checkpointer) -> str:
 
 
 def _load_init(state, config, recipe, shardings):
-  """Starts from another run's workdir or from converted weights (see train/pretrained.py)."""
+  """Starts from another run's workdir, converted weights or a pretrained name such as
+  timm:TAG (see train/pretrained.py)."""
   from vision_jax.weights import io as weights_io  # pylint: disable=import-outside-toplevel
+  from vision_jax.weights.hub import is_pretrained_spec  # pylint: disable=import-outside-toplevel
   init_from = config.init_from
-  if os.path.isdir(os.path.join(init_from, "checkpoints")):
+  if is_pretrained_spec(init_from) and not os.path.isdir(init_from):  # timm:TAG, hf-hub:...
+    source = pretrained.pretrained_variables(init_from, config.model.name,
+                                             dict(config.model.overrides or {}))
+  elif os.path.isdir(os.path.join(init_from, "checkpoints")):
     manager = ckpt_lib.Checkpointer(init_from, async_save=False)
     if manager.latest_step() is None:
       raise ConfigError(f"config.init_from={init_from!r} holds no checkpoint.")

@@ -40,6 +40,30 @@ TORCHVISION_MODELS.update({
     for name in ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
                  "vgg19_bn")
 })
+# torchvision's ImageNet-1k weights of those models: WEIGHTS name -> (file name in torch's
+# hub cache, as torchvision downloads it; eval resize side; eval crop side). All of them
+# resize bilinearly and normalise with the ImageNet mean and std. Written out, not read
+# from torchvision, because importing torchvision after TensorFlow crashes the process;
+# tests/test_hub.py checks the table against torchvision's own enums.
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+TORCHVISION_WEIGHTS: dict[str, dict[str, tuple[str, int, int]]] = {
+    "resnet18": {"IMAGENET1K_V1": ("resnet18-f37072fd.pth", 256, 224)},
+    "resnet34": {"IMAGENET1K_V1": ("resnet34-b627a593.pth", 256, 224)},
+    "resnet50": {"IMAGENET1K_V1": ("resnet50-0676ba61.pth", 256, 224),
+                 "IMAGENET1K_V2": ("resnet50-11ad3fa6.pth", 232, 224)},
+    "resnet101": {"IMAGENET1K_V1": ("resnet101-63fe2227.pth", 256, 224),
+                  "IMAGENET1K_V2": ("resnet101-cd907fc2.pth", 232, 224)},
+    "resnet152": {"IMAGENET1K_V1": ("resnet152-394f9c45.pth", 256, 224),
+                  "IMAGENET1K_V2": ("resnet152-f82ba261.pth", 232, 224)},
+    "vgg11": {"IMAGENET1K_V1": ("vgg11-8a719046.pth", 256, 224)},
+    "vgg11_bn": {"IMAGENET1K_V1": ("vgg11_bn-6002323d.pth", 256, 224)},
+    "vgg13": {"IMAGENET1K_V1": ("vgg13-19584684.pth", 256, 224)},
+    "vgg13_bn": {"IMAGENET1K_V1": ("vgg13_bn-abd245e5.pth", 256, 224)},
+    "vgg16": {"IMAGENET1K_V1": ("vgg16-397923af.pth", 256, 224)},
+    "vgg16_bn": {"IMAGENET1K_V1": ("vgg16_bn-6c64b313.pth", 256, 224)},
+    "vgg19": {"IMAGENET1K_V1": ("vgg19-dcbb9e9d.pth", 256, 224)},
+    "vgg19_bn": {"IMAGENET1K_V1": ("vgg19_bn-c79401a0.pth", 256, 224)},
+}
 # Kept for callers that list the supported ResNets.
 TORCHVISION_RESNETS: dict[str, str] = {n: v[0] for n, v in TORCHVISION_MODELS.items()
                                        if n.startswith("resnet")}
