@@ -397,7 +397,7 @@ def test_photograph_parity_and_predict_top5_equal_timm(hub_cache, tmp_path, caps
   print(f"photograph: preprocessing mean |diff| {diff.mean():.4f}, logits relative error {err:.2e}")
   assert err < 1e-5
   timm_top5 = list(np.argsort(-_torch_logits(reference, timm_in)[0])[:5])
-  code, out, _ = _run("predict", ["--weights", f"timm:{tag}", str(path), "--top-k", "5"], capsys)
+  code, out, _ = _run("predict", ["--weights", f"timm:{tag}", str(path), "--top-k", "5", "--json"], capsys)
   assert code == 0
   top = json.loads(out.strip().splitlines()[-1])["top_k"]
   assert [t["class"] for t in top] == timm_top5
