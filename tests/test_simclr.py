@@ -59,8 +59,11 @@ def opt_config(**kw):
   return ml_collections.ConfigDict(kw)
 
 
-def make_state(model, tx, use_ema=False, size=8):
-  return steps.create_train_state(jax.random.key(0), model, tx, (1, size, size, 3), use_ema)
+def make_state(model, tx, use_ema=False, size=8, channels=3):
+  # Eager: compiled (steps.init_state), the init costs more here than the per-operation
+  # compiles that it shares with the other tests of this file.
+  return steps.create_train_state(jax.random.key(0), model, tx, (1, size, size, channels),
+                                  use_ema)
 
 
 # ---------------------------------------------------------------------------
@@ -212,30 +215,43 @@ def test_lars_matches_numpy_reference():
 # ---------------------------------------------------------------------------
 def test_projection_head_layout():
   head = ProjectionHead(hidden_dim=None, out_dim=8, num_layers=3, dtype=jnp.bfloat16)
-  variables = head.init(jax.random.key(0), jnp.ones((4, 12)), train=False)
+  # Jitted here and below: one compile each instead of one per operation.
+  variables = jax.jit(lambda x: head.init(jax.random.key(0), x, train=False))(jnp.ones((4, 12)))
   shapes = jax.tree_util.tree_map(jnp.shape, variables["params"])
   assert shapes == {"dense_0": {"kernel": (12, 12)}, "bn_0": {"scale": (12,), "bias": (12,)},
                     "dense_1": {"kernel": (12, 12)}, "bn_1": {"scale": (12,), "bias": (12,)},
                     "dense_2": {"kernel": (12, 8)}, "bn_2": {"scale": (8,)}}
-  out, _ = head.apply(variables, jnp.ones((4, 12)), train=True, mutable=["batch_stats"])
+  out, _ = jax.jit(lambda v, x: head.apply(v, x, train=True, mutable=["batch_stats"]))(
+      variables, jnp.ones((4, 12)))
   assert out.shape == (4, 8) and out.dtype == jnp.float32
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
 
 
 def test_simclr_model_features_and_projections():
   model = tiny_model()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  # Jitted: one compile each for the init and for the five forwards, instead of one per
+  # operation. Which variables each route reads is fixed when it is traced.
+  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
+      jnp.zeros((1, 8, 8, 3)))
   assert set(variables["params"]) == {"encoder", "head"}
   images = jnp.asarray(np.random.default_rng(4).normal(size=(5, 8, 8, 3)), jnp.float32)
-  z = model.apply(variables, images, train=False)
-  h = model.apply(variables, images, train=False, features_only=True)
+
+  @jax.jit
+  def routes(variables, images):
+    encoder_only = model.encoder.apply({"params": variables["params"]["encoder"],
+                                        "batch_stats": variables["batch_stats"]["encoder"]},
+                                       images, train=False)
+    return (model.apply(variables, images, train=False),
+            model.apply(variables, images, train=False, features_only=True),
+            model.apply(variables, images, method="features"),
+            simclr.simclr_features(variables["params"], variables["batch_stats"], images,
+                                   model=model),
+            encoder_only)
+
+  z, h, features, simclr_features, encoder_only = routes(variables, images)
   assert z.shape == (5, 8) and h.shape == (5, 8) and h.dtype == jnp.float32
-  np.testing.assert_allclose(model.apply(variables, images, method="features"), h)
-  np.testing.assert_allclose(
-      simclr.simclr_features(variables["params"], variables["batch_stats"], images, model=model), h)
-  encoder_only = model.encoder.apply({"params": variables["params"]["encoder"],
-                                      "batch_stats": variables["batch_stats"]["encoder"]},
-                                     images, train=False)
+  np.testing.assert_allclose(features, h)
+  np.testing.assert_allclose(simclr_features, h)
   np.testing.assert_allclose(h, encoder_only, rtol=1e-6)
 
 
@@ -417,18 +433,29 @@ def _tiny(config):
   return config
 
 
-def test_simclr_recipe_runs_and_resumes_exactly(tmp_path):
+@pytest.fixture(scope="module")
+def simclr_runs(tmp_path_factory):
+  """The tiny recipe run for 4 steps straight, and as 2 + 2 (a restart from the step-2
+  checkpoint): (root, final metrics of each). The linear probe starts from the straight run."""
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("simclr_runs")
   straight = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
-  final = trainer.train_and_evaluate(straight, str(tmp_path / "straight"))
+  final = trainer.train_and_evaluate(straight, str(root / "straight"))
+  first = _tiny(simclr_digits_config(**{"total_steps": 2}))
+  trainer.train_and_evaluate(first, str(root / "resumed"))
+  second = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
+  resumed = trainer.train_and_evaluate(second, str(root / "resumed"))
+  return root, final, resumed
+
+
+# Both tests read the runs of the module fixture: one worker builds it once.
+@pytest.mark.xdist_group("simclr_runs")
+def test_simclr_recipe_runs_and_resumes_exactly(simclr_runs):
+  tmp_path, final, resumed = simclr_runs
   assert set(final) == {"knn_top1", "linear_top1", "eval_count"} and final["eval_count"] == 360
   assert 0.1 < final["knn_top1"] <= 1.0 and 0.1 < final["linear_top1"] <= 1.0
 
   # The same 4 steps as 2 + 2 (a restart from the step-2 checkpoint) give the same state.
-  first = _tiny(simclr_digits_config(**{"total_steps": 2}))
-  trainer.train_and_evaluate(first, str(tmp_path / "resumed"))
-  second = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
-  resumed = trainer.train_and_evaluate(second, str(tmp_path / "resumed"))
   assert resumed == final
 
   a, b = latest_state(tmp_path / "straight"), latest_state(tmp_path / "resumed")
@@ -457,19 +484,18 @@ def test_simclr_config_errors(tmp_path, changes, match):
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
-def test_linear_probe_from_a_simclr_workdir(tmp_path):
+@pytest.mark.xdist_group("simclr_runs")
+def test_linear_probe_from_a_simclr_workdir(simclr_runs, tmp_path):
   """stage=linear loads the encoder (not the projection head) and trains only the classifier:
   every encoder parameter and BN statistic stays bit-exact, through SGD with momentum."""
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
-  pretrain = _tiny(simclr_digits_config(**{"total_steps": 2}))
-  trainer.train_and_evaluate(pretrain, str(tmp_path / "pre"))
-  probe = simclr_digits_config("smoke,stage=linear", total_steps=3,
-                               init_from=str(tmp_path / "pre"))
+  pretrained = simclr_runs[0] / "straight"  # the fixture's 4-step SimCLR run
+  probe = simclr_digits_config("smoke,stage=linear", total_steps=3, init_from=str(pretrained))
   probe.model.overrides = dict(TINY_ENCODER)
   final = trainer.train_and_evaluate(probe, str(tmp_path / "probe"))
   assert final["eval_count"] == 360
 
-  pre, post = latest_state(tmp_path / "pre"), latest_state(tmp_path / "probe")
+  pre, post = latest_state(pretrained), latest_state(tmp_path / "probe")
   encoder = {k: v for k, v in post["params"].items() if k != "head"}
   assert jax.tree_util.tree_structure(encoder) == jax.tree_util.tree_structure(
       pre["params"]["encoder"])
@@ -490,7 +516,7 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
   rng = np.random.default_rng(8)
   batch = {"image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
-  state0 = steps.create_train_state(jax.random.key(0), model, frozen_tx, (1, 8, 8, 1), False)
+  state0 = make_state(model, frozen_tx, channels=1)
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=frozen_tx, schedule=schedule,
                                    num_classes=3, freeze_bn=True, trainable="head/.*"))
   state = state0
@@ -511,7 +537,7 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
                          train=False)
     return jnp.mean(steps.cross_entropy(logits, batch["label"], 3))
   _, first = step(state0, batch)
-  want = optax.tree.norm(jax.grad(head_loss)(state0.params["head"]))
+  want = optax.tree.norm(jax.jit(jax.grad(head_loss))(state0.params["head"]))
   np.testing.assert_allclose(float(first["grad_norm"]), float(want), rtol=1e-5)
   with pytest.raises(ConfigError, match="matches no parameter"):
     optim.freeze_except(tx, "classifier/.*").init(state0.params)

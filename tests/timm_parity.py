@@ -46,7 +46,6 @@ def compare_with_timm(timm_name: str, image_size: int, seed: int = 0, batch: int
   import timm  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
 
-  import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from vision_jax.weights import from_timm  # pylint: disable=import-outside-toplevel
 
@@ -57,8 +56,5 @@ def compare_with_timm(timm_name: str, image_size: int, seed: int = 0, batch: int
   with torch.no_grad():
     ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   module, variables = from_timm(timm_name, timm_state_dict(model))
-  # Jitted: one compile of the whole forward costs a fraction of the op-by-op compiles of an
-  # eager apply on the CPU (tf_efficientnet_b0 at 65 px: 2 s against 8 s).
-  ours = np.asarray(jax.jit(lambda v, x: module.apply(v, x, train=False))(variables,
-                                                                         jnp.asarray(x)))
+  ours = np.asarray(module.apply(variables, jnp.asarray(x), train=False))
   return relative_error(ours, ref), ours, ref
