@@ -59,11 +59,8 @@ def opt_config(**kw):
   return ml_collections.ConfigDict(kw)
 
 
-def make_state(model, tx, use_ema=False, size=8, channels=3):
-  # Eager: compiled (steps.init_state), the init costs more here than the per-operation
-  # compiles that it shares with the other tests of this file.
-  return steps.create_train_state(jax.random.key(0), model, tx, (1, size, size, channels),
-                                  use_ema)
+def make_state(model, tx, use_ema=False, size=8):
+  return steps.create_train_state(jax.random.key(0), model, tx, (1, size, size, 3), use_ema)
 
 
 # ---------------------------------------------------------------------------
@@ -215,43 +212,30 @@ def test_lars_matches_numpy_reference():
 # ---------------------------------------------------------------------------
 def test_projection_head_layout():
   head = ProjectionHead(hidden_dim=None, out_dim=8, num_layers=3, dtype=jnp.bfloat16)
-  # Jitted here and below: one compile each instead of one per operation.
-  variables = jax.jit(lambda x: head.init(jax.random.key(0), x, train=False))(jnp.ones((4, 12)))
+  variables = head.init(jax.random.key(0), jnp.ones((4, 12)), train=False)
   shapes = jax.tree_util.tree_map(jnp.shape, variables["params"])
   assert shapes == {"dense_0": {"kernel": (12, 12)}, "bn_0": {"scale": (12,), "bias": (12,)},
                     "dense_1": {"kernel": (12, 12)}, "bn_1": {"scale": (12,), "bias": (12,)},
                     "dense_2": {"kernel": (12, 8)}, "bn_2": {"scale": (8,)}}
-  out, _ = jax.jit(lambda v, x: head.apply(v, x, train=True, mutable=["batch_stats"]))(
-      variables, jnp.ones((4, 12)))
+  out, _ = head.apply(variables, jnp.ones((4, 12)), train=True, mutable=["batch_stats"])
   assert out.shape == (4, 8) and out.dtype == jnp.float32
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
 
 
 def test_simclr_model_features_and_projections():
   model = tiny_model()
-  # Jitted: one compile each for the init and for the five forwards, instead of one per
-  # operation. Which variables each route reads is fixed when it is traced.
-  variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(
-      jnp.zeros((1, 8, 8, 3)))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
   assert set(variables["params"]) == {"encoder", "head"}
   images = jnp.asarray(np.random.default_rng(4).normal(size=(5, 8, 8, 3)), jnp.float32)
-
-  @jax.jit
-  def routes(variables, images):
-    encoder_only = model.encoder.apply({"params": variables["params"]["encoder"],
-                                        "batch_stats": variables["batch_stats"]["encoder"]},
-                                       images, train=False)
-    return (model.apply(variables, images, train=False),
-            model.apply(variables, images, train=False, features_only=True),
-            model.apply(variables, images, method="features"),
-            simclr.simclr_features(variables["params"], variables["batch_stats"], images,
-                                   model=model),
-            encoder_only)
-
-  z, h, features, simclr_features, encoder_only = routes(variables, images)
+  z = model.apply(variables, images, train=False)
+  h = model.apply(variables, images, train=False, features_only=True)
   assert z.shape == (5, 8) and h.shape == (5, 8) and h.dtype == jnp.float32
-  np.testing.assert_allclose(features, h)
-  np.testing.assert_allclose(simclr_features, h)
+  np.testing.assert_allclose(model.apply(variables, images, method="features"), h)
+  np.testing.assert_allclose(
+      simclr.simclr_features(variables["params"], variables["batch_stats"], images, model=model), h)
+  encoder_only = model.encoder.apply({"params": variables["params"]["encoder"],
+                                      "batch_stats": variables["batch_stats"]["encoder"]},
+                                     images, train=False)
   np.testing.assert_allclose(h, encoder_only, rtol=1e-6)
 
 
@@ -516,7 +500,7 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
   rng = np.random.default_rng(8)
   batch = {"image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
-  state0 = make_state(model, frozen_tx, channels=1)
+  state0 = steps.create_train_state(jax.random.key(0), model, frozen_tx, (1, 8, 8, 1), False)
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=frozen_tx, schedule=schedule,
                                    num_classes=3, freeze_bn=True, trainable="head/.*"))
   state = state0
@@ -537,7 +521,7 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
                          train=False)
     return jnp.mean(steps.cross_entropy(logits, batch["label"], 3))
   _, first = step(state0, batch)
-  want = optax.tree.norm(jax.jit(jax.grad(head_loss))(state0.params["head"]))
+  want = optax.tree.norm(jax.grad(head_loss)(state0.params["head"]))
   np.testing.assert_allclose(float(first["grad_norm"]), float(want), rtol=1e-5)
   with pytest.raises(ConfigError, match="matches no parameter"):
     optim.freeze_except(tx, "classifier/.*").init(state0.params)
