@@ -417,18 +417,29 @@ def _tiny(config):
   return config
 
 
-def test_simclr_recipe_runs_and_resumes_exactly(tmp_path):
+@pytest.fixture(scope="module")
+def simclr_runs(tmp_path_factory):
+  """The tiny recipe run for 4 steps straight, and as 2 + 2 (a restart from the step-2
+  checkpoint): (root, final metrics of each). The linear probe starts from the straight run."""
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("simclr_runs")
   straight = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
-  final = trainer.train_and_evaluate(straight, str(tmp_path / "straight"))
+  final = trainer.train_and_evaluate(straight, str(root / "straight"))
+  first = _tiny(simclr_digits_config(**{"total_steps": 2}))
+  trainer.train_and_evaluate(first, str(root / "resumed"))
+  second = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
+  resumed = trainer.train_and_evaluate(second, str(root / "resumed"))
+  return root, final, resumed
+
+
+# Both tests read the runs of the module fixture: one worker builds it once.
+@pytest.mark.xdist_group("simclr_runs")
+def test_simclr_recipe_runs_and_resumes_exactly(simclr_runs):
+  tmp_path, final, resumed = simclr_runs
   assert set(final) == {"knn_top1", "linear_top1", "eval_count"} and final["eval_count"] == 360
   assert 0.1 < final["knn_top1"] <= 1.0 and 0.1 < final["linear_top1"] <= 1.0
 
   # The same 4 steps as 2 + 2 (a restart from the step-2 checkpoint) give the same state.
-  first = _tiny(simclr_digits_config(**{"total_steps": 2}))
-  trainer.train_and_evaluate(first, str(tmp_path / "resumed"))
-  second = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
-  resumed = trainer.train_and_evaluate(second, str(tmp_path / "resumed"))
   assert resumed == final
 
   a, b = latest_state(tmp_path / "straight"), latest_state(tmp_path / "resumed")
@@ -457,19 +468,18 @@ def test_simclr_config_errors(tmp_path, changes, match):
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
-def test_linear_probe_from_a_simclr_workdir(tmp_path):
+@pytest.mark.xdist_group("simclr_runs")
+def test_linear_probe_from_a_simclr_workdir(simclr_runs, tmp_path):
   """stage=linear loads the encoder (not the projection head) and trains only the classifier:
   every encoder parameter and BN statistic stays bit-exact, through SGD with momentum."""
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
-  pretrain = _tiny(simclr_digits_config(**{"total_steps": 2}))
-  trainer.train_and_evaluate(pretrain, str(tmp_path / "pre"))
-  probe = simclr_digits_config("smoke,stage=linear", total_steps=3,
-                               init_from=str(tmp_path / "pre"))
+  pretrained = simclr_runs[0] / "straight"  # the fixture's 4-step SimCLR run
+  probe = simclr_digits_config("smoke,stage=linear", total_steps=3, init_from=str(pretrained))
   probe.model.overrides = dict(TINY_ENCODER)
   final = trainer.train_and_evaluate(probe, str(tmp_path / "probe"))
   assert final["eval_count"] == 360
 
-  pre, post = latest_state(tmp_path / "pre"), latest_state(tmp_path / "probe")
+  pre, post = latest_state(pretrained), latest_state(tmp_path / "probe")
   encoder = {k: v for k, v in post["params"].items() if k != "head"}
   assert jax.tree_util.tree_structure(encoder) == jax.tree_util.tree_structure(
       pre["params"]["encoder"])
