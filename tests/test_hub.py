@@ -28,6 +28,9 @@ timm = pytest.importorskip("timm")
 from tests.timm_parity import randomize_norms, relative_error  # noqa: E402
 from vision_jax.weights import WeightLoadError, hub  # noqa: E402
 
+# One worker builds the offline hub cache (seven timm models) and runs every test on it.
+pytestmark = pytest.mark.xdist_group("hub_cache")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
 # The VGG widths of configs/transfer.py's smoke run, so the fine-tune test loads them.
@@ -186,6 +189,9 @@ def test_local_dir_without_metadata_falls_back_to_the_registry_once(hub_cache, t
   for key in ("mean", "std", "crop_pct"):
     del config["pretrained_cfg"][key]
   json.dump(config, open(files["config.json"], "w"))
+  # The hub's resnet18 is the same file: converted here (or by an earlier test of this
+  # worker), its conversion is shared with the local directory through the sha256.
+  hub_r18 = hub.pretrained("timm:resnet18.a1_in1k")
   with caplog.at_level(logging.WARNING):
     caplog.clear()
     loaded = hub.pretrained(f"local-dir:{tmp_path / 'mine'}")
@@ -195,8 +201,6 @@ def test_local_dir_without_metadata_falls_back_to_the_registry_once(hub_cache, t
   assert loaded.preprocess_cfg["mean"] == [0.485, 0.456, 0.406]  # the registry's resnet18
   assert loaded.preprocess_cfg["interpolation"] == "bicubic"  # still from config.json
   assert loaded.metadata_from.startswith("config.json, with crop_pct, mean, std")
-  # Same file as the hub's resnet18: the conversion is shared through the sha256.
-  hub_r18 = hub.pretrained("timm:resnet18.a1_in1k")
   assert loaded.from_cache and loaded.sha256 == hub_r18.sha256
   # pytorch_model.bin (read with torch.load(weights_only=True)) when there is no safetensors.
   from timm.models._hub import save_for_hf  # pylint: disable=import-outside-toplevel
