@@ -57,7 +57,8 @@ def _call_in_fresh_process(tag: str) -> dict:
           "print(json.dumps({'wall_s': time.perf_counter() - w, 'cpu_s': time.process_time() - c,"
           " 'from_cache': p.from_cache}))\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT), check=True)
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                           p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)), check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
