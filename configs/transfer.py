@@ -59,7 +59,8 @@ repository's own fine-tuning recipe (cosine, 384 px), not with this HyperRule.
 Arguments (`configs/transfer.py:key=value,...`):
   model: a registered model name (BiT, ViT, ResNet, EfficientNet, VGG, ConvNeXt).
   dataset: a tfds name or folder:/path (train/ and val/ or test/ split folders).
-  init_from: converted weights or another run's workdir ('' trains from scratch).
+  init_from: a pretrained name (timm:TAG, torchvision:..., npz:...), converted weights or
+    another run's workdir ('' trains from scratch).
   num_train: training-split size (0: look it up).
   resolution: 'auto', 'small' (<96x96 images) or 'large'.
   batch_size: global batch; lr = 0.003 x batch_size / 512.
