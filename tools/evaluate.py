@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     output = (output_paths.single_file(args.output, "metrics.json", (".json",), "--output")
               if args.output else None)
     output_paths.refuse_overwrite([confusion_path, output], args.overwrite)
-    model = inference.open_model(args.workdir, args.weights)
+    model = inference.load_model(args.workdir, args.weights)
   except (inference.LoadError, FileExistsError, output_paths.OutputError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

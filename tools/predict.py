@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                                        "--output") if args.output else None)
     sheets = _sheet_paths(output_paths, args.sheet, len(listed), args.per_sheet)
     output_paths.refuse_overwrite([output] + sheets, args.overwrite)
-    model = inference.open_model(args.workdir, args.weights)
+    model = inference.load_model(args.workdir, args.weights)
   except (inference.LoadError, FileExistsError, output_paths.OutputError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

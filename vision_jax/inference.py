@@ -263,29 +263,3 @@ def read_images(paths: Sequence[str], preprocess: str,
   if not arrays:
     return [], np.zeros((0, 1, 1, 1), np.float32)
   return good, np.stack(arrays)
-
-
-def refuse_overwrite(path: str, overwrite: bool) -> None:
-  """Raises FileExistsError unless `path` is free or `overwrite` is set."""
-  if os.path.exists(path) and not overwrite:
-    raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
-
-
-def open_model(workdir: str | None, weights: str | None, outputs: Sequence[str | None] = (),
-               overwrite: bool = False) -> LoadedModel:
-  """The tools' common start: refuse to overwrite `outputs`, then load the model.
-
-  Raises:
-    FileExistsError: an output exists and `overwrite` is False.
-    LoadError: the workdir or weights directory cannot be loaded.
-  """
-  for path in outputs:
-    if path:
-      refuse_overwrite(path, overwrite)
-  return load_model(workdir, weights)
-
-
-def read_image_args(specs: Sequence[str], preprocess: str, warn) -> tuple[list[str], Any]:
-  """(paths, images) for the tools' image arguments (files, globs, folders); unreadable
-  files are named through `warn` and skipped."""
-  return read_images(list_images(specs), preprocess, warn=warn)
