@@ -11,6 +11,7 @@ result does not depend on the number of devices.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable
 
@@ -226,7 +227,9 @@ def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *, mod
   top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
   hit5 = jnp.any(top5 == labels[:, None], axis=-1)
   hit1 = jnp.argmax(logits, -1) == labels
-  per_class = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * mask[:, None]
+  # Per-class sums by segment (not a [N, num_classes] one-hot: 21k-class heads evaluate too).
+  by_class = functools.partial(jax.ops.segment_sum, segment_ids=labels, num_segments=num_classes)
   return {"loss": jnp.sum(loss * mask), "top1": jnp.sum(hit1 * mask),
           "top5": jnp.sum(hit5 * mask), "count": jnp.sum(mask),
-          "class_count": jnp.sum(per_class, axis=0), "class_top1": hit1 @ per_class}
+          "class_count": by_class(mask.astype(jnp.float32)),
+          "class_top1": by_class((hit1 * mask).astype(jnp.float32))}
