@@ -184,7 +184,7 @@ def _pipeline_constants(ds, op):
 def test_parallelism_and_prefetch_reach_tf_data(tmp_path):
   import ml_collections
   import tensorflow as tf
-  from vision_jax.data import DatasetError, pipeline
+  from vision_jax.data import DatasetError, get_dataset
   for split, count in (("train", 8), ("val", 2)):
     for i in range(count):
       path = tmp_path / split / f"c{i % 2}" / f"{i}.png"
@@ -195,7 +195,7 @@ def test_parallelism_and_prefetch_reach_tf_data(tmp_path):
     config = ml_collections.ConfigDict(dict(
         name=f"folder:{tmp_path}", preprocess_train="decode|flip_lr|value_range(0, 1)",
         preprocess_eval="decode|value_range(0, 1)", **knobs))
-    return pipeline.tf_dataset(config, folder=str(tmp_path))
+    return get_dataset(config)
 
   chosen = dataset(num_parallel_calls=3, prefetch_batches=5).train_dataset(4, seed=0)
   assert _pipeline_constants(chosen, "ParallelMapDatasetV2")[0][-1] == 3

@@ -123,22 +123,23 @@ def test_run_names_add_parents_until_they_differ(tmp_path):
 
 
 def test_read_metrics_errors_name_the_problem(tmp_path):
-  with pytest.raises(plots.PlotError, match="does not exist"):
-    plots.read_metrics(str(tmp_path / "missing"))
+  from vision_jax.train import metrics  # the reader lives next to its writer
+  with pytest.raises(metrics.MetricsFileError, match="does not exist"):
+    metrics.read_metrics(str(tmp_path / "missing"))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(plots.PlotError, match="has no metrics.jsonl"):
-    plots.read_metrics(str(tmp_path / "empty"))
+  with pytest.raises(metrics.MetricsFileError, match="has no metrics.jsonl"):
+    metrics.read_metrics(str(tmp_path / "empty"))
   (tmp_path / "empty" / "metrics.jsonl").write_text("\n")
-  with pytest.raises(plots.PlotError, match="is empty"):
-    plots.read_metrics(str(tmp_path / "empty"))
+  with pytest.raises(metrics.MetricsFileError, match="is empty"):
+    metrics.read_metrics(str(tmp_path / "empty"))
   bad = tmp_path / "bad"
   bad.mkdir()
   (bad / "metrics.jsonl").write_text('{"step": 1, "loss": 2}\n[1, 2]\n{"step": 3, "loss": 1}\n')
-  with pytest.raises(plots.PlotError, match="line 2 is not a metrics record"):
-    plots.read_metrics(str(bad))
+  with pytest.raises(metrics.MetricsFileError, match="line 2 is not a metrics record"):
+    metrics.read_metrics(str(bad))
   # A last line cut short by a killed run is dropped, not an error.
   (bad / "metrics.jsonl").write_text('{"step": 1, "loss": 2}\n{"step": 2, "lo')
-  assert plots.read_metrics(str(bad)) == [{"step": 1, "loss": 2}]
+  assert metrics.read_metrics(str(bad)) == [{"step": 1, "loss": 2}]
 
 
 def test_plot_metrics_cli_writes_a_png_and_refuses_to_overwrite(tmp_path, capsys):

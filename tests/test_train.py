@@ -1,7 +1,6 @@
 """The training engine: sharding, FSDP, multi-process, resume, failures, optimizers."""
 
 import functools
-import json
 import logging
 import os
 import re
@@ -33,9 +32,7 @@ def digits_config(arg="smoke", **changes):
   return config_file("digits", arg, **changes)
 
 
-def read_metrics(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+from vision_jax.train.metrics import read_metrics  # noqa: E402  (one reader of metrics.jsonl)
 
 
 def losses(workdir):

@@ -25,8 +25,10 @@ import os
 import sys
 from typing import Any
 
-ENVIRONMENT_FILE = "environment.json"
-METRICS_FILE = "metrics.jsonl"
+from vision_jax import environment
+from vision_jax.environment import ENVIRONMENT_FILE
+from vision_jax.train import metrics as metrics_lib
+
 ABSENT = "<absent>"
 # Keys that only training log records carry; the evaluation records have none of them.
 TRAIN_ONLY_KEYS = ("loss", "learning_rate", "steps_per_sec")
@@ -50,10 +52,10 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def read_environment(workdir: str) -> dict[str, Any]:
+  """environment.read_environment, its errors as RunReadError."""
   path = os.path.join(workdir, ENVIRONMENT_FILE)
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return environment.read_environment(workdir)
   except FileNotFoundError:
     raise RunReadError(f"{path} does not exist: is {workdir!r} a run's workdir? Runs write "
                        f"it at start (vision_jax.environment.write_environment).") from None
@@ -63,21 +65,16 @@ def read_environment(workdir: str) -> dict[str, Any]:
 
 def final_metrics(workdir: str) -> dict[str, Any]:
   """The last evaluation record of metrics.jsonl (without its step), or {} if there is none."""
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.isfile(path):
+  if not os.path.isfile(metrics_lib.metrics_path(workdir)):
     return {}
-  last: dict[str, Any] = {}
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        raise RunReadError(f"{path} line {number} is not valid JSON.") from None
-      if not any(key in record for key in TRAIN_ONLY_KEYS):
-        last = record
-  return last
+  try:
+    records = metrics_lib.read_metrics(workdir)
+  except metrics_lib.MetricsFileError as e:
+    if "is empty" in str(e):
+      return {}
+    raise RunReadError(str(e)) from None
+  evals = [r for r in records if not any(key in r for key in TRAIN_ONLY_KEYS)]
+  return evals[-1] if evals else {}
 
 
 def _differs(a: Any, b: Any, rtol: float) -> bool:

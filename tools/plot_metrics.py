@@ -37,6 +37,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   from vision_jax import output_paths, plots  # pylint: disable=import-outside-toplevel
+  from vision_jax.train import metrics  # pylint: disable=import-outside-toplevel
   try:
     out = output_paths.single_file(args.out, "curves.png")
     output_paths.refuse_overwrite([out], args.overwrite)
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
                                 examples_per_epoch=args.examples_per_epoch, title=args.title,
                                 dpi=args.dpi)
     plots.save_figure(fig, out)
-  except plots.PlotError as e:
+  except (plots.PlotError, metrics.MetricsFileError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except OSError as e:

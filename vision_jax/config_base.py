@@ -13,6 +13,7 @@ line, and `DURATION_DEFAULTS` says what an unset duration means.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import ml_collections
@@ -22,7 +23,7 @@ import ml_collections
 class Unset:
   """An optional field of type `kind` that is unset (None) by default.
 
-  Each config gets its own `ml_collections` placeholder for it (`_fresh`): one
+  Each config gets its own `ml_collections` placeholder for it (`fresh`): one
   shared placeholder object would let a value set in one config appear in all.
   """
 
@@ -36,6 +37,10 @@ class Unset:
 placeholder = Unset
 
 DURATION_UNITS = ("steps", "epochs", "examples")
+
+# The compute dtypes of config.dtype, by name (jnp.dtype(name) is the dtype). The
+# benchmarks offer the same names plus 'auto'.
+DTYPES = ("float32", "bfloat16", "float16")
 
 # What an unset duration means, in steps; None: one of its units must be set.
 # "run" stands for the total number of steps of the run.
@@ -86,19 +91,66 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {
     "grad_clip_norm": placeholder(float),  # None: no clipping
     "layer_decay": placeholder(float),  # None: no layer-wise lr decay
 }
+# The options of each optimizer (config.optimizer.NAME) and of each schedule decay
+# (config.schedule.NAME), with their defaults. They differ between optimizers (eps is
+# 1e-8 for AdamW, 1e-3 for TensorFlow's RMSProp), so `base_config()` does not declare
+# them; `optim.make_optimizer` / `make_schedule` read an unset one from here.
+OPTIMIZER_OPTIONS: dict[str, dict[str, Any]] = {
+    "sgd": {"momentum": 0.9, "nesterov": False},
+    "adamw": {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
+    "rmsprop": {"decay": 0.9, "eps": 1e-3, "momentum": 0.9},
+    "lars": {"momentum": 0.9, "nesterov": False, "trust_coefficient": 0.001},
+}
+SCHEDULE_OPTIONS: dict[str, dict[str, Any]] = {
+    "cosine": {"end_lr_factor": 0.0},
+    "linear": {"end_lr_factor": 0.0},
+    "step": {"boundaries": (1 / 3, 2 / 3, 8 / 9), "decay_factor": 0.1},
+    "exponential": {"decay_factor": 0.97},
+    "constant": {},
+}
+
+# Optional fields of config.data that the sources and checks read, with what an unset
+# one means. They are not filled into config.data (the in-memory sources warn about
+# tf.data fields that a config sets); the command line adds one that an override
+# names (main.OPTIONAL_FIELDS) and the readers take an unset one from here.
+DATA_DEFAULTS: dict[str, Any] = {
+    "max_bad_fraction": 0.1,  # share of a split that may become unreadable (data/folder.py)
+    "data_dir": placeholder(str),
+    "validate_files": "auto",  # file checks of the folder source (folder.VALIDATE_MODES)
+    "shuffle_buffer": placeholder(int),
+    "num_parallel_calls": placeholder(int),  # None: tf.data.AUTOTUNE
+    "prefetch_batches": placeholder(int),  # None: tf.data.AUTOTUNE
+    "cache": False,
+    "train_split": placeholder(str),
+    "eval_split": placeholder(str),
+    "checks": "error",  # data/report.py CHECK_MODES
+    "max_cross_split_duplicates": 0,
+    "balance": "none",  # data/balance.py BALANCE_MODES
+}
+
+# The block of each recipe that has one (config.<recipe>), filled in by
+# `with_defaults` when config.recipe names it.
+SIMCLR_DEFAULTS: dict[str, Any] = {
+    "temperature": placeholder(float),  # NT-Xent temperature; required
+    "head": {"hidden_dim": None, "out_dim": 128, "num_layers": 2},  # projection MLP
+    "knn": {"k": 200, "temperature": 0.1},  # weighted kNN monitor at every eval
+    "linear": {"steps": 1000, "learning_rate": 1e-2, "weight_decay": 0.0, "batch_size": 4096},
+    "memory_split": None,  # None: config.data.train_split
+}
+RECIPE_BLOCKS: dict[str, dict[str, Any]] = {"simclr": SIMCLR_DEFAULTS}
 
 
-def _fresh(value: Any) -> Any:
+def fresh(value: Any) -> Any:
   """A default as a config stores it: a new placeholder for an `Unset`, copies of containers."""
   if isinstance(value, Unset):
     return ml_collections.config_dict.placeholder(value.kind)
   if isinstance(value, dict):
-    return {k: _fresh(v) for k, v in value.items()}
+    return {k: fresh(v) for k, v in value.items()}
   return value
 
 
-def _fresh_all(defaults: dict[str, Any]) -> dict[str, Any]:
-  return {k: _fresh(v) for k, v in defaults.items()}
+def fresh_all(defaults: dict[str, Any]) -> dict[str, Any]:
+  return {k: fresh(v) for k, v in defaults.items()}
 
 
 def _duration_fields(prefix: str) -> dict[str, Any]:
@@ -112,14 +164,14 @@ def base_config() -> ml_collections.ConfigDict:
   `config.model`, `config.schedule` and `config.optimizer` exist with their
   defaults; `config.data` is the config's own (see docs/data.md).
   """
-  config = ml_collections.ConfigDict(_fresh_all(TRAINER_DEFAULTS))
+  config = ml_collections.ConfigDict(fresh_all(TRAINER_DEFAULTS))
   for prefix in DURATION_DEFAULTS:
     if prefix != "warmup":
       config.update(_duration_fields(prefix))
-  config.model = ml_collections.ConfigDict(_fresh_all(MODEL_DEFAULTS))
+  config.model = ml_collections.ConfigDict(fresh_all(MODEL_DEFAULTS))
   config.schedule = ml_collections.ConfigDict(
-      {**_fresh_all(SCHEDULE_DEFAULTS), **_duration_fields("warmup")})
-  config.optimizer = ml_collections.ConfigDict(_fresh_all(OPTIMIZER_DEFAULTS))
+      {**fresh_all(SCHEDULE_DEFAULTS), **_duration_fields("warmup")})
+  config.optimizer = ml_collections.ConfigDict(fresh_all(OPTIMIZER_DEFAULTS))
   return config
 
 
@@ -145,12 +197,23 @@ def with_defaults(config: Any) -> ml_collections.ConfigDict:
   with merged.unlocked():
     for key, value in TRAINER_DEFAULTS.items():
       if key not in merged:
-        merged[key] = _fresh(value)
-    for block, defaults in (("model", MODEL_DEFAULTS), ("schedule", SCHEDULE_DEFAULTS),
-                            ("optimizer", OPTIMIZER_DEFAULTS)):
+        merged[key] = fresh(value)
+    blocks = [("model", MODEL_DEFAULTS), ("schedule", SCHEDULE_DEFAULTS),
+              ("optimizer", OPTIMIZER_DEFAULTS)]
+    if merged.recipe in RECIPE_BLOCKS:
+      blocks.append((merged.recipe, RECIPE_BLOCKS[merged.recipe]))
+    for block, defaults in blocks:
       if block not in merged or merged[block] is None:
         merged[block] = ml_collections.ConfigDict()
-      for key, value in defaults.items():
-        if key not in merged[block]:
-          merged[block][key] = _fresh(value)
+      _fill(merged[block], defaults)
   return merged
+
+
+def _fill(node: Any, defaults: dict[str, Any]) -> None:
+  """Adds each default that `node` lacks; a nested dict fills a sub-block the node has."""
+  for key, value in defaults.items():
+    if key not in node:
+      node[key] = fresh(value)
+    elif isinstance(value, dict) and hasattr(node[key], "keys"):
+      with node[key].unlocked() if hasattr(node[key], "unlocked") else contextlib.nullcontext():
+        _fill(node[key], value)

@@ -20,146 +20,31 @@ import os
 import re
 from typing import Any, Callable
 
+from vision_jax.config_base import DTYPES, DURATION_DEFAULTS, DURATION_UNITS
+from vision_jax.config_fields import FieldChecks, get_field, is_int, is_number
 from vision_jax.config_util import ConfigError
 
-DTYPES = ("float32", "bfloat16", "float16")
-FALLBACK_RECIPES = ("supervised", "simclr")
-DURATIONS = ("total", "warmup", "log_every", "eval_every", "checkpoint_every")
-UNITS = ("steps", "epochs", "examples")
-CORRUPT_CHECKPOINT_ACTIONS = ("stop", "restart")
+DURATIONS = tuple(DURATION_DEFAULTS)
+UNITS = DURATION_UNITS
 _REMOTE = re.compile(r"^[a-z][a-z0-9+.-]*://")  # gs://, s3://: not checked on this machine
-
-
-def _get(node: Any, key: str) -> Any:
-  if node is None:
-    return None
-  if hasattr(node, "get"):
-    try:
-      return node.get(key, None)
-    except (AttributeError, KeyError):
-      return None
-  return getattr(node, key, None)
-
-
-def _is_number(value: Any) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-class _Checks:
-  """Each method checks one field (when it is set) and raises a ConfigError naming it."""
-
-  def __init__(self, config: Any):
-    self.config = config
-
-  def value(self, path: str) -> Any:
-    node = self.config
-    for part in path.split("."):
-      node = _get(node, part)
-    return node
-
-  @staticmethod
-  def fail(path: str, value: Any, requirement: str) -> None:
-    raise ConfigError(f"config.{path}={value!r}: {requirement}; set it in the config file or "
-                      f"with --config.{path}=...")
-
-  def positive_int(self, path: str, required: bool = False, what: str = "") -> None:
-    value = self.value(path)
-    if value is None:
-      if required:
-        raise ConfigError(f"config.{path} is not set: it must be a positive integer{what}; set "
-                          f"it in the config file or with --config.{path}=...")
-      return
-    if not _is_int(value) or value <= 0:
-      self.fail(path, value, f"must be a positive integer{what}")
-
-  def non_negative_int(self, path: str, what: str = "") -> None:
-    value = self.value(path)
-    if value is not None and (not _is_int(value) or value < 0):
-      self.fail(path, value, f"must be an integer >= 0{what}")
-
-  def number(self, path: str, low: float | None = None, high: float | None = None, *,
-             low_open: bool = False, high_open: bool = False, required: bool = False,
-             what: str = "") -> None:
-    """A finite number in [low, high] (an end is excluded when *_open)."""
-    value = self.value(path)
-    if value is None:
-      if required:
-        raise ConfigError(f"config.{path} is not set: it must be a number{what}; set it in the "
-                          f"config file or with --config.{path}=...")
-      return
-    ok = _is_number(value) and math.isfinite(value)
-    if ok and low is not None:
-      ok = value > low if low_open else value >= low
-    if ok and high is not None:
-      ok = value < high if high_open else value <= high
-    if not ok:
-      lo = "" if low is None else f"{'(' if low_open else '['}{low:g}"
-      hi = "" if high is None else f"{high:g}{')' if high_open else ']'}"
-      if low is not None and high is not None:
-        span = f"in {lo}, {hi}"
-      elif low is not None:
-        span = f"{'>' if low_open else '>='} {low:g}"
-      elif high is not None:
-        span = f"{'<' if high_open else '<='} {high:g}"
-      else:
-        span = "finite"
-      self.fail(path, value, f"must be a number {span}{what}")
-
-  def boolean(self, path: str) -> None:
-    value = self.value(path)
-    if value is not None and not isinstance(value, bool):
-      self.fail(path, value, "must be True or False")
-
-  def choice(self, path: str, choices: tuple[str, ...], required: bool = False) -> None:
-    value = self.value(path)
-    if value is None and not required:
-      return
-    if value not in choices:
-      self.fail(path, value, f"choose one of {', '.join(repr(c) for c in choices)}")
-
-  def regex(self, path: str, value: Any = None, where: str | None = None) -> None:
-    value = self.value(path) if value is None else value
-    if value is None:
-      return
-    if not isinstance(value, str):
-      self.fail(where or path, value, "must be a regular expression (a string)")
-    try:
-      re.compile(value)
-    except re.error as e:
-      raise ConfigError(f"config.{where or path}={value!r} is not a valid regular expression "
-                        f"({e}); fix it, e.g. 'head/.*' matches the classifier's parameters.") from None
-
-  def regexes(self, path: str) -> None:
-    value = self.value(path)
-    if value is None:
-      return
-    if isinstance(value, str):
-      self.fail(path, value, "must be a tuple of regular expressions, e.g. ('params/head/.*',), "
-                "not a single string")
-    for i, item in enumerate(value):
-      self.regex(path, item, where=f"{path}[{i}]")
 
 
 # ---------------------------------------------------------------------------
 # The checks, one function per part of the config.
 # ---------------------------------------------------------------------------
-def _check_top_level(c: _Checks) -> None:
+def _check_top_level(c: FieldChecks) -> None:
   c.positive_int("batch_size", required=True, what=" (the global batch size)")
   c.positive_int("eval_batch_size", what=" (unset: batch_size)")
   c.positive_int("num_devices", what=" (unset: every device)")
   c.positive_int("grad_accum_steps", what=" (1: no accumulation)")
   batch, accum = c.value("batch_size"), c.value("grad_accum_steps")
-  if _is_int(accum) and accum > 1 and batch % accum:
+  if is_int(accum) and accum > 1 and batch % accum:
     raise ConfigError(f"config.batch_size={batch} does not split into config.grad_accum_steps="
                       f"{accum} micro-batches; use a batch size that is a multiple of {accum}.")
   c.positive_int("prefetch", what=" (batches put on the devices ahead of the step)")
   c.positive_int("keep_checkpoints", what=" (checkpoints kept in the workdir)")
   seed = c.value("seed")
-  if seed is not None and not _is_int(seed):
+  if seed is not None and not is_int(seed):
     c.fail("seed", seed, "must be an integer")
   c.choice("dtype", DTYPES)
   from vision_jax.models.layers import REMAT_CHOICES  # pylint: disable=import-outside-toplevel
@@ -170,18 +55,14 @@ def _check_top_level(c: _Checks) -> None:
     c.boolean(flag)
   c.regexes("dont_load")
   c.regex("trainable_params")
-  c.choice("on_corrupt_checkpoint", CORRUPT_CHECKPOINT_ACTIONS)
-  recipe = c.value("recipe")
-  if recipe is not None:
-    try:
-      from vision_jax.train.recipes import list_recipes  # pylint: disable=import-outside-toplevel
-      recipes = tuple(list_recipes())
-    except ImportError:
-      recipes = FALLBACK_RECIPES
-    c.choice("recipe", recipes)
+  from vision_jax.train.checkpoint import ON_CORRUPT  # pylint: disable=import-outside-toplevel
+  c.choice("on_corrupt_checkpoint", ON_CORRUPT)
+  if c.value("recipe") is not None:
+    from vision_jax.train.recipes import list_recipes  # pylint: disable=import-outside-toplevel
+    c.choice("recipe", tuple(list_recipes()))
 
 
-def _check_init_from(c: _Checks) -> None:
+def _check_init_from(c: FieldChecks) -> None:
   init_from = c.value("init_from")
   if init_from in (None, ""):
     return
@@ -206,14 +87,14 @@ def _check_init_from(c: _Checks) -> None:
                       "(another run's workdir, or a tools/convert_weights.py output directory).")
 
 
-def _duration_units(c: _Checks, node_path: str, prefix: str) -> dict[str, Any]:
+def _duration_units(c: FieldChecks, node_path: str, prefix: str) -> dict[str, Any]:
   base = f"{node_path}." if node_path else ""
   node = c.value(node_path) if node_path else c.config
-  return {unit: _get(node, f"{prefix}_{unit}") for unit in UNITS
-          if _get(node, f"{prefix}_{unit}") is not None} | {"_path": base}
+  return {unit: get_field(node, f"{prefix}_{unit}") for unit in UNITS
+          if get_field(node, f"{prefix}_{unit}") is not None} | {"_path": base}
 
 
-def _check_durations(c: _Checks) -> None:
+def _check_durations(c: FieldChecks) -> None:
   given = {}
   for prefix in DURATIONS:
     node_path = "schedule" if prefix == "warmup" else ""
@@ -264,7 +145,7 @@ def check_lengths(total_steps: int, warmup_steps: int) -> None:
                       f"({total_steps} steps); shorten config.schedule.warmup_* or lengthen the run.")
 
 
-def _check_model(c: _Checks) -> None:
+def _check_model(c: FieldChecks) -> None:
   name = c.value("model.name")
   if name is None:
     raise ConfigError("config.model.name is not set; name a registered model "
@@ -286,12 +167,9 @@ def _check_model(c: _Checks) -> None:
                       "config.remat='none'.")
 
 
-def _check_schedule(c: _Checks) -> None:
+def _check_schedule(c: FieldChecks) -> None:
   c.number("schedule.base_lr", 0.0, low_open=True, required=True, what=" (the peak learning rate)")
-  try:
-    from vision_jax.train.optim import DECAYS  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    DECAYS = ("cosine", "linear", "step", "exponential", "constant")  # pylint: disable=invalid-name
+  from vision_jax.train.optim import DECAYS  # pylint: disable=import-outside-toplevel
   decay = c.value("schedule.decay")
   if decay is not None and decay not in DECAYS:  # the words of optim.make_schedule
     raise ConfigError(f"Unknown config.schedule.decay {decay!r}; choose one of {DECAYS}.")
@@ -302,17 +180,14 @@ def _check_schedule(c: _Checks) -> None:
   boundaries = c.value("schedule.boundaries")
   if boundaries is not None:
     values = list(boundaries) if isinstance(boundaries, (tuple, list)) else None
-    if (values is None or not all(_is_number(b) and 0 < b < 1 for b in values)
+    if (values is None or not all(is_number(b) and 0 < b < 1 for b in values)
         or values != sorted(values)):
       c.fail("schedule.boundaries", boundaries, "must be increasing fractions of the run in "
              "(0, 1), e.g. (0.3, 0.6, 0.9)")
 
 
-def _check_optimizer(c: _Checks) -> None:
-  try:
-    from vision_jax.train.optim import OPTIMIZERS  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    OPTIMIZERS = ("sgd", "adamw", "rmsprop", "lars")  # pylint: disable=invalid-name
+def _check_optimizer(c: FieldChecks) -> None:
+  from vision_jax.train.optim import OPTIMIZERS  # pylint: disable=import-outside-toplevel
   name = c.value("optimizer.name")
   if name is not None and name not in OPTIMIZERS:  # the words of optim.make_optimizer
     raise ConfigError(f"Unknown optimizer {name!r} in config.optimizer.name; choose one of "
@@ -330,14 +205,14 @@ def _check_optimizer(c: _Checks) -> None:
   rules = c.value("optimizer.lr_mults")
   if rules:
     for i, rule in enumerate(rules):
-      if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or not _is_number(rule[1])
+      if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or not is_number(rule[1])
           or rule[1] < 0):
         c.fail(f"optimizer.lr_mults[{i}]", rule, "must be a pair (regex, multiplier >= 0), e.g. "
                "('head/.*', 1.0)")
       c.regex("optimizer.lr_mults", rule[0], where=f"optimizer.lr_mults[{i}][0]")
 
 
-def _check_data(c: _Checks) -> None:
+def _check_data(c: FieldChecks) -> None:
   if c.value("data") is None:
     raise ConfigError("config.data is not set; give at least config.data.name ('digits', "
                       "'folder:/path' or a tfds name).")
@@ -366,8 +241,9 @@ def _check_data(c: _Checks) -> None:
   c.choice("data.views", (1, 2))
   c.number("data.max_bad_fraction", 0.0, 1.0, what=" (the share of a split that may become "
            "unreadable before the run stops)")
-  c.choice("data.validate_files", ("auto", "full", "header", "none"))
   # pylint: disable=import-outside-toplevel
+  from vision_jax.data.folder import VALIDATE_MODES
+  c.choice("data.validate_files", VALIDATE_MODES)
   from vision_jax.data.balance import BALANCE_MODES
   from vision_jax.data.report import CHECK_MODES
   c.choice("data.balance", BALANCE_MODES)
@@ -399,14 +275,17 @@ def _check_data(c: _Checks) -> None:
       raise ConfigError(message) from None
 
 
-def _check_recipe_blocks(c: _Checks) -> None:
-  if c.value("recipe") == "simclr":
-    c.number("simclr.temperature", 0.0, low_open=True, required=True)
+def _check_recipe(c: FieldChecks) -> None:
+  """The recipe's own checks of the config (its block, the fields it cannot train with)."""
+  from vision_jax.config_base import with_defaults  # pylint: disable=import-outside-toplevel
+  from vision_jax.train import recipes  # pylint: disable=import-outside-toplevel
+  config = with_defaults(c.config)
+  recipes.get_recipe(config.recipe).check(config)
 
 
-CHECKS: tuple[Callable[[_Checks], None], ...] = (
+CHECKS: tuple[Callable[[FieldChecks], None], ...] = (
     _check_top_level, _check_durations, _check_init_from, _check_schedule, _check_optimizer,
-    _check_data, _check_recipe_blocks, _check_model)
+    _check_data, _check_recipe, _check_model)
 
 
 def validate(config: Any) -> None:
@@ -415,6 +294,6 @@ def validate(config: Any) -> None:
   Args:
     config: a ConfigDict (from `config_base.base_config()` or built by hand) or a mapping.
   """
-  checks = _Checks(config)
+  checks = FieldChecks(config)
   for check in CHECKS:
     check(checks)

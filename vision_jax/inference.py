@@ -118,15 +118,11 @@ def _load_workdir(workdir: str) -> LoadedModel:
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise LoadError(f"--workdir {workdir} does not exist.")
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  manager = checkpoint.Checkpointer(workdir, async_save=False) if os.path.isdir(ckpt_dir) else None
-  if manager is None or manager.latest_step() is None:
+  ckpt_dir = os.path.join(workdir, checkpoint.CHECKPOINT_DIR)
+  state = checkpoint.open_latest(workdir)
+  if state is None:
     raise LoadError(f"--workdir {workdir} holds no checkpoint (expected {ckpt_dir}/<step>); "
                     "train first, or point --workdir at the run's directory.")
-  try:
-    state = manager.restore_raw()
-  finally:
-    manager.close()
   try:
     config = environment.read_environment(workdir)["config"]
   except (FileNotFoundError, KeyError) as e:
@@ -136,7 +132,7 @@ def _load_workdir(workdir: str) -> LoadedModel:
   variables = {"params": params}
   if state.get("batch_stats"):
     variables["batch_stats"] = state["batch_stats"]
-  num_classes = _num_classes(params)
+  num_classes = _num_classes(params, config["model"]["name"])
   overrides = _hashable(config.get("model", {}).get("overrides"))
   module = models.create_model(config["model"]["name"], num_classes=num_classes, **overrides)
   names = dataset_class_names(data, num_classes)
@@ -156,11 +152,13 @@ def _hashable(overrides: dict[str, Any] | None) -> dict[str, Any]:
   return {k: fix(v) for k, v in dict(overrides or {}).items()}
 
 
-def _num_classes(params: Any) -> int:
-  head = params.get("head") if isinstance(params, dict) else None
-  if head is None or "kernel" not in head:
-    raise LoadError("The checkpoint has no classifier (params/head): it cannot classify.")
-  return int(np.shape(head["kernel"])[-1])
+def _num_classes(params: Any, model_name: str) -> int:
+  from vision_jax.weights.core import classifier_classes, classifier_path  # pylint: disable=import-outside-toplevel
+  num_classes = classifier_classes(params if isinstance(params, dict) else {}, model_name)
+  if num_classes is None:
+    raise LoadError(f"The checkpoint has no classifier (params/{'/'.join(classifier_path(model_name))}): "
+                    "it cannot classify.")
+  return num_classes
 
 
 def dataset_class_names(data: dict[str, Any], num_classes: int) -> list[str]:

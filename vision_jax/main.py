@@ -34,10 +34,9 @@ from typing import Any, Sequence
 
 from absl import flags, logging
 from ml_collections import config_flags
-from ml_collections.config_dict import placeholder
 
 from vision_jax import console
-from vision_jax.config_base import TRAINER_DEFAULTS
+from vision_jax.config_base import DATA_DEFAULTS, TRAINER_DEFAULTS, fresh
 
 VERBOSE_ENV = console.VERBOSE_ENV
 
@@ -46,18 +45,7 @@ VERBOSE_ENV = console.VERBOSE_ENV
 # parses the value) when the config lacks them. Any other unknown field is an error.
 OPTIONAL_FIELDS = {
     "on_corrupt_checkpoint": TRAINER_DEFAULTS["on_corrupt_checkpoint"],
-    "data.max_bad_fraction": 0.1,
-    "data.data_dir": placeholder(str),
-    "data.validate_files": "auto",
-    "data.shuffle_buffer": placeholder(int),
-    "data.num_parallel_calls": placeholder(int),  # None: tf.data.AUTOTUNE
-    "data.prefetch_batches": placeholder(int),  # None: tf.data.AUTOTUNE
-    "data.cache": False,
-    "data.train_split": placeholder(str),
-    "data.eval_split": placeholder(str),
-    "data.checks": "error",
-    "data.max_cross_split_duplicates": 0,
-    "data.balance": "none",
+    **{f"data.{key}": value for key, value in DATA_DEFAULTS.items()},
 }
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -165,7 +153,7 @@ def _check_override_paths(config: Any, argv: Sequence[str]) -> None:
       node = config if not parent else config.get(parent)
       if hasattr(node, "keys") and leaf not in node.keys():
         with node.unlocked():
-          node[leaf] = copy.deepcopy(OPTIONAL_FIELDS[match.group(2)])
+          node[leaf] = fresh(OPTIONAL_FIELDS[match.group(2)])
     node, walked = config, "config"
     for part in match.group(2).split("."):
       keys = list(node.keys()) if hasattr(node, "keys") else []
@@ -332,7 +320,7 @@ def run_command(argv: Sequence[str]) -> int:
     _add_log_file(logging_setup, invocation.workdir, argv)
     # Imported after distributed init: importing the trainer touches jax devices.
     from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
-    trainer.train_and_evaluate(invocation.config, invocation.workdir)
+    trainer.train_and_evaluate(invocation.config, invocation.workdir, validated=True)
   except Exception as e:  # pylint: disable=broad-except
     # The whole error, for the log file (the console gets one line, or this with --verbose).
     console.DETAIL.debug("The run ended with %s:", type(e).__name__, exc_info=True,

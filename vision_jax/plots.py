@@ -11,9 +11,9 @@ it is a cell's last expression, and `save_figure(fig, "x.png")` writes a PNG.
 
 `tools/plot_metrics.py` is the command-line front of `training_curves`.
 
-Training curves read `WORKDIR/metrics.jsonl`, which the trainer
-(`vision_jax/train/metrics.py`) appends one JSON object to per logged step and
-per evaluation: `{"step": 100, "loss": ..., "learning_rate": ...,
+Training curves read `WORKDIR/metrics.jsonl` through `train.metrics.read_metrics`,
+next to the writer (`train.metrics.MetricWriter`) that appends one JSON object to
+it per logged step and per evaluation: `{"step": 100, "loss": ..., "learning_rate": ...,
 "images_per_sec": ...}` and `{"step": 200, "eval_top1": ...}`. A resumed run
 appends to the same file and may log a step again; the last value written for a
 step wins.
@@ -21,12 +21,13 @@ step wins.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from vision_jax.train import metrics as metrics_lib
 
 
 class PlotError(ValueError):
@@ -47,48 +48,6 @@ X_AXES = ("step", "examples", "epoch")
 # ---------------------------------------------------------------------------
 # Reading runs.
 # ---------------------------------------------------------------------------
-def metrics_path(workdir: str) -> str:
-  return os.path.join(workdir, "metrics.jsonl")
-
-
-def read_metrics(workdir: str) -> list[dict[str, float]]:
-  """The records of `WORKDIR/metrics.jsonl`, in the order written.
-
-  A last line cut short (a run killed while writing it) is dropped; any other
-  line that is not a JSON object with a "step" is an error naming the line.
-
-  Raises:
-    PlotError: the workdir does not exist, holds no metrics.jsonl, or it is empty
-      or damaged.
-  """
-  if not os.path.isdir(workdir):
-    raise PlotError(f"{workdir} does not exist or is not a directory; pass a training run's "
-                    "workdir (the --workdir given to python -m vision_jax.main).")
-  path = metrics_path(workdir)
-  if not os.path.isfile(path):
-    raise PlotError(f"{workdir} has no metrics.jsonl: it is not a training run's workdir, or "
-                    "the run has not logged its first step yet (the trainer writes one line "
-                    "every config.log_every_steps).")
-  with open(path, encoding="utf-8") as f:
-    lines = [(i + 1, line.strip()) for i, line in enumerate(f) if line.strip()]
-  records = []
-  for position, (number, line) in enumerate(lines):
-    try:
-      record = json.loads(line)
-      if not isinstance(record, dict) or "step" not in record:
-        raise ValueError("not an object with a 'step'")
-    except ValueError as e:
-      if position == len(lines) - 1 and position > 0:
-        break  # the run was killed while writing its last line
-      raise PlotError(f"{path} line {number} is not a metrics record ({e}); the file is "
-                      "damaged: remove that line or rerun the training.") from None
-    records.append(record)
-  if not records:
-    raise PlotError(f"{path} is empty: the run has not logged a step yet. Wait for its first "
-                    "log line (config.log_every_steps) or pick a finished run.")
-  return records
-
-
 def metric_series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
   """(steps, values) of one metric, sorted by step; a step logged twice keeps its last value."""
   by_step: dict[int, float] = {}
@@ -101,10 +60,9 @@ def metric_series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.nd
 
 def run_batch_size(workdir: str) -> int | None:
   """The global batch size of a run, from its environment.json (None when not recorded)."""
+  from vision_jax.environment import read_environment  # pylint: disable=import-outside-toplevel
   try:
-    with open(os.path.join(workdir, "environment.json"), encoding="utf-8") as f:
-      value = json.load(f)["config"]["batch_size"]
-    return int(value)
+    return int(read_environment(workdir)["config"]["batch_size"])
   except (OSError, ValueError, KeyError, TypeError):
     return None
 
@@ -183,7 +141,7 @@ def training_curves(workdirs: str | Sequence[str], names: Sequence[str] | None =
   names = list(names) if names is not None else run_names(workdirs)
   runs = []
   for workdir in workdirs:
-    records = read_metrics(workdir)
+    records = metrics_lib.read_metrics(workdir)
     scale = 1.0
     if x != "step":
       batch = run_batch_size(workdir)

@@ -73,12 +73,9 @@ def get_dataset(data_config: Any) -> Any:
                                 num_classes=data_config.get("num_classes", 1000),
                                 num_train=data_config.get("num_train", 256),
                                 num_eval=data_config.get("num_eval", 64))
-  elif isinstance(name, str) and name.startswith("folder:"):
-    from vision_jax.data.pipeline import tf_dataset  # pylint: disable=import-outside-toplevel
-    dataset = tf_dataset(data_config, folder=name[len("folder:"):])
   elif isinstance(name, str) and name.strip():
     from vision_jax.data.pipeline import tf_dataset  # pylint: disable=import-outside-toplevel
-    dataset = tf_dataset(data_config, tfds_name=name)
+    dataset = tf_dataset(data_config, *_tf_source(data_config, name))
   else:
     raise DatasetError(f"Unknown dataset {name!r} in config.data.name. Available: {DATASETS}.")
   if isinstance(dataset, ArrayDataset):
@@ -88,3 +85,27 @@ def get_dataset(data_config: Any) -> Any:
     from vision_jax.data import mix as mix_lib  # pylint: disable=import-outside-toplevel
     dataset = mix_lib.MixedDataset(dataset, mix_lib.get_batch_op(mix), mix)
   return dataset
+
+
+def _tf_source(data_config: Any, name: str) -> tuple[Any, str, str]:
+  """(source, train split, eval split) of a tf.data dataset: an image folder or a tfds builder."""
+  # pylint: disable=import-outside-toplevel
+  from vision_jax.config_base import DATA_DEFAULTS
+  train_split = data_config.get("train_split") or "train"
+  eval_split = data_config.get("eval_split")
+  if name.startswith("folder:"):
+    from vision_jax.data.folder import FolderSource, default_eval_split
+    folder = name[len("folder:"):]
+    if not folder:
+      raise DatasetError("config.data.name='folder:' needs a path: 'folder:/path/to/root'.")
+    eval_split = eval_split or default_eval_split(folder)
+    source = FolderSource(folder, [train_split, eval_split],
+                          data_config.get("validate_files") or DATA_DEFAULTS["validate_files"],
+                          max_bad_fraction=data_config.get("max_bad_fraction"))
+  else:
+    from vision_jax.data.tfds_source import TfdsSource
+    source = TfdsSource(name, data_dir=data_config.get("data_dir"),
+                        image_key=data_config.get("image_key") or "image",
+                        label_key=data_config.get("label_key") or "label")
+    eval_split = eval_split or source.default_eval_split()
+  return source, train_split, eval_split

@@ -49,9 +49,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from vision_jax.config_base import DATA_DEFAULTS
 from vision_jax.data.errors import DataCheckError, DatasetError
 from vision_jax.data.ops.geometry import decode_image
-from vision_jax.data.pipeline import Source, share_bounds
+from vision_jax.data.source import Source, share_bounds
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
 VALIDATE_MODES = ("auto", "full", "header", "none")
@@ -59,7 +60,7 @@ FULL_CHECK_LIMIT = 20_000
 DEFAULT_EVAL_SPLITS = ("val", "validation", "test")
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 _SHOWN = 20  # paths listed in a message
-DEFAULT_MAX_BAD_FRACTION = 0.1
+DEFAULT_MAX_BAD_FRACTION = DATA_DEFAULTS["max_bad_fraction"]
 
 
 class FolderSource(Source):

@@ -35,7 +35,6 @@ example is counted exactly once.
 
 from __future__ import annotations
 
-import abc
 import math
 from typing import Any, Iterator
 
@@ -44,16 +43,10 @@ import tensorflow as tf
 
 from vision_jax.data import ops as ops_lib
 from vision_jax.data.errors import DataCheckError, DatasetError
+from vision_jax.data.source import Source, share_bounds  # noqa: F401  (re-exported)
 
 Batch = dict[str, np.ndarray]
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def share_bounds(num_examples: int, process_index: int, process_count: int) -> tuple[int, int]:
-  """[start, end) of process `process_index`'s share; the first `n % P` shares get one more."""
-  per, extra = divmod(num_examples, process_count)
-  start = process_index * per + min(process_index, extra)
-  return start, start + per + (1 if process_index < extra else 0)
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
@@ -68,58 +61,6 @@ def stream_seed(seed: int, *salt: int) -> tf.Tensor:
   words = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *salt]).generate_state(4)
   return tf.constant([int(words[0]) << 31 | int(words[1]) >> 1,
                       int(words[2]) << 31 | int(words[3]) >> 1], tf.int64)
-
-
-class Source(abc.ABC):
-  """Where examples come from. Subclasses: `TfdsSource`, `FolderSource`.
-
-  Examples are dicts with at least "image" (encoded bytes or uint8 [H, W, C])
-  and "label" (integer) once `load` has run.
-  """
-
-  num_classes: int
-  name: str
-
-  @abc.abstractmethod
-  def num_examples(self, split: str) -> int:
-    """Number of examples of a split."""
-
-  @abc.abstractmethod
-  def share_sizes(self, split: str, process_count: int) -> list[int]:
-    """Number of examples of each process's share of `split`."""
-
-  @abc.abstractmethod
-  def read(self, split: str, process_index: int, process_count: int, *,
-           training: bool, seed: int = 0) -> tf.data.Dataset:
-    """This process's share of `split`, in a fixed order (a function of `seed` at most)."""
-
-  def load(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Runs inside the parallel map, before preprocessing (e.g. reads a file)."""
-    return example
-
-  def shuffle_buffer(self, share_size: int, requested: int | None) -> int:
-    """Shuffle buffer for a share; `requested` is config.data.shuffle_buffer."""
-    return max(1, min(share_size, requested or 10_000))
-
-  def exclude_unreadable(self, split: str) -> list[str]:
-    """Leaves out the examples of `split` that became unreadable during the run.
-
-    Called when reading fails; returns what was left out (named and counted by the
-    source), or nothing when the source cannot tell (then the error stops the run).
-    """
-    del split
-    return []
-
-  def train_labels(self, split: str) -> np.ndarray:
-    """int64 [N]: the label of every example of `split` (one pass over its records)."""
-    ds = self.read(split, 0, 1, training=False).map(lambda example: example["label"])
-    labels = [np.asarray(b) for b in ds.batch(4096).as_numpy_iterator()]
-    return np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
-
-  def explain_failure(self, split: str, error: Exception) -> str:
-    """A message for an error raised while reading or decoding `split`."""
-    return (f"Reading split {split!r} of {self.name} failed: {error}. Check the data, or the "
-            "preprocessing strings.")
 
 
 class TfDataset:
@@ -379,25 +320,12 @@ def _options() -> tf.data.Options:
   return options
 
 
-def tf_dataset(data_config: Any, folder: str | None = None, tfds_name: str | None = None):
-  """`TfDataset` over an image folder (`folder`) or a tfds builder (`tfds_name`), from config.data."""
-  # pylint: disable=import-outside-toplevel
-  train_split = data_config.get("train_split") or "train"
-  eval_split = data_config.get("eval_split")
-  if folder is not None:
-    from vision_jax.data.folder import FolderSource, default_eval_split
-    if not folder:
-      raise DatasetError("config.data.name='folder:' needs a path: 'folder:/path/to/root'.")
-    eval_split = eval_split or default_eval_split(folder)
-    source = FolderSource(folder, [train_split, eval_split],
-                          data_config.get("validate_files") or "auto",
-                          max_bad_fraction=data_config.get("max_bad_fraction"))
-  else:
-    from vision_jax.data.tfds_source import TfdsSource
-    source = TfdsSource(tfds_name, data_dir=data_config.get("data_dir"),
-                        image_key=data_config.get("image_key") or "image",
-                        label_key=data_config.get("label_key") or "label")
-    eval_split = eval_split or source.default_eval_split()
+def tf_dataset(data_config: Any, source: Source, train_split: str, eval_split: str) -> TfDataset:
+  """`TfDataset` over `source` with the preprocessing and host knobs of config.data.
+
+  `vision_jax.data.get_dataset` builds the source (an image folder or a tfds
+  builder) and hands it here, so the pipeline knows only the `Source` interface.
+  """
   specs = {}
   for field in ("preprocess_train", "preprocess_eval"):
     specs[field] = data_config.get(field)

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vision_jax.data.errors import DatasetError
-from vision_jax.data.pipeline import Source
+from vision_jax.data.source import Source
 
 DEFAULT_EVAL_SPLITS = ("validation", "test")
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gc
-import json
-import os
 import tempfile
 import time
 import traceback
@@ -41,6 +39,7 @@ import optax
 
 from vision_jax import models
 from vision_jax.models.flops import count_flops
+from vision_jax.train import metrics as metrics_lib
 from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import steps as steps_lib
 
@@ -488,8 +487,7 @@ def trainer_loop(model_name: str, batch_size: int, image_size: int, dtype_name: 
       "optimizer": {"name": "sgd", "momentum": MOMENTUM}, "keep_checkpoints": 1})
   with tempfile.TemporaryDirectory() as workdir:
     trainer.train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      rows = [json.loads(line) for line in f]
+    rows = metrics_lib.read_metrics(workdir)
   rate = [r["images_per_sec"] for r in rows if "images_per_sec" in r][-1]
   return {"images_per_sec": rate}
 

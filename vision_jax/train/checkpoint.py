@@ -45,6 +45,7 @@ from absl import logging
 
 from vision_jax import console
 
+CHECKPOINT_DIR = "checkpoints"  # WORKDIR/checkpoints/<step>
 CORRUPT_DIR = "checkpoints_corrupt"
 LOCK_FILE = "vision_jax.lock"
 ON_CORRUPT = ("stop", "restart")
@@ -286,7 +287,7 @@ class Checkpointer:
   def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True,
                lock: bool = False):
     self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
     self._lock = WorkdirLock(self.workdir).acquire() if lock else None
     self._options = dict(max_to_keep=max_to_keep, async_save=async_save)
     self._last_save: int | None = None
@@ -625,6 +626,23 @@ def _differences(stored: dict[str, tuple], expected: dict[str, tuple], limit: in
     out.append(f"the checkpoint holds {len(stored)} arrays, this state {len(expected)}")
   more = f" (and {len(out) - limit} more)" if len(out) > limit else ""
   return out[:limit] + ([more.strip()] if more else [])
+
+
+def open_latest(workdir: str) -> Any | None:
+  """The newest checkpoint of `workdir` as a raw tree of arrays; None when it holds none.
+
+  The one reader of another run's checkpoint: `init_from` of the trainer and
+  `inference.load_model` both use it. Nothing is locked or moved aside.
+  """
+  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
+    return None
+  manager = Checkpointer(workdir, async_save=False)
+  try:
+    if manager.latest_step() is None:
+      return None
+    return manager.restore_raw()
+  finally:
+    manager.close()
 
 
 def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:

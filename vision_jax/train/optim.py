@@ -28,24 +28,36 @@ from __future__ import annotations
 
 from typing import Any
 
+import functools
 import re
 
 import jax
 import optax
 from flax import traverse_util
 
+from vision_jax.config_base import OPTIMIZER_DEFAULTS, OPTIMIZER_OPTIONS, SCHEDULE_DEFAULTS
+from vision_jax.config_base import SCHEDULE_OPTIONS
 from vision_jax.config_util import ConfigError
 
-OPTIMIZERS = ("sgd", "adamw", "rmsprop", "lars")
-DECAYS = ("cosine", "linear", "step", "exponential", "constant")
+OPTIMIZERS = tuple(OPTIMIZER_OPTIONS)
+DECAYS = tuple(SCHEDULE_OPTIONS)
+
+
+def _option(config: Any, key: str, table: dict[str, Any]) -> Any:
+  """config[key], or its default in `table` (config_base) when the config leaves it unset."""
+  value = config.get(key, None)
+  return table[key] if value is None else value
 
 
 def make_schedule(config: Any, total_steps: int, warmup_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to base_lr over `warmup_steps`, then the named decay."""
   base = float(config.base_lr)
-  decay = config.get("decay", "cosine")
+  decay = config.get("decay", None) or SCHEDULE_DEFAULTS["decay"]
+  if decay not in SCHEDULE_OPTIONS:
+    raise ConfigError(f"Unknown config.schedule.decay {decay!r}; choose one of {DECAYS}.")
+  options = SCHEDULE_OPTIONS[decay]
   remaining = max(total_steps - warmup_steps, 1)
-  end = base * config.get("end_lr_factor", 0.0)
+  end = base * _option(config, "end_lr_factor", options) if "end_lr_factor" in options else 0.0
   if decay == "cosine":
     main = optax.cosine_decay_schedule(base, remaining, alpha=end / base if base else 0.0)
   elif decay == "linear":
@@ -53,15 +65,14 @@ def make_schedule(config: Any, total_steps: int, warmup_steps: int) -> optax.Sch
   elif decay == "constant":
     main = optax.constant_schedule(base)
   elif decay == "step":
-    boundaries = config.get("boundaries", (1 / 3, 2 / 3, 8 / 9))
-    factor = config.get("decay_factor", 0.1)
+    boundaries = _option(config, "boundaries", options)
+    factor = _option(config, "decay_factor", options)
     main = optax.piecewise_constant_schedule(
         base, {int(b * total_steps) - warmup_steps: factor for b in boundaries})
   elif decay == "exponential":
     main = optax.exponential_decay(base, transition_steps=int(config.decay_every),
-                                   decay_rate=config.get("decay_factor", 0.97), staircase=True)
-  else:
-    raise ConfigError(f"Unknown config.schedule.decay {decay!r}; choose one of {DECAYS}.")
+                                   decay_rate=_option(config, "decay_factor", options),
+                                   staircase=True)
   if warmup_steps <= 0:
     return main
   warmup = optax.linear_schedule(0.0, base, warmup_steps)
@@ -75,8 +86,11 @@ def decay_mask(params: Any) -> Any:
 
 def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
   """The optax chain named by config.optimizer, with clipping and masked weight decay."""
-  name = config.get("name", "sgd")
-  wd = config.get("weight_decay", 0.0)
+  name = config.get("name", None) or OPTIMIZER_DEFAULTS["name"]
+  wd = config.get("weight_decay", None) or OPTIMIZER_DEFAULTS["weight_decay"]
+  if name not in OPTIMIZER_OPTIONS:
+    raise ConfigError(f"Unknown optimizer {name!r} in config.optimizer.name; choose one of {OPTIMIZERS}.")
+  opt = functools.partial(_option, config, table=OPTIMIZER_OPTIONS[name])
   parts = []
   if config.get("grad_clip_norm"):
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -84,25 +98,21 @@ def make_optimizer(config: Any, schedule: optax.Schedule) -> optax.GradientTrans
     # Coupled L2 decay, as torch.optim.SGD(weight_decay=...) and the Goyal et al. recipe.
     if wd:
       parts.append(optax.add_decayed_weights(wd, decay_mask))
-    parts.append(optax.sgd(schedule, momentum=config.get("momentum", 0.9),
-                           nesterov=config.get("nesterov", False)))
+    parts.append(optax.sgd(schedule, momentum=opt("momentum"), nesterov=opt("nesterov")))
   elif name == "adamw":
-    parts.append(optax.adamw(schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
-                             eps=config.get("eps", 1e-8), weight_decay=wd, mask=decay_mask))
+    parts.append(optax.adamw(schedule, b1=opt("b1"), b2=opt("b2"), eps=opt("eps"),
+                             weight_decay=wd, mask=decay_mask))
   elif name == "rmsprop":
     # TensorFlow's RMSProp (EfficientNet): eps inside the square root, momentum 0.9.
     if wd:
       parts.append(optax.add_decayed_weights(wd, decay_mask))
-    parts.append(optax.rmsprop(schedule, decay=config.get("decay", 0.9),
-                               eps=config.get("eps", 1e-3), eps_in_sqrt=True,
-                               momentum=config.get("momentum", 0.9), initial_scale=0.0))
+    parts.append(optax.rmsprop(schedule, decay=opt("decay"), eps=opt("eps"), eps_in_sqrt=True,
+                               momentum=opt("momentum"), initial_scale=0.0))
   elif name == "lars":
     # SimCLR: biases and norms get neither weight decay nor the trust-ratio adaptation.
     parts.append(optax.lars(schedule, weight_decay=wd, weight_decay_mask=decay_mask,
-                            trust_ratio_mask=decay_mask, trust_coefficient=config.get("trust_coefficient", 0.001),
-                            momentum=config.get("momentum", 0.9), nesterov=config.get("nesterov", False)))
-  else:
-    raise ConfigError(f"Unknown optimizer {name!r} in config.optimizer.name; choose one of {OPTIMIZERS}.")
+                            trust_ratio_mask=decay_mask, trust_coefficient=opt("trust_coefficient"),
+                            momentum=opt("momentum"), nesterov=opt("nesterov")))
   if config.get("lr_mults"):
     parts.append(scale_by_path(config.lr_mults))
   decay = config.get("layer_decay")

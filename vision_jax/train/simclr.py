@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vision_jax.config_base import SIMCLR_DEFAULTS
 from vision_jax.models.heads import ProjectionHead
 from vision_jax.train import steps
 from vision_jax.train.steps import TrainState
@@ -345,16 +346,15 @@ def feature_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
 def representation_metrics(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
                            config: Any, num_classes: int, linear: bool) -> dict[str, float]:
   """kNN top-1 (and with `linear`, linear-probe top-1) of frozen features; config = config.simclr."""
-  knn = dict(config.get("knn", None) or {})
-  out = {"knn_top1": knn_accuracy(*train, *test, k=int(knn.get("k", 200)),
-                                  temperature=float(knn.get("temperature", 0.1)),
+  knn = {**SIMCLR_DEFAULTS["knn"], **dict(config.get("knn", None) or {})}
+  out = {"knn_top1": knn_accuracy(*train, *test, k=int(knn["k"]),
+                                  temperature=float(knn["temperature"]),
                                   num_classes=num_classes),
          "eval_count": float(len(test[1]))}
   if linear:
-    lin = dict(config.get("linear", None) or {})
+    lin = {**SIMCLR_DEFAULTS["linear"], **dict(config.get("linear", None) or {})}
     out["linear_top1"] = linear_eval(
-        *train, *test, num_classes=num_classes, num_steps=int(lin.get("steps", 1000)),
-        learning_rate=float(lin.get("learning_rate", 1e-2)),
-        weight_decay=float(lin.get("weight_decay", 0.0)),
-        batch_size=int(lin.get("batch_size", 4096)))
+        *train, *test, num_classes=num_classes, num_steps=int(lin["steps"]),
+        learning_rate=float(lin["learning_rate"]), weight_decay=float(lin["weight_decay"]),
+        batch_size=int(lin["batch_size"]))
   return out

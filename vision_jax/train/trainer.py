@@ -28,7 +28,7 @@ from vision_jax import config_check
 from vision_jax import data as data_lib
 from vision_jax import environment
 from vision_jax.data import report as data_report
-from vision_jax.config_base import DURATION_DEFAULTS, with_defaults
+from vision_jax.config_base import DTYPES, DURATION_DEFAULTS, with_defaults
 from vision_jax.config_util import ConfigError, require_fields, steps_from
 from vision_jax.train import checkpoint as ckpt_lib
 from vision_jax.train import metrics as metrics_lib
@@ -39,7 +39,6 @@ from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import steps as steps_lib
 
 GEOMETRY_CHECK_BELOW = 128  # input sides from which check_input_geometry is skipped
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -126,14 +125,17 @@ class RunSetup:
   state_shardings: Any
 
 
-def setup_run(config: Any) -> RunSetup:
+def setup_run(config: Any, validated: bool = False) -> RunSetup:
   """Validates `config` and builds mesh, data, model, optimizer and the abstract sharded state.
 
   Every mistake in the config is a ConfigError / DatasetError / ModelError here, before
-  any workdir is written or any program compiled.
+  any workdir is written or any program compiled. `validated`: the caller already ran
+  `config_check.validate` (the command line does, before touching a device), so it is
+  not run twice.
   """
   config = with_defaults(config)
-  config_check.validate(config)  # every field named with its value, before any work
+  if not validated:
+    config_check.validate(config)  # every field named with its value, before any work
   require_fields(config, "model.name", "data.name", "batch_size", "schedule.base_lr",
                  "optimizer.name")
   recipe = recipes.get_recipe(config.recipe)
@@ -161,9 +163,9 @@ def setup_run(config: Any) -> RunSetup:
   config_check.check_lengths(steps["total"], steps["warmup"])
 
   # --- Model, optimizer, state (shapes only; the run creates it born sharded).
-  if config.dtype not in DTYPES:
+  if config.dtype not in DTYPES:  # a config that skipped validation
     raise ConfigError(f"config.dtype={config.dtype!r}; choose one of {sorted(DTYPES)}.")
-  model = recipe.build_model(config, dataset, DTYPES[config.dtype])
+  model = recipe.build_model(config, dataset, jnp.dtype(config.dtype))
   schedule = optim.make_schedule(config.schedule, steps["total"], steps["warmup"])
   tx = optim.make_optimizer(config.optimizer, schedule)
   if config.trainable_params:
@@ -255,9 +257,12 @@ def check_config(config: Any) -> dict[str, Any]:
           "eval_batch": tuple(np.shape(evaluation["image"])), "metrics": sorted(metrics)}
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
-  run = setup_run(config)
+def train_and_evaluate(config: Any, workdir: str, validated: bool = False) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics.
+
+  `validated`: `config_check.validate(config)` already ran (see `setup_run`).
+  """
+  run = setup_run(config, validated=validated)
   config, recipe, mesh, dataset = run.config, run.recipe, run.mesh, run.dataset
   model, schedule, tx, init_fn, rng = run.model, run.schedule, run.tx, run.init_fn, run.rng
   abstract_state, state_shardings = run.abstract_state, run.state_shardings
@@ -379,12 +384,10 @@ def _load_init(state, config, recipe, shardings):
   if is_pretrained_spec(init_from) and not os.path.isdir(init_from):  # timm:TAG, hf-hub:...
     source = pretrained.pretrained_variables(init_from, config.model.name,
                                              dict(config.model.overrides or {}))
-  elif os.path.isdir(os.path.join(init_from, "checkpoints")):
-    manager = ckpt_lib.Checkpointer(init_from, async_save=False)
-    if manager.latest_step() is None:
+  elif os.path.isdir(os.path.join(init_from, ckpt_lib.CHECKPOINT_DIR)):
+    restored = ckpt_lib.open_latest(init_from)
+    if restored is None:
       raise ConfigError(f"config.init_from={init_from!r} holds no checkpoint.")
-    restored = manager.restore_raw()
-    manager.close()
     source = {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}
   elif os.path.isdir(init_from):
     _, source = weights_io.load_converted(init_from)

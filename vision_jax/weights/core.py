@@ -326,3 +326,73 @@ def to_numpy(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """A state dict of numpy arrays, torch tensors (on any device) or array-likes -> numpy."""
   return {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v))
           for k, v in state_dict.items()}
+
+
+def classifier_path(model_name: str) -> tuple[str, ...]:
+  """Path of the model's classifier inside `params` (its `ModelInfo.classifier`)."""
+  return tuple(models.model_info(model_name).classifier.split("/"))
+
+
+def classifier_classes(params: Mapping[str, Any], model_name: str) -> int | None:
+  """Output size of the classifier in `params`; None when the parameters have none."""
+  node: Any = params
+  for part in classifier_path(model_name):
+    node = node.get(part) if hasattr(node, "get") else None
+  if node is None or "kernel" not in node:
+    return None
+  return int(np.shape(node["kernel"])[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmFamily:
+  """How one family of timm models maps onto vision_jax.
+
+  Attributes:
+    name: family name, used in messages.
+    pattern: regex that a timm model name (without its '.tag') must fully match.
+    resolve: (timm_name, state_dict) -> (registry name, create_model overrides),
+      e.g. ("vit_base_patch16_224", {"img_size": 384}). `num_classes` is filled
+      in from `classifier_key` and must not be returned here.
+    classifier_key: timm key of the classifier weight; its first dimension is the
+      number of classes (absent key: 0 classes, features only).
+    leaf_key: (collection, path) -> (timm key, transform) for each leaf of our
+      variables; raises `NoCounterpart` for a leaf timm has no key for.
+    ignore: regex of timm keys that have no counterpart and are dropped silently
+      (BatchNorm's num_batches_tracked, say).
+  """
+
+  name: str
+  pattern: str
+  resolve: Callable[[str, Mapping[str, np.ndarray]], tuple[str, dict[str, Any]]]
+  classifier_key: str | Callable[[str], str]
+  leaf_key: Callable[[str, Path], tuple[str, Transform]]
+  ignore: str = r".*num_batches_tracked$"
+
+
+def load_state_dict(caller: str, model_name: str, sd: Mapping[str, np.ndarray],
+                    leaf_key: Callable[[str, Path], tuple[str, Transform]],
+                    kwargs: Mapping[str, Any], dtype: Any = jnp.float32,
+                    ignore: str | None = None, footer: str = ""):
+  """Builds `model_name(**kwargs)` and fills it from a PyTorch-layout state dict.
+
+  Shared by `from_timm` and `from_torchvision`: one key per leaf, found by `leaf_key`.
+
+  Returns:
+    (module, variables).
+
+  Raises:
+    WeightLoadError: the model cannot be built, or the state dict does not fit it.
+  """
+  kwargs = dict(kwargs)
+  module = build_model(caller, model_name, dtype=dtype, **kwargs)
+  shapes = abstract_variables(module, model_name, kwargs)
+
+  def lookup(collection: str, path: Path, shape) -> Slot:
+    del shape  # PyTorch layouts are checked after the transform
+    return Slot.single(*leaf_key(collection, path))
+
+  num_classes = kwargs.pop("num_classes", None)
+  header = (f"{caller}: the state dict does not fit vision_jax model {model_name!r} "
+            f"(num_classes={num_classes}, overrides={kwargs}).")
+  variables, _ = match(shapes, lookup, sd, header=header, footer=footer, ignore=ignore)
+  return module, variables

@@ -774,7 +774,7 @@ def _cached_convert(sha256: str, loader: str, arch: str, overrides: Mapping[str,
   except WeightLoadError as e:  # the table of what does not fit, named after its source
     raise WeightLoadError(f"{label}: {e}") from None
   from vision_jax import models  # pylint: disable=import-outside-toplevel
-  meta = {"model": model_name, "num_classes": _head_classes(variables),
+  meta = {"model": model_name, "num_classes": _head_classes(variables, model_name),
           "overrides": _jsonable(module_overrides), "source": label, "sha256": sha256,
           "loader": loader, "converter_version": CONVERTER_VERSION,
           "info": _jsonable(dataclasses.asdict(models.model_info(model_name))),
@@ -783,9 +783,9 @@ def _cached_convert(sha256: str, loader: str, arch: str, overrides: Mapping[str,
   return meta, variables, False
 
 
-def _head_classes(variables: Mapping[str, Any]) -> int:
-  head = variables.get("params", {}).get("head")
-  return int(np.shape(head["kernel"])[-1]) if head and "kernel" in head else 0
+def _head_classes(variables: Mapping[str, Any], model_name: str) -> int:
+  from vision_jax.weights.core import classifier_classes  # pylint: disable=import-outside-toplevel
+  return classifier_classes(variables.get("params", {}), model_name) or 0
 
 
 def _module_overrides(module, model_name: str) -> dict[str, Any]:
@@ -1019,17 +1019,19 @@ def _replace_head(loaded: Pretrained, num_classes: int, dtype: Any) -> Pretraine
   module = models.create_model(loaded.model_name, num_classes=num_classes, dtype=dtype,
                                **loaded.overrides)
   shapes = abstract_variables(module, loaded.model_name, loaded.overrides)
+  from vision_jax.weights.core import classifier_path  # pylint: disable=import-outside-toplevel
+  head = ("params",) + classifier_path(loaded.model_name)
   have = traverse_util.flatten_dict(dict(loaded.variables))
   new = {}
   for path, leaf in traverse_util.flatten_dict(dict(shapes)).items():
     value = have.get(path)
     if value is not None and tuple(value.shape) == tuple(leaf.shape):
       new[path] = value
-    elif path[:2] == ("params", "head"):
+    elif path[:len(head)] == head:
       new[path] = jnp.zeros(leaf.shape, leaf.dtype)
     else:
       raise PretrainedError(f"pretrained({loaded.source!r}, num_classes={num_classes}): "
-                            f"{'/'.join(path)} does not fit; only params/head is re-created.")
+                            f"{'/'.join(path)} does not fit; only {'/'.join(head)} is re-created.")
   return dataclasses.replace(
       loaded, module=module, variables=traverse_util.unflatten_dict(new), num_classes=num_classes,
       class_names=[f"class_{i}" for i in range(num_classes)])

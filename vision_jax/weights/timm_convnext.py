@@ -1,4 +1,4 @@
-"""timm -> vision_jax mapping for the convnext family (registers itself on import).
+"""timm -> vision_jax mapping for the convnext family (its `FAMILIES`, listed in timm_families.py).
 
 Covers timm's `convnext_atto`, `convnext_tiny`, `convnext_small`, `convnext_base` and
 `convnext_large` (any tag: fb_in1k, fb_in22k_ft_in1k, in12k_ft_in1k, ... at any
@@ -26,9 +26,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vision_jax.weights.core import (NoCounterpart, Path, Transform, conv1x1_to_dense,
+from vision_jax.weights.core import (NoCounterpart, Path, TimmFamily, Transform,
+                                     conv1x1_to_dense,
                                      conv_kernel, dense_kernel, identity)
-from vision_jax.weights.timm import TimmFamily, register_timm_family
 
 _PATTERN = r"convnext_(atto|tiny|small|base|large)"
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
@@ -74,10 +74,10 @@ def _resolve(timm_name: str, state_dict: Mapping[str, np.ndarray]) -> tuple[str,
   return timm_name, {}
 
 
-register_timm_family(TimmFamily(
+FAMILIES = (TimmFamily(
     name="convnext",
     pattern=_PATTERN,
     resolve=_resolve,
     classifier_key="head.fc.weight",
     leaf_key=leaf_key,
-))
+),)

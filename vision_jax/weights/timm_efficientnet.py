@@ -1,4 +1,4 @@
-"""timm -> vision_jax mapping for the efficientnet family (registers itself on import).
+"""timm -> vision_jax mapping for the efficientnet family (its `FAMILIES`, see timm_families.py).
 
 Covers timm's `tf_efficientnet_b0..b7` (TensorFlow ports: SAME padding, BN eps
 1e-3, our registered defaults) and `efficientnet_b0..b7` (PyTorch-trained:
@@ -23,9 +23,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vision_jax.weights.core import (NoCounterpart, Path, Transform, WeightLoadError, conv_kernel,
+from vision_jax.weights.core import (NoCounterpart, Path, TimmFamily, Transform,
+                                     WeightLoadError, conv_kernel,
                                      dense_kernel, identity)
-from vision_jax.weights.timm import TimmFamily, register_timm_family
 
 _PATTERN = r"(tf_)?efficientnet_b[0-7]"
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
@@ -62,10 +62,10 @@ def _leaf_key(collection: str, path: Path) -> tuple[str, Transform]:
   return ".".join(parts + [_LEAF[leaf]]), conv_kernel if leaf == "kernel" else identity
 
 
-register_timm_family(TimmFamily(
+FAMILIES = (TimmFamily(
     name="efficientnet",
     pattern=_PATTERN,
     resolve=_resolve,
     classifier_key="classifier.weight",
     leaf_key=_leaf_key,
-))
+),)

@@ -1,4 +1,4 @@
-"""timm -> vision_jax mapping for the resnet family (registers itself on import).
+"""timm -> vision_jax mapping for the resnet family (its `FAMILIES`, listed in timm_families.py).
 
 Covers timm's plain ResNet v1.5 names `resnet18/34/50/101/152/200` (any
 pretrained tag). Our variables mirror timm's module tree, so each leaf maps to
@@ -20,9 +20,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vision_jax.weights.core import (NoCounterpart, Path, Transform, conv_kernel, dense_kernel,
+from vision_jax.weights.core import (NoCounterpart, Path, TimmFamily, Transform,
+                                     conv_kernel, dense_kernel,
                                      identity)
-from vision_jax.weights.timm import TimmFamily, register_timm_family
 
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
          "var": "running_var"}
@@ -49,10 +49,10 @@ def leaf_key(collection: str, path: Path) -> tuple[str, Transform]:
   return key, identity
 
 
-register_timm_family(TimmFamily(
+FAMILIES = (TimmFamily(
     name="resnet",
     pattern=r"resnet(18|34|50|101|152|200)",
     resolve=_resolve,
     classifier_key="fc.weight",
     leaf_key=leaf_key,
-))
+),)

@@ -1,4 +1,4 @@
-"""timm -> vision_jax mapping for the resnet_v2 family (registers itself on import).
+"""timm -> vision_jax mapping for the resnet_v2 family (its `FAMILIES`, listed in timm_families.py).
 
 Covers timm's BiT models `resnetv2_{50,101,152}x{1,2,3,4}_bit`, and offers
 `resnet_v2_leaf_key` with a key prefix so that the ViT-hybrid mapping can reuse
@@ -18,9 +18,9 @@ from typing import Mapping
 import numpy as np
 
 from vision_jax import models
-from vision_jax.weights.core import (NoCounterpart, Path, Transform, WeightLoadError,
+from vision_jax.weights.core import (NoCounterpart, Path, TimmFamily, Transform,
+                                     WeightLoadError,
                                      conv1x1_to_dense, conv_kernel, identity)
-from vision_jax.weights.timm import TimmFamily, register_timm_family
 
 _BIT_PATTERN = r"resnetv2_(50|101|152)x(1|2|3|4)_bit"
 _BLOCK = re.compile(r"stages_(\d+)_blocks_(\d+)")
@@ -75,10 +75,10 @@ def _resolve(timm_name: str, state_dict: Mapping[str, np.ndarray]) -> tuple[str,
   return same_depth[0], {"width_factor": int(width)}
 
 
-register_timm_family(TimmFamily(
+FAMILIES = (TimmFamily(
     name="resnet_v2",
     pattern=_BIT_PATTERN,
     resolve=_resolve,
     classifier_key="head.fc.weight",
     leaf_key=resnet_v2_leaf_key,
-))
+),)

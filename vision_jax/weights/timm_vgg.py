@@ -27,9 +27,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from vision_jax.weights.core import (NoCounterpart, Path, Transform, conv1x1_to_dense,
+from vision_jax.weights.core import (NoCounterpart, Path, TimmFamily, Transform,
+                                     conv1x1_to_dense,
                                      conv_kernel, dense_kernel, identity)
-from vision_jax.weights.timm import TimmFamily, register_timm_family
 
 _PATTERN = r"vgg(11|13|16|19)(_bn)?"
 _LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
@@ -78,10 +78,10 @@ def _resolve(timm_name: str, state_dict: Mapping[str, np.ndarray]) -> tuple[str,
   return timm_name, {"head_style": "timm"}
 
 
-register_timm_family(TimmFamily(
+FAMILIES = (TimmFamily(
     name="vgg",
     pattern=_PATTERN,
     resolve=_resolve,
     classifier_key="head.fc.weight",
     leaf_key=timm_leaf_key,
-))
+),)

@@ -1,4 +1,4 @@
-"""timm -> vision_jax mapping for the vit family (registers itself on import).
+"""timm -> vision_jax mapping for the vit family (its `FAMILIES`, listed in timm_families.py).
 
 Covers timm's plain ViTs `vit_{tiny,small,base,large}_patch{8,16,32}_{224,384}`
 and the ResNetV2 hybrids `vit_*_r*_s*_{224,384}`. The image size is read from
@@ -16,9 +16,9 @@ import numpy as np
 
 from vision_jax.models import vit
 from vision_jax.models.registry import list_models
-from vision_jax.weights.core import (NoCounterpart, Path, Transform, conv_kernel, dense_kernel,
+from vision_jax.weights.core import (NoCounterpart, Path, TimmFamily, Transform,
+                                     conv_kernel, dense_kernel,
                                      identity, infer_architecture, shapes_of)
-from vision_jax.weights.timm import TimmFamily, register_timm_family
 from vision_jax.weights.timm_resnet_v2 import resnet_v2_leaf_key
 
 _PLAIN = r"vit_(tiny|small|base|large)_patch(8|16|32)_(224|384)"
@@ -85,17 +85,19 @@ def leaf_key(collection: str, path: Path, stem_only: bool = False) -> tuple[str,
 
 # Two families that differ only in the backbone keys: from_timm's leaf_key sees
 # paths, not the model, and the stem-only hybrid's backbone keys lack 'stem.'.
-register_timm_family(TimmFamily(
+FAMILIES = (
+TimmFamily(
     name="vit_hybrid_stem",
     pattern=_STEM_ONLY,
     resolve=resolve,
     classifier_key="head.weight",
     leaf_key=lambda collection, path: leaf_key(collection, path, stem_only=True),
-))
-register_timm_family(TimmFamily(
+),
+TimmFamily(
     name="vit",
     pattern=f"{_PLAIN}|{_WITH_STAGES}",
     resolve=resolve,
     classifier_key="head.weight",
     leaf_key=leaf_key,
-))
+),
+)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from vision_jax.weights import timm_resnet, timm_vgg
 from vision_jax.weights.core import (Path, Transform, WeightLoadError, infer_architecture,
                                      shapes_of, to_numpy)
-from vision_jax.weights.timm import load_state_dict
+from vision_jax.weights.core import load_state_dict
 
 LeafKey = Callable[[str, Path], tuple[str, Transform]]
 

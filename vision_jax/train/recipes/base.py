@@ -48,8 +48,14 @@ class Recipe(abc.ABC):
   checkpoint_tag: str | None = None
 
   @abc.abstractmethod
-  def check(self, config: Any, dataset: Any) -> None:
-    """Raises ConfigError for settings or data this recipe cannot train on."""
+  def check(self, config: Any, dataset: Any = None) -> None:
+    """Raises ConfigError for settings or data this recipe cannot train on.
+
+    The only place for a recipe's checks. `config_check.validate` calls it with
+    the config alone (dataset None: the checks of the config's fields, before any
+    data is read); the trainer calls it again with the built dataset, for the
+    checks that need the data (views per image, ...).
+    """
 
   @abc.abstractmethod
   def build_model(self, config: Any, dataset: Any, dtype: Any) -> nn.Module:

@@ -20,7 +20,9 @@ import jax
 
 from vision_jax import data as data_lib
 from vision_jax import models
-from vision_jax.config_util import ConfigError, require_fields
+from vision_jax.config_base import SIMCLR_DEFAULTS
+from vision_jax.config_fields import FieldChecks
+from vision_jax.config_util import ConfigError
 from vision_jax.models.heads import ProjectionHead
 from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import simclr as simclr_lib
@@ -32,10 +34,10 @@ def build_model(config: Any, dtype: Any) -> simclr_lib.SimCLRModel:
   """`SimCLRModel` from config.model (the encoder, built with num_classes=0) and config.simclr.head."""
   encoder = models.create_model(config.model.name, num_classes=0, dtype=dtype,
                                 **model_overrides(config))
-  head = dict(config.simclr.get("head", None) or {})
+  head = {**SIMCLR_DEFAULTS["head"], **dict(config.simclr.get("head", None) or {})}
   return simclr_lib.SimCLRModel(encoder=encoder, head=ProjectionHead(
-      hidden_dim=head.get("hidden_dim", None), out_dim=int(head.get("out_dim", 128)),
-      num_layers=int(head.get("num_layers", 2)), dtype=dtype))
+      hidden_dim=head["hidden_dim"],
+      out_dim=int(head["out_dim"]), num_layers=int(head["num_layers"]), dtype=dtype))
 
 
 def memory_data_config(config: Any) -> Any:
@@ -58,10 +60,8 @@ class SimCLR(Recipe):
   zero_head_on_load = False
   checkpoint_tag = "simclr"
 
-  def check(self, config: Any, dataset: Any) -> None:
-    require_fields(config, "simclr.temperature")
-    if float(config.simclr.temperature) <= 0:
-      raise ConfigError(f"config.simclr.temperature={config.simclr.temperature} must be > 0.")
+  def check(self, config: Any, dataset: Any = None) -> None:
+    FieldChecks(config).number("simclr.temperature", 0.0, low_open=True, required=True)
     if int(config.grad_accum_steps) > 1:
       raise ConfigError("config.grad_accum_steps > 1 is not available with recipe='simclr': the "
                         "negatives and the BatchNorm batch would shrink to one micro-batch. Use "
@@ -75,7 +75,7 @@ class SimCLR(Recipe):
     if config.trainable_params:
       raise ConfigError("config.trainable_params is for supervised runs (e.g. a linear probe); "
                         "SimCLR pretraining trains encoder and head.")
-    if getattr(dataset, "views", 1) != 2:
+    if dataset is not None and getattr(dataset, "views", 1) != 2:
       raise ConfigError(
           "recipe='simclr' needs two augmented views of every training image: set "
           "config.data.views=2 (digits, with augment='simclr'), or put 'two_views' in "

@@ -66,8 +66,8 @@ class Supervised(Recipe):
 
   name = "supervised"
 
-  def check(self, config: Any, dataset: Any) -> None:
-    if getattr(dataset, "views", 1) != 1:
+  def check(self, config: Any, dataset: Any = None) -> None:
+    if dataset is not None and getattr(dataset, "views", 1) != 1:
       raise ConfigError("The training data gives two views per image (config.data.views=2 or "
                         "'two_views' in preprocess_train), which only recipe='simclr' uses; set "
                         "config.recipe='simclr' or remove the second view.")
