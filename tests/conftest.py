@@ -7,6 +7,13 @@ per test run (shared by the xdist workers and the subprocesses the tests start,
 which inherit the environment), so every run starts cold, as on a fresh machine.
 Set JAX_COMPILATION_CACHE_DIR yourself to keep a cache across runs.
 
+Running a command from a test: `run_tool(name, *args, capsys=capsys)` runs
+`vision_jax/cli/NAME.py` (or `tools/NAME.py`) in this process through the same
+error path as the console (`cli.common.run`) and returns (returncode, stdout,
+stderr); `run_tool_process` starts it as `python tools/NAME.py` instead, for the
+few tools whose behaviour needs a process of their own (CPU affinity, a fresh
+import of TensorFlow). `ROOT` is the repository root.
+
 Two workers that compile the same program at the same time both miss the cache,
 so the tests that train the plain `configs/digits.py:smoke` run on 8 devices are
 in one xdist group ("digits_smoke"): one worker runs them in turn, and only the
@@ -32,3 +39,44 @@ try:
   import torchvision  # noqa: F401,E402  pylint: disable=unused-import
 except ImportError:
   pass
+
+import importlib.util  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from typing import NamedTuple  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ToolResult(NamedTuple):
+  """What a command gave: unpacks as (code, out, err), reads like subprocess.CompletedProcess."""
+
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+def tool_module(name: str):
+  """The module of a command: vision_jax.cli.NAME for the console commands, else tools/NAME.py."""
+  name = name[:-3] if name.endswith(".py") else name
+  if importlib.util.find_spec(f"vision_jax.cli.{name}") is not None:
+    return importlib.import_module(f"vision_jax.cli.{name}")
+  return importlib.import_module(f"tools.{name}")  # the repository root is on sys.path
+
+
+def run_tool(name: str, *args, capsys) -> ToolResult:
+  """Runs a command in this process, as its console script would; output read through capsys."""
+  from vision_jax.cli import common  # pylint: disable=import-outside-toplevel
+  capsys.readouterr()  # only this command's output
+  code = common.run(tool_module(name).main, [str(a) for a in args])
+  out = capsys.readouterr()
+  return ToolResult(code, out.out, out.err)
+
+
+def run_tool_process(name: str, *args, env=None, timeout: int = 600) -> ToolResult:
+  """Runs `python tools/NAME.py ARGS` in a process of its own (this checkout's code)."""
+  name = name if name.endswith(".py") else f"{name}.py"
+  env = dict(os.environ if env is None else env, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
+                        capture_output=True, text=True, env=env, timeout=timeout, check=False)
+  return ToolResult(proc.returncode, proc.stdout, proc.stderr)

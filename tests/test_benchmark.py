@@ -3,27 +3,26 @@
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import run_tool_process, tool_module
+
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 # One model of each family, at sizes where every one of them runs.
 FAMILIES = ["resnet18", "resnetv2_50x1_bit", "efficientnet_b0", "vit_tiny_patch16_224",
             "vit_tiny_r_s16_p8_224", "vgg11", "convnext_atto"]
 
 
-def run_tool(script, *args, env=None):
-  env = dict(os.environ if env is None else env, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "tools", script), *args],
-                        capture_output=True, text=True, env=env, timeout=600)
+# benchmark_input pins the process to --cores CPUs: it runs in a process of its own.
+run_tool = run_tool_process
 
 
 def tool_main(script):
-  return runpy.run_path(os.path.join(ROOT, "tools", script))["main"]
+  return tool_module(script).main
 
 
 # ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from vision_jax.config_util import ConfigError
 
 from tests.test_data_pipeline import write_metadata  # shared mock-tfds split metadata
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
 NAMES = [os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES]
 

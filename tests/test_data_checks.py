@@ -22,7 +22,7 @@ from vision_jax import data, main
 from vision_jax.data import balance, report
 from vision_jax.data import digits as digits_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 _DIGITS = digits_lib.load_digits("all")
 
 

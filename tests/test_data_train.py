@@ -14,7 +14,7 @@ from vision_jax.config_util import load_config
 from vision_jax.data import digits as digits_lib
 from vision_jax.train import trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 STEPS = 150
 # The embedded source's preprocessing, as an op string: upscale 8 -> 12 bilinearly, values in [-1, 1].
 DIGITS_PP = "decode(1)|resize(12)|value_range(-1, 1)"

@@ -1,16 +1,16 @@
 """environment.json (vision_jax/environment.py) and tools/compare_runs.py."""
 
-import importlib.util
 import json
 import os
 
 import jax
 import pytest
 
+from tests.conftest import tool_module
 from vision_jax import config_util
 from vision_jax import environment
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 DIGITS_CONFIG = os.path.join(ROOT, "configs", "digits.py")
 # Every field issue 15 asks environment.json to hold, by dotted key.
 REQUIRED_FIELDS = (
@@ -20,15 +20,7 @@ REQUIRED_FIELDS = (
     "cpu.flags", "settings.XLA_FLAGS", "settings.env", "config.seed")
 
 
-def _load_compare_runs():
-  spec = importlib.util.spec_from_file_location(
-      "compare_runs", os.path.join(ROOT, "tools", "compare_runs.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-compare_runs = _load_compare_runs()
+compare_runs = tool_module("compare_runs")
 
 
 def _lookup(tree, dotted):

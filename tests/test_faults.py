@@ -27,7 +27,7 @@ from vision_jax import config_check, console, main
 from vision_jax.config_util import ConfigError, load_config
 from vision_jax.data import DatasetError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 TRANSFER = os.path.join(ROOT, "configs", "transfer.py")
 

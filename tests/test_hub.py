@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -26,13 +25,13 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from tests.timm_parity import randomize_norms, relative_error  # noqa: E402
+from tests.conftest import run_tool
 from vision_jax.weights import WeightLoadError, hub  # noqa: E402
 
 # One worker builds the offline hub cache (seven timm models) and runs every test on it.
 pytestmark = pytest.mark.xdist_group("hub_cache")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOLS = os.path.join(ROOT, "tools")
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 # The VGG widths of configs/transfer.py's smoke run, so the fine-tune test loads them.
 VGG_LAYERS = (8, "M", 16, "M", 16, "M", 32, "M", 32, "M")
 VGG_OVERRIDES = {"layers": VGG_LAYERS, "hidden_width": 32, "pre_logits_width": 32}
@@ -343,13 +342,7 @@ def test_network_failure_mid_download_leaves_nothing(hub_cache, monkeypatch):
 
 
 def _run(tool: str, args: list[str], capsys):
-  sys.path.insert(0, TOOLS)
-  try:
-    code = __import__(tool).main(args)
-  finally:
-    sys.path.remove(TOOLS)
-  out = capsys.readouterr()
-  return code, out.out, out.err
+  return run_tool(tool, *args, capsys=capsys)
 
 
 def test_tools_exit_2_with_one_line_and_write_nothing(hub_cache, tmp_path, capsys):

@@ -15,7 +15,7 @@ import sys
 import nbformat
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 NOTEBOOKS = ("finetune_your_images.ipynb", "quickstart.ipynb", "scale_out.ipynb", "simclr.ipynb")
 CELL_TIMEOUT = 600  # seconds; a SMOKE cell takes seconds, a loaded CI machine several times more
 

@@ -1,18 +1,14 @@
 """vision_jax.plots and tools/plot_metrics.py: curves, confusion matrix, image grid, embedding."""
 
-import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests.conftest import run_tool, tool_module
 from vision_jax import plots
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PLOT_METRICS = os.path.join(ROOT, "tools", "plot_metrics.py")
 
 
 def _write_run(workdir, records, batch_size=None):
@@ -40,11 +36,7 @@ def _supervised(steps, eval_every, scale=1.0):
 
 
 def _tool():
-  spec = importlib.util.spec_from_file_location("plot_metrics", PLOT_METRICS)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+  return tool_module("plot_metrics")
 
 
 def _panel(fig, title):
@@ -163,10 +155,10 @@ def test_plot_metrics_cli_writes_a_png_and_refuses_to_overwrite(tmp_path, capsys
   assert not (tmp_path / "curves.pdf").exists()
 
 
-def test_plot_metrics_cli_on_a_workdir_without_metrics(tmp_path):
+def test_plot_metrics_cli_on_a_workdir_without_metrics(tmp_path, capsys):
   (tmp_path / "not_a_run").mkdir()
-  result = subprocess.run([sys.executable, PLOT_METRICS, str(tmp_path / "not_a_run"), "--out",
-                           str(tmp_path / "c.png")], capture_output=True, text=True, check=False)
+  result = run_tool("plot_metrics", str(tmp_path / "not_a_run"), "--out", str(tmp_path / "c.png"),
+                    capsys=capsys)
   assert result.returncode == 2
   assert result.stderr.startswith("error: ") and "has no metrics.jsonl" in result.stderr
   assert "Traceback" not in result.stderr

@@ -18,7 +18,7 @@ from vision_jax.models.heads import ProjectionHead
 from vision_jax.train import optim, sharding, simclr, steps
 from vision_jax.train.checkpoint import Checkpointer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 
 
 # ---------------------------------------------------------------------------

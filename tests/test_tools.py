@@ -2,23 +2,22 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import conftest
 
 
-def run_tool(script, *args):
-  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "tools", script), *args],
-                        capture_output=True, text=True, env=env, timeout=600)
+
+@pytest.fixture
+def run_tool(capsys):
+  """The command in this process (tests.conftest.run_tool)."""
+  return lambda script, *args: conftest.run_tool(script, *args, capsys=capsys)
 
 
-def test_convert_timm_safetensors_then_load(tmp_path):
+def test_convert_timm_safetensors_then_load(tmp_path, run_tool):
   timm = pytest.importorskip("timm")
   torch = pytest.importorskip("torch")
   from safetensors.torch import save_file
@@ -70,7 +69,7 @@ def test_load_converted_rejects_other_directories(tmp_path):
     io.load_converted(str(tmp_path))
 
 
-def test_flops_tool():
+def test_flops_tool(run_tool):
   out = run_tool("flops.py", "--model", "resnet50", "--image-size", "112")
   assert out.returncode == 0, out.stderr
   row = json.loads(out.stdout.strip().splitlines()[-1])

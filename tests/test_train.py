@@ -20,7 +20,7 @@ from vision_jax.data import DatasetError
 from vision_jax.train import optim, steps, trainer
 from vision_jax.train.checkpoint import CheckpointError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import ROOT  # noqa: E402  (the repository root)
 
 
 def config_file(name, arg="smoke", **changes):

@@ -6,14 +6,13 @@ import io
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 
+from tests.conftest import run_tool, tool_module
 from vision_jax.data import eval_preprocess
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 
 
 @pytest.mark.parametrize("tag", ["resnet50.a1_in1k", "vit_base_patch16_224.augreg2_in21k_ft_in1k",
@@ -43,14 +42,7 @@ def test_eval_preprocess_matches_timm_on_photographs(tag):
 
 
 def _run(tool: str, args: list[str], capsys):
-  sys.path.insert(0, TOOLS)
-  try:
-    module = __import__(tool)
-    code = module.main(args)
-  finally:
-    sys.path.remove(TOOLS)
-  out = capsys.readouterr()
-  return code, out.out, out.err
+  return run_tool(tool, *args, capsys=capsys)
 
 
 @pytest.fixture(scope="module")
@@ -204,12 +196,7 @@ def test_input_window_refuses_random_geometry_and_orient_turns_as_pil():
     np.testing.assert_array_equal(explain.orient(stored, orientation), shown)
 
 
-def _tool_module(name: str):
-  sys.path.insert(0, TOOLS)
-  try:
-    return __import__(name)
-  finally:
-    sys.path.remove(TOOLS)
+_tool_module = tool_module
 
 
 def _displayed(array: np.ndarray, orientation: int) -> np.ndarray:

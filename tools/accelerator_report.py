@@ -41,6 +41,8 @@ import sys
 import time
 from typing import Any
 
+from vision_jax.cli.common import run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODELS = ("resnet50", "vit_base_patch16_224", "vit_base_r50_s16_224", "efficientnet_b0",
                   "convnext_tiny")
@@ -278,7 +280,6 @@ def main(argv=None) -> int:
       p for p in (ROOT, worker_env.get("PYTHONPATH")) if p)
   # This process only reads the model registry: keep jax off the accelerator here.
   os.environ["JAX_PLATFORMS"] = "cpu"
-  sys.path.insert(0, ROOT)
   # pylint: disable=import-outside-toplevel
   from vision_jax import models
 
@@ -374,4 +375,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run(main))  # a user error it lets through: one `error:` line (cli.common)

@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from vision_jax.cli.common import run
+
 FUSED = "inception_crop({size})|flip_lr|value_range(-1, 1)"
 DECODE_THEN_CROP = "decode|inception_crop({size})|flip_lr|value_range(-1, 1)"
 
@@ -139,4 +141,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run(main))  # a user error it lets through: one `error:` line (cli.common)

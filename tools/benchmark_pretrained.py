@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from vision_jax.cli.common import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for the worker processes
 
 
 def _timed(fn):
@@ -116,4 +117,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run(main))  # a user error it lets through: one `error:` line (cli.common)

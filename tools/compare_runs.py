@@ -26,6 +26,7 @@ import sys
 from typing import Any
 
 from vision_jax import environment
+from vision_jax.cli.common import run
 from vision_jax.environment import ENVIRONMENT_FILE
 from vision_jax.train import metrics as metrics_lib
 
@@ -139,4 +140,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run(main))  # a user error it lets through: one `error:` line (cli.common)

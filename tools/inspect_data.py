@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vision_jax.cli.common import run
 
 
 def main(argv=None) -> int:
@@ -67,4 +66,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run(main))  # a user error it lets through: one `error:` line (cli.common)

@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 root = tempfile.mkdtemp()
 os.environ.update(HF_HUB_CACHE=os.path.join(root, "hf"), HF_HUB_OFFLINE="1", VISION_JAX_CACHE=os.path.join(root, "vj"))
 import numpy as np  # noqa: E402

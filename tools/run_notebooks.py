@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from vision_jax.cli.common import run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK_DIR = os.path.join(ROOT, "experiments")
 PARAMETERS_TAG = "parameters"
@@ -228,4 +230,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(run(main))  # a user error it lets through: one `error:` line (cli.common)

@@ -36,6 +36,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from vision_jax import console
+from vision_jax.cli import common
 from vision_jax.config_base import DATA_DEFAULTS, TRAINER_DEFAULTS, fresh
 
 VERBOSE_ENV = console.VERBOSE_ENV
@@ -47,12 +48,11 @@ OPTIONAL_FIELDS = {
     "on_corrupt_checkpoint": TRAINER_DEFAULTS["on_corrupt_checkpoint"],
     **{f"data.{key}": value for key, value in DATA_DEFAULTS.items()},
 }
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-
-
-class CommandLineError(Exception):
-  """A command-line mistake: a missing flag, a config file that cannot be loaded, a bad override."""
+# The exit codes, the `error:` line and the user-error types are those of every tool.
+EXIT_USAGE, EXIT_FAILED = common.EXIT_USAGE, common.EXIT_FAILED
+CommandLineError = common.CommandLineError
+error_line = common.error_line
+user_error_types = common.user_error_types
 
 
 @dataclasses.dataclass
@@ -268,29 +268,6 @@ def _add_log_file(setup: console.LoggingSetup, workdir: str, argv: Sequence[str]
   console.add_log_file(setup, workdir, argv, jax.process_index())
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-  """The exceptions that mean "the input is wrong" (not a bug): reported in one line."""
-  # pylint: disable=import-outside-toplevel
-  from vision_jax.config_util import ConfigError
-  from vision_jax.data.errors import DatasetError
-  from vision_jax.models import registry
-  from vision_jax.train.checkpoint import CheckpointError
-  from vision_jax.weights import WeightLoadError
-  types = [CommandLineError, ConfigError, DatasetError, CheckpointError, WeightLoadError]
-  if hasattr(registry, "ModelError"):
-    types.append(registry.ModelError)
-  trainer = sys.modules.get("vision_jax.train.trainer")
-  if trainer is not None and hasattr(trainer, "NonFiniteLossError"):
-    types.append(trainer.NonFiniteLossError)
-  return tuple(types)
-
-
-def error_line(error: BaseException) -> str:
-  """`error: <message>` on one line (a multi-line message is joined with spaces)."""
-  message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-  return f"error: {message or type(error).__name__}"
-
-
 def _verbose_requested(argv: Sequence[str]) -> bool:
   """--verbose anywhere in argv, or VISION_JAX_VERBOSE=1 (checked before parsing can fail)."""
   return console.verbose_requested(argv)
@@ -339,7 +316,13 @@ def run_command(argv: Sequence[str]) -> int:
   return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+  """`run_command` with argv as the tools take it (without the program name)."""
+  return run_command(["vision_jax.main", *(sys.argv[1:] if argv is None else argv)])
+
+
 def run() -> None:
+  """Console entry point (vj-train)."""
   sys.exit(run_command(sys.argv))
 
 

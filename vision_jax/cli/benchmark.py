@@ -27,7 +27,8 @@ with `--torch-threads 1` before trusting `jax_over_timm` there.
 import argparse
 import json
 import os
-import sys
+
+from vision_jax.cli import common
 
 
 def main(argv=None) -> int:
@@ -65,14 +66,14 @@ def main(argv=None) -> int:
                            compile_timm=args.compile, num_devices=args.num_devices,
                            torch_threads=args.torch_threads)
   except (ModelError, benchmark.BenchmarkError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   except benchmark.OutOfMemory as e:
-    print(f"error: {e}; use a smaller --batch-size or --image-size.", file=sys.stderr)
-    return 1
+    return common.report(f"{e}; use a smaller --batch-size or --image-size.", common.EXIT_FAILED)
   print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in result.items()}))
   return 0
 
 
+console_script = common.entry_point(main)
+
 if __name__ == "__main__":
-  sys.exit(main())
+  console_script()

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+
+from vision_jax.cli import common
 
 
 def main(argv=None) -> int:
@@ -47,8 +48,7 @@ def main(argv=None) -> int:
   if not (args.source and args.model and args.input):
     parser.error("--from, --model and --input are required (or give --weights timm:TAG)")
   if not os.path.isfile(args.input):
-    print(f"error: input file {args.input} does not exist", file=sys.stderr)
-    return 2
+    return common.report(f"input file {args.input} does not exist", common.EXIT_USAGE)
   from vision_jax.weights import WeightLoadError, from_timm  # pylint: disable=import-outside-toplevel
   from vision_jax.weights import io  # pylint: disable=import-outside-toplevel
   from vision_jax.weights.timm import resolve  # pylint: disable=import-outside-toplevel
@@ -58,14 +58,12 @@ def main(argv=None) -> int:
     module, variables = from_timm(args.model, state_dict)
     model_name, _, overrides = resolve(args.model, state_dict)
   except WeightLoadError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   try:
     out = io.save_converted(args.output, variables, model_name, module.num_classes, overrides,
                             source=f"timm:{args.model} from {os.path.abspath(args.input)}")
   except FileExistsError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   preprocess = preprocess_metadata(args, model_name)
   meta_path = os.path.join(out, io.METADATA_FILE)
   with open(meta_path) as f:
@@ -82,14 +80,11 @@ def _convert_pretrained(args) -> int:
   from vision_jax.weights import WeightLoadError, hub, io  # pylint: disable=import-outside-toplevel
   target = os.path.join(os.path.abspath(args.output), io.VARIABLES_DIR)
   if os.path.exists(target):  # before any download or conversion
-    print(f"error: {target} already exists; choose another --output or remove it.",
-          file=sys.stderr)
-    return 2
+    return common.report(f"{target} already exists; choose another --output or remove it.")
   try:
     loaded = hub.pretrained(args.weights)
   except WeightLoadError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   preprocess = dict(loaded.preprocess_cfg, **{"from": loaded.metadata_from})
   for key in _PREPROCESS_KEYS:  # flags win, as for --input
     value = getattr(args, key)
@@ -158,5 +153,7 @@ def _read_state_dict(path: str):
           for k, v in sd.items()}
 
 
+console_script = common.entry_point(main)
+
 if __name__ == "__main__":
-  sys.exit(main())
+  console_script()

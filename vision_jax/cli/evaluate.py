@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vision_jax.inference import WEIGHTS_HELP  # noqa: E402  (plain Python, no JAX)
+from vision_jax.cli import common
+
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-  group = parser.add_mutually_exclusive_group(required=True)
-  group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
-  group.add_argument("--weights", help=WEIGHTS_HELP)
+  common.add_model_args(parser)
   parser.add_argument("--data", help="'digits', 'folder:/path' or a tfds name (default: the run's)")
   parser.add_argument("--split", help="split to evaluate (default: the source's eval split)")
   parser.add_argument("--data-dir", help="tfds data_dir")
@@ -55,15 +52,13 @@ def main(argv=None) -> int:
     output_paths.refuse_overwrite([confusion_path, output], args.overwrite)
     model = inference.load_model(args.workdir, args.weights)
   except (inference.LoadError, FileExistsError, output_paths.OutputError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   data = {}
   if args.workdir and not args.data:
     data = dict(environment.read_environment(args.workdir)["config"]["data"])
     data.pop("mix", None)
   elif not args.data:
-    print("error: --weights needs --data (and usually --split).", file=sys.stderr)
-    return 2
+    return common.report("--weights needs --data (and usually --split).", common.EXIT_USAGE)
   else:
     data = {"name": args.data}
   if data["name"] != "digits":
@@ -76,8 +71,7 @@ def main(argv=None) -> int:
   try:
     dataset = data_lib.get_dataset(ml_collections.ConfigDict(data))
   except data_lib.DatasetError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   num_classes = len(model.class_names)
   if model.class_names[0] == "class_0":
     # Converted weights of a custom head: the evaluated dataset knows the names.
@@ -156,5 +150,7 @@ def plot_confusion(path: str, confusion: np.ndarray, names) -> None:
   plt.close(fig)
 
 
+console_script = common.entry_point(main)
+
 if __name__ == "__main__":
-  sys.exit(main())
+  console_script()

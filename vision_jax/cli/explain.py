@@ -28,21 +28,19 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vision_jax.inference import WEIGHTS_HELP  # noqa: E402  (plain Python, no JAX)
+from vision_jax.cli import common
 
-METHODS = ("gradcam", "gradcam++", "ig", "smoothgrad", "rollout")
+
 
 
 def main(argv=None) -> int:
   # allow_abbrev=False: a shortened option (--out for --output-dir) once bound
   # silently to another one and made a directory of a file name.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-  group = parser.add_mutually_exclusive_group(required=True)
-  group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
-  group.add_argument("--weights", help=WEIGHTS_HELP)
+  common.add_model_args(parser)
   parser.add_argument("images", nargs="+", help="image files, globs or folders")
-  parser.add_argument("--method", choices=METHODS, default="gradcam")
+  from vision_jax import explain  # pylint: disable=import-outside-toplevel
+  parser.add_argument("--method", choices=tuple(explain.METHODS), default="gradcam")
   parser.add_argument("--out", "--output-dir", dest="out", required=True,
                       help="a .png file (one image) or a directory (any number of images)")
   parser.add_argument("--size", choices=("photo", "input"), default="photo",
@@ -61,11 +59,10 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
 
   # pylint: disable=import-outside-toplevel
-  from vision_jax import explain, inference, output_paths
+  from vision_jax import inference, output_paths
   listed = inference.list_images(args.images)
   if not listed:
-    print("error: no image files found in " + " ".join(args.images) + ".", file=sys.stderr)
-    return 1
+    return common.report("no image files found in " + " ".join(args.images) + ".", common.EXIT_FAILED)
   try:
     outputs, to_directory = output_paths.per_input_files(
         args.out, output_paths.input_names(listed, f"_{_slug(args.method)}.png"))
@@ -75,14 +72,12 @@ def main(argv=None) -> int:
     output_paths.refuse_overwrite(outputs + map_paths + [grid_path], args.overwrite)
     model = inference.load_model(args.workdir, args.weights)
   except (output_paths.OutputError, FileExistsError, inference.LoadError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   output_of = dict(zip(listed, outputs))
   paths, images = inference.read_images(listed, model.preprocess,
                                         warn=lambda m: print(m, file=sys.stderr))
   if not paths:
-    print("error: no image could be read.", file=sys.stderr)
-    return 1
+    return common.report("no image could be read.", common.EXIT_FAILED)
   try:
     # Placed before the maps are computed, so that a preprocessing that cannot
     # be undone fails in a second, not after the attribution.
@@ -90,8 +85,7 @@ def main(argv=None) -> int:
     targets = None if args.target is None else np.full(len(paths), args.target)
     maps = compute_maps(explain, model, images, targets, args)
   except (explain.ExplainError, explain.PlacementError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   explained = targets if targets is not None else model.logits(images).argmax(1)
   bases, overlays = [], []
   for i, (path, image, heat) in enumerate(zip(paths, images, maps)):
@@ -138,20 +132,20 @@ def compute_maps(explain, model, images, targets, args) -> np.ndarray:
   for start in range(0, len(images), 16):
     x = images[start:start + 16]
     t = None if targets is None else targets[start:start + 16]
-    if args.method in ("gradcam", "gradcam++"):
-      fn = explain.grad_cam if args.method == "gradcam" else explain.grad_cam_plus_plus
-      maps = fn(model.module, model.variables, x, t, layer=args.layer, upsample=True)
-    elif args.method == "ig":
-      black = _black_value(model)
-      maps = explain.integrated_gradients(model.module, model.variables, x, t, steps=args.steps,
-                                          black_value=black, channel_reduce="abs_sum",
-                                          upsample=True)
-    elif args.method == "smoothgrad":
-      maps = explain.smooth_grad(model.module, model.variables, x, t, upsample=True)
-    else:
-      maps = explain.attention_rollout(model.module, model.variables, x, t, upsample=True)
+    options = _METHOD_OPTIONS.get(args.method, lambda args, model: {})(args, model)
+    maps = explain.METHODS[args.method](model.module, model.variables, x, t, upsample=True,
+                                        **options)
     out.append(np.asarray(maps))
   return np.concatenate(out)
+
+
+# The options this tool passes to a method of explain.METHODS; the others take their defaults.
+_METHOD_OPTIONS = {
+    "gradcam": lambda args, model: {"layer": args.layer},
+    "gradcam++": lambda args, model: {"layer": args.layer},
+    "ig": lambda args, model: {"steps": args.steps, "black_value": _black_value(model),
+                               "channel_reduce": "abs_sum"},
+}
 
 
 def _black_value(model):
@@ -211,5 +205,7 @@ def _save_grid(path: str, inputs, overlays, titles, method: str, columns: int = 
   plt.close(fig)
 
 
+console_script = common.entry_point(main)
+
 if __name__ == "__main__":
-  sys.exit(main())
+  console_script()

@@ -15,10 +15,9 @@ given. See vision_jax/plots.py for the figure.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vision_jax.cli import common
+
 
 
 def main(argv=None) -> int:
@@ -42,22 +41,21 @@ def main(argv=None) -> int:
     out = output_paths.single_file(args.out, "curves.png")
     output_paths.refuse_overwrite([out], args.overwrite)
   except (output_paths.OutputError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   try:
     fig = plots.training_curves(args.workdirs, names=args.names, x=args.x,
                                 examples_per_epoch=args.examples_per_epoch, title=args.title,
                                 dpi=args.dpi)
     plots.save_figure(fig, out)
   except (plots.PlotError, metrics.MetricsFileError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   except OSError as e:
-    print(f"error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
-    return 2
+    return common.report(f"cannot write {out}: {e.strerror or e}", common.EXIT_USAGE)
   print(f"wrote {out}")
   return 0
 
 
+console_script = common.entry_point(main)
+
 if __name__ == "__main__":
-  sys.exit(main())
+  console_script()

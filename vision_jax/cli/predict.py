@@ -22,19 +22,13 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vision_jax.inference import WEIGHTS_HELP  # noqa: E402  (plain Python, no JAX)
+from vision_jax.cli import common
 
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-  group = parser.add_mutually_exclusive_group(required=True)
-  group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
-  group.add_argument("--weights", help=WEIGHTS_HELP)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-  add_model_args(parser)
+  common.add_model_args(parser)
   parser.add_argument("images", nargs="+", help="image files, globs or folders")
   parser.add_argument("--top-k", type=int, default=5)
   parser.add_argument("--batch-size", type=int, default=32)
@@ -57,13 +51,11 @@ def main(argv=None) -> int:
     output_paths.refuse_overwrite([output] + sheets, args.overwrite)
     model = inference.load_model(args.workdir, args.weights)
   except (inference.LoadError, FileExistsError, output_paths.OutputError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return common.report(e)
   paths, images = inference.read_images(listed, model.preprocess,
                                         warn=lambda m: print(m, file=sys.stderr))
   if not paths:
-    print("error: no image could be read.", file=sys.stderr)
-    return 1
+    return common.report("no image could be read.", common.EXIT_FAILED)
   probabilities = predict(model, images, args.batch_size)
   k = min(args.top_k, probabilities.shape[1])
   lines = []
@@ -159,5 +151,7 @@ def contact_sheet(path: str, model, paths, images, lines, columns: int = 4) -> N
   plt.close(fig)
 
 
+console_script = common.entry_point(main)
+
 if __name__ == "__main__":
-  sys.exit(main())
+  console_script()

@@ -14,10 +14,9 @@ without a timm counterpart.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax.numpy as jnp
-import numpy as np
 
 # Re-exported: older callers import these from here.
 from vision_jax.weights.core import (  # noqa: F401

@@ -1,0 +1,96 @@
+"""What every command shares: model options, --verbose, the `error:` line, exit codes.
+
+A user's mistake (a missing file, a bad option value, weights that do not fit)
+ends a command with one line on stderr that starts with `error:`, names the
+value and says what to do, and exit code 2 (`EXIT_USAGE`); work that fails on
+good input (no image could be read, out of memory) exits with 1 (`EXIT_FAILED`).
+`--verbose` (or VISION_JAX_VERBOSE=1) adds the traceback, for bug reports. Any
+other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from vision_jax import console
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+class CommandLineError(Exception):
+  """A command-line mistake: a missing flag, a file that cannot be loaded, a bad value."""
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+  """--workdir (a run's latest checkpoint) or --weights (converted or pretrained), one required."""
+  from vision_jax.inference import WEIGHTS_HELP  # pylint: disable=import-outside-toplevel
+  group = parser.add_mutually_exclusive_group(required=True)
+  group.add_argument("--workdir", help="a training run's directory (its latest checkpoint)")
+  group.add_argument("--weights", help=WEIGHTS_HELP)
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--verbose", action="store_true",
+                      help="print the traceback behind an error (for bug reports)")
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+  """The exceptions that mean "the input is wrong" (not a bug): reported in one line."""
+  # pylint: disable=import-outside-toplevel
+  from vision_jax.config_util import ConfigError
+  from vision_jax.data.errors import DatasetError
+  from vision_jax.models import registry
+  from vision_jax.train.checkpoint import CheckpointError
+  from vision_jax.weights import WeightLoadError
+  types = [CommandLineError, ConfigError, DatasetError, CheckpointError, WeightLoadError]
+  if hasattr(registry, "ModelError"):
+    types.append(registry.ModelError)
+  trainer = sys.modules.get("vision_jax.train.trainer")
+  if trainer is not None and hasattr(trainer, "NonFiniteLossError"):
+    types.append(trainer.NonFiniteLossError)
+  return tuple(types)
+
+
+def error_line(error: BaseException | str) -> str:
+  """`error: <message>` on one line (a multi-line message is joined with spaces)."""
+  message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+  return f"error: {message or type(error).__name__}"
+
+
+def report(error: BaseException | str, code: int = EXIT_USAGE) -> int:
+  """Prints `error: <message>` to stderr and returns `code`, for `return report(e)` in a tool.
+
+  The message keeps its lines: a table of mismatched weights stays readable.
+  """
+  print(f"error: {error}", file=sys.stderr, flush=True)
+  return code
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+  """Runs a tool's `main(argv)`; a user error it lets through becomes the `error:` line.
+
+  `--verbose` is taken out of argv here (every command accepts it) and prints the
+  traceback of such an error too.
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = console.verbose_requested(["", *argv])
+  argv = [a for a in argv if a != "--verbose"]
+  try:
+    return main(argv)
+  except user_error_types() as e:
+    if verbose:
+      traceback.print_exc(file=sys.stderr)
+    print(error_line(e), file=sys.stderr, flush=True)
+    from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
+    return EXIT_USAGE if isinstance(e, (CommandLineError, ConfigError)) else EXIT_FAILED
+
+
+def entry_point(main: Callable[[Sequence[str] | None], int]) -> Callable[[], None]:
+  """The console-script function of a tool: `run(main)` and exit with its code."""
+  def console_script() -> None:
+    sys.exit(run(main))
+  console_script.__doc__ = f"Console entry point of {main.__module__}."
+  return console_script
