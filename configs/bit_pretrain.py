@@ -33,10 +33,10 @@ Arguments (`configs/bit_pretrain.py:key=value,...`):
   smoke: a one-block-per-stage ResNetV2 on 32x32 for 2 steps (tests).
 """
 
-import ml_collections
-
 from vision_jax.config_base import base_config
-from vision_jax.config_util import parse_arg, shrink_for_smoke
+from vision_jax.config_util import parse_arg, shrink_for_smoke, sibling_module
+
+common = sibling_module(__file__, "common")
 
 
 def get_config(arg=None):
@@ -46,13 +46,9 @@ def get_config(arg=None):
   config = base_config()
   config.model.update({"name": arg.model, "overrides": {}})
   config.dtype = "bfloat16"
-  config.data = ml_collections.ConfigDict({
-      "name": arg.data,
-      "train_split": "train",
-      "eval_split": "val",
-      "preprocess_train": f"inception_crop({size})|flip_lr|value_range(-1, 1)",
-      "preprocess_eval": f"decode|resize_small({size})|central_crop({size})|value_range(-1, 1)",
-  })
+  config.data = common.data(
+      arg.data, f"inception_crop({size})|flip_lr|value_range(-1, 1)",
+      f"decode|resize_small({size})|central_crop({size})|value_range(-1, 1)", eval_split="val")
   if arg.data.startswith("folder:"):
     config.data.validate_files = "header"  # ~14M files: a full decode check is too slow
   config.batch_size = arg.batch_size

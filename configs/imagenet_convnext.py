@@ -29,10 +29,10 @@ Arguments (`configs/imagenet_convnext.py:key=value,...`):
   smoke: a one-block-per-stage ConvNeXt on 32x32 for 2 steps (tests, tfds mock data).
 """
 
-import ml_collections
-
 from vision_jax.config_base import base_config
-from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke, sibling_module
+
+common = sibling_module(__file__, "common")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,16 +52,10 @@ def get_config(arg=None):
       "name": f"convnext_{arg.variant}",
       "overrides": {"drop_path_rate": DROP_PATH[arg.variant], "layer_scale_init": 1e-6}})
   config.dtype = "bfloat16"
-  config.data = ml_collections.ConfigDict({
-      "name": "imagenet2012",
-      "train_split": "train",
-      "eval_split": "validation",
-      "preprocess_train": (f"inception_crop({size}, method='bicubic')|flip_lr|"
-                           f"randaugment(2, 9)|{norm}"),
-      "preprocess_eval": (f"decode|resize_small({size * 8 // 7}, method='bicubic')|"
-                          f"central_crop({size})|{norm}"),
-      "mix": "mixup_or_cutmix(0.8, 1.0)",
-  })
+  config.data = common.imagenet_data(
+      f"inception_crop({size}, method='bicubic')|flip_lr|randaugment(2, 9)|{norm}",
+      f"decode|resize_small({size * 8 // 7}, method='bicubic')|central_crop({size})|{norm}")
+  config.data.mix = "mixup_or_cutmix(0.8, 1.0)"
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1000
   config.total_epochs = arg.epochs

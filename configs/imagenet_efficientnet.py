@@ -30,10 +30,10 @@ Arguments (`configs/imagenet_efficientnet.py:key=value,...`):
   smoke: a narrow, shallow B0-style net on 32x32 for 2 steps (tests, tfds mock data).
 """
 
-import ml_collections
-
 from vision_jax.config_base import base_config
-from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke, sibling_module
+
+common = sibling_module(__file__, "common")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,15 +56,9 @@ def get_config(arg=None):
       "name": f"efficientnet_{arg.variant}",
       "overrides": {"bn_momentum": 0.99, "drop_path_rate": 0.2}})
   config.dtype = "bfloat16"
-  config.data = ml_collections.ConfigDict({
-      "name": "imagenet2012",
-      "train_split": "train",
-      "eval_split": "validation",
-      "preprocess_train": (f"inception_crop({size}, method='bicubic')|flip_lr|autoaugment|"
-                           f"{norm}"),
-      "preprocess_eval": (f"decode|resize_small({size + 32}, method='bicubic')|"
-                          f"central_crop({size})|{norm}"),
-  })
+  config.data = common.imagenet_data(
+      f"inception_crop({size}, method='bicubic')|flip_lr|autoaugment|{norm}",
+      f"decode|resize_small({size + 32}, method='bicubic')|central_crop({size})|{norm}")
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1000
   config.total_epochs = arg.epochs

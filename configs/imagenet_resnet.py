@@ -34,10 +34,10 @@ Arguments (`configs/imagenet_resnet.py:key=value,...`):
   smoke: a tiny ResNet for 2 steps on 32x32 crops (tests, on tfds.testing.mock_data).
 """
 
-import ml_collections
-
 from vision_jax.config_base import base_config
-from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke, sibling_module
+
+common = sibling_module(__file__, "common")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,13 +56,9 @@ def get_config(arg=None):
   config = base_config()
   config.model.update({"name": f"resnet{arg.depth}", "overrides": {}})
   config.dtype = "bfloat16"
-  config.data = ml_collections.ConfigDict({
-      "name": "imagenet2012",
-      "train_split": "train",
-      "eval_split": "validation",
-      "preprocess_train": f"inception_crop({size})|flip_lr|{norm}",
-      "preprocess_eval": f"decode|resize_small({resize})|central_crop({size})|{norm}",
-  })
+  config.data = common.imagenet_data(
+      f"inception_crop({size})|flip_lr|{norm}",
+      f"decode|resize_small({resize})|central_crop({size})|{norm}")
   config.batch_size = arg.batch_size
   config.eval_batch_size = 1000
   config.total_epochs = 90

@@ -36,10 +36,10 @@ Arguments (`configs/imagenet_vit.py:key=value,...`):
   smoke: a one-block hybrid on 32x32 for 2 steps (tests, tfds mock data).
 """
 
-import ml_collections
-
 from vision_jax.config_base import base_config
-from vision_jax.config_util import parse_arg, shrink_for_smoke
+from vision_jax.config_util import parse_arg, shrink_for_smoke, sibling_module
+
+common = sibling_module(__file__, "common")
 
 
 def get_config(arg=None):
@@ -49,13 +49,9 @@ def get_config(arg=None):
   config = base_config()
   config.model.update({"name": arg.model, "overrides": {"img_size": size}})
   config.dtype = "bfloat16"
-  config.data = ml_collections.ConfigDict({
-      "name": "imagenet2012",
-      "train_split": "train",
-      "eval_split": "validation",
-      "preprocess_train": f"inception_crop({size})|flip_lr|value_range(-1, 1)",
-      "preprocess_eval": f"decode|resize({size})|value_range(-1, 1)",
-  })
+  config.data = common.imagenet_data(
+      f"inception_crop({size})|flip_lr|value_range(-1, 1)",
+      f"decode|resize({size})|value_range(-1, 1)")
   config.batch_size = arg.batch_size
   config.eval_batch_size = 512
   config.total_steps = arg.steps

@@ -39,10 +39,10 @@ Arguments: depth (18|50), stage (pretrain|linear), epochs, batch_size,
 temperature, smoke.
 """
 
-import ml_collections
-
 from vision_jax.config_base import base_config
-from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
+from vision_jax.config_util import ConfigError, parse_arg, sibling_module
+
+common = sibling_module(__file__, "common")
 
 
 def get_config(arg=None):
@@ -62,48 +62,19 @@ def get_config(arg=None):
   config.eval_batch_size = 1000
   config.checkpoint_every_steps = 2000
   if arg.stage == "pretrain":
-    config.recipe = "simclr"
-    config.data = ml_collections.ConfigDict({
-        "name": "cifar10", "train_split": "train", "eval_split": "test", "cache": True,
-        "preprocess_train": ("decode|two_views|inception_crop(32)|flip_lr|color_jitter(0.5)|"
-                             "random_grayscale(0.2)|value_range(0, 1)"),
-        "preprocess_eval": eval_ops,
-    })
-    config.total_epochs = arg.epochs
-    config.schedule.update(
-        {"base_lr": 1.0 * arg.batch_size / 256, "warmup_epochs": 10, "decay": "cosine",
-         "end_lr_factor": 0.0})
-    config.optimizer.update(
-        {"name": "lars", "momentum": 0.9, "weight_decay": 1e-6, "trust_coefficient": 0.001})
-    config.simclr = ml_collections.ConfigDict({
-        "temperature": arg.temperature,
-        "head": {"hidden_dim": None, "out_dim": 128, "num_layers": 2},
-        "knn": {"k": 200, "temperature": 0.1},
-        "linear": {"steps": 5000, "learning_rate": 1e-3, "weight_decay": 0.0,
-                   "batch_size": 4096},
-        "memory_split": "train",
-    })
+    config.data = common.data(
+        "cifar10", ("decode|two_views|inception_crop(32)|flip_lr|color_jitter(0.5)|"
+                    "random_grayscale(0.2)|value_range(0, 1)"), eval_ops, eval_split="test",
+        cache=True)
+    common.simclr_pretraining(config, base_lr=1.0 * arg.batch_size / 256, epochs=arg.epochs)
+    config.simclr = common.simclr(arg.temperature)
     config.eval_every_epochs = arg.epochs / 10
   else:
-    config.data = ml_collections.ConfigDict({
-        "name": "cifar10", "train_split": "train", "eval_split": "test", "cache": True,
-        "preprocess_train": "decode|inception_crop(32)|flip_lr|value_range(0, 1)",
-        "preprocess_eval": eval_ops,
-    })
-    config.total_epochs = 100
-    config.schedule.update(
-        {"base_lr": 0.1 * arg.batch_size / 256, "warmup_epochs": 0, "decay": "cosine",
-         "end_lr_factor": 0.0})
-    config.optimizer.update(
-        {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 0.0})
-    config.trainable_params = "head/.*"
-    config.freeze_bn = True
-    config.eval_every_epochs = 10
+    config.data = common.data("cifar10", "decode|inception_crop(32)|flip_lr|value_range(0, 1)",
+                              eval_ops, eval_split="test", cache=True)
+    common.linear_probe(config, base_lr=0.1 * arg.batch_size / 256, epochs=100)
   if arg.smoke:
     config.model.overrides = {"stem": "cifar", "stage_sizes": (1, 1, 1, 1),
                               "widths": (8, 8, 16, 16), "stem_width": 8}
-    shrink_for_smoke(config)
-    if arg.stage == "pretrain":
-      config.simclr.knn.k = 5
-      config.simclr.linear.steps = 20
+    common.simclr_smoke(config, arg.stage)
   return config

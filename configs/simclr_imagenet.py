@@ -45,10 +45,10 @@ Target (linear evaluation top-1 on the ImageNet validation set): 69.3% after
 Arguments: stage (pretrain|linear), epochs, batch_size, temperature, smoke.
 """
 
-import ml_collections
-
 from vision_jax.config_base import base_config
-from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
+from vision_jax.config_util import ConfigError, parse_arg, sibling_module
+
+common = sibling_module(__file__, "common")
 
 
 def get_config(arg=None):
@@ -67,51 +67,24 @@ def get_config(arg=None):
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000
   if arg.stage == "pretrain":
-    config.recipe = "simclr"
-    config.data = ml_collections.ConfigDict({
-        "name": "imagenet2012", "train_split": "train", "eval_split": "validation",
-        "preprocess_train": (f"decode|two_views|inception_crop({size})|flip_lr|color_jitter(1.0)|"
-                             "random_grayscale(0.2)|gaussian_blur(0.5)|value_range(0, 1)"),
-        "preprocess_eval": eval_ops,
-    })
-    config.total_epochs = arg.epochs
-    config.schedule.update(
-        {"base_lr": 0.3 * arg.batch_size / 256, "warmup_epochs": 10, "decay": "cosine",
-         "end_lr_factor": 0.0})
-    config.optimizer.update(
-        {"name": "lars", "momentum": 0.9, "weight_decay": 1e-6, "trust_coefficient": 0.001})
-    config.simclr = ml_collections.ConfigDict({
-        "temperature": arg.temperature,
-        "head": {"hidden_dim": 2048, "out_dim": 128, "num_layers": 2},
-        "knn": {"k": 200, "temperature": 0.1},
-        "linear": {"steps": 5000, "learning_rate": 1e-3, "weight_decay": 0.0,
-                   "batch_size": 4096},
-        "memory_split": "train[:50000]",
-    })
+    config.data = common.imagenet_data(
+        (f"decode|two_views|inception_crop({size})|flip_lr|color_jitter(1.0)|"
+         "random_grayscale(0.2)|gaussian_blur(0.5)|value_range(0, 1)"), eval_ops)
+    common.simclr_pretraining(config, base_lr=0.3 * arg.batch_size / 256, epochs=arg.epochs)
+    config.simclr = common.simclr(arg.temperature, hidden_dim=2048,
+                                  memory_split="train[:50000]")
     config.eval_every_epochs = arg.epochs / 10
   else:
-    config.data = ml_collections.ConfigDict({
-        "name": "imagenet2012", "train_split": "train", "eval_split": "validation",
-        "preprocess_train": f"inception_crop({size})|flip_lr|value_range(0, 1)",
-        "preprocess_eval": eval_ops,
-    })
-    config.total_epochs = 90
-    config.schedule.update(
-        {"base_lr": 0.1 * arg.batch_size / 256, "warmup_epochs": 0, "decay": "cosine",
-         "end_lr_factor": 0.0})
-    config.optimizer.update(
-        {"name": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 1e-6})
-    config.trainable_params = "head/.*"
-    config.freeze_bn = True
-    config.eval_every_epochs = 10
+    config.data = common.imagenet_data(f"inception_crop({size})|flip_lr|value_range(0, 1)",
+                                       eval_ops)
+    common.linear_probe(config, base_lr=0.1 * arg.batch_size / 256, epochs=90,
+                        weight_decay=1e-6)
   if arg.smoke:
     config.model.overrides = {"stage_sizes": (1, 1, 1, 1), "widths": (8, 8, 16, 16),
                               "stem_width": 8}
-    shrink_for_smoke(config)
+    common.simclr_smoke(config, arg.stage)
     if arg.stage == "pretrain":
       config.simclr.head.hidden_dim = 32
       config.simclr.head.out_dim = 16
-      config.simclr.knn.k = 5
-      config.simclr.linear.steps = 20
       config.simclr.memory_split = "train[:50%]"  # a slice, as the full config
   return config

@@ -66,7 +66,7 @@ def test_timm_peer_of_every_family_has_our_architecture_and_trains(model_name):
   import jax
   import jax.numpy as jnp
   from vision_jax import models
-  from vision_jax.train import benchmark
+  from vision_jax.bench import trials as benchmark
   ours = models.create_model(model_name, **benchmark.model_overrides(model_name, 32))
   shapes = jax.eval_shape(lambda: ours.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                                             train=False))

@@ -10,7 +10,6 @@ parse_arg's error for unknown arguments.
 """
 
 import glob
-import importlib.util
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from vision_jax import config_util
 from vision_jax.config_util import ConfigError
 
 from tests.test_data_pipeline import write_metadata  # shared mock-tfds split metadata
@@ -51,11 +51,7 @@ MOCK_EXAMPLES = 32  # 2 training steps of 16 per epoch; 2 evaluation batches
 
 
 def load_config_module(name: str):
-  spec = importlib.util.spec_from_file_location(f"configs_{name}",
-                                                os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_util.load_config_module(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 def write_image_folder(root: str, splits=(("train", 8), ("val", 4)), classes: int = 3,

@@ -65,9 +65,9 @@ def serve(side: str) -> int:
   sys.stdout = sys.stderr
   # pylint: disable=import-outside-toplevel
   if side == "timm":
-    from vision_jax.train.benchmark import import_torch_and_timm
+    from vision_jax.bench.trials import import_torch_and_timm
     import_torch_and_timm()
-  from vision_jax.train import benchmark
+  from vision_jax.bench import trials as benchmark
   import traceback
   for line in sys.stdin:
     if not line.strip():

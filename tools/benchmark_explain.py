@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -38,6 +37,7 @@ def main(argv=None) -> int:
   import jax  # pylint: disable=import-outside-toplevel
   from vision_jax import explain  # pylint: disable=import-outside-toplevel
   from vision_jax.weights import from_timm  # pylint: disable=import-outside-toplevel
+  from vision_jax.bench import timing  # pylint: disable=import-outside-toplevel
 
   torch.manual_seed(0)
   model = timm.create_model(args.model, pretrained=False).eval()
@@ -50,25 +50,16 @@ def main(argv=None) -> int:
   def ours():
     return np.asarray(explain.grad_cam(module, variables, x, targets, upsample=True))
 
-  start = time.perf_counter()
-  ours()
-  first = time.perf_counter() - start
+  _, first, _ = timing.timed(ours)  # compiles
   cache = explain.cam._cams._cache_size()  # pylint: disable=protected-access
-  ours_times = []
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    ours()
-    ours_times.append(time.perf_counter() - start)
-  recompiled = explain.cam._cams._cache_size() != cache  # pylint: disable=protected-access
-
   cam = GradCAM(model=model, target_layers=[model.layer4[-1]])
   torch_targets = [ClassifierOutputTarget(int(t)) for t in targets]
-  torch_times = []
-  for _ in range(args.repeats + 1):  # the first call warms up the allocator
-    start = time.perf_counter()
-    cam(input_tensor=tensor, targets=torch_targets)
-    torch_times.append(time.perf_counter() - start)
-  torch_times = torch_times[1:]
+  cam(input_tensor=tensor, targets=torch_targets)  # warms up the allocator
+  times = timing.alternate({"ours": ours,
+                            "torch": lambda: cam(input_tensor=tensor, targets=torch_targets)},
+                           rounds=args.repeats)
+  ours_times, torch_times = times["ours"], times["torch"]
+  recompiled = explain.cam._cams._cache_size() != cache  # pylint: disable=protected-access
 
   result = {
       "model": args.model, "batch": args.batch, "size": args.size,

@@ -28,7 +28,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -80,10 +79,8 @@ def measure(root: str, spec: str, batch_size: int, batches: int,
   iterator = data.get_dataset(config).train_iterator(batch_size, seed=0)
   for _ in range(warmup):
     next(iterator)
-  start, cpu_start = time.perf_counter(), time.process_time()
-  for _ in range(batches):
-    batch = next(iterator)
-  elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+  from vision_jax.bench import timing  # pylint: disable=import-outside-toplevel
+  batch, elapsed, cpu = timing.timed(lambda: [next(iterator) for _ in range(batches)][-1])
   assert batch["image"].shape[0] == batch_size
   return batches * batch_size / elapsed, batches * batch_size / cpu
 

@@ -23,17 +23,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
+from vision_jax.bench import timing
 from vision_jax.cli.common import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # for the worker processes
 
 
-def _timed(fn):
-  wall, cpu = time.perf_counter(), time.process_time()
-  result = fn()
-  return result, time.perf_counter() - wall, time.process_time() - cpu
+_timed = timing.timed
 
 
 def _write_cache(tag: str, root: str) -> None:

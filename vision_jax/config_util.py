@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import re
+import types
 from typing import Any
 
 import ml_collections
@@ -118,17 +122,35 @@ def load_config(path: str, arg: str | None = None, **changes: Any) -> ml_collect
   For scripts and tests; the command line gets the same through
   `--config=path:arg --config.a.b=value`.
   """
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise ConfigError(f"No config file at {path!r}.")
-  name = "config_" + os.path.splitext(os.path.basename(path))[0]
+  config = load_config_module(path).get_config(arg)
+  set_fields(config, changes)
+  return config
+
+
+def load_config_module(path: str) -> types.ModuleType:
+  """The module of the config file at `path`, run from its path (config files are not a package).
+
+  The one loader of config files: `load_config`, the command line
+  (`main.load_config_file`) and the tests use it.
+  """
+  name = "config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  set_fields(config, changes)
-  return config
+  return module
+
+
+def sibling_module(config_path: str, name: str) -> types.ModuleType:
+  """Module `name`.py next to a config file: `common = sibling_module(__file__, "common")`.
+
+  Config files are loaded by path, from any working directory, so they cannot
+  `import common`; this loads configs/common.py (the blocks the paper configs
+  share) the same way, without touching sys.path.
+  """
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(config_path)),
+                                         f"{name}.py"))
 
 
 def set_fields(config: Any, changes: dict[str, Any]) -> None:

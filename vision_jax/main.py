@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import os
 import re
 import sys
@@ -102,7 +101,8 @@ def load_config_file(spec: str) -> Any:
     CommandLineError: the file is missing, does not import, has no get_config, or
       get_config raises (a ConfigError's own message is kept).
   """
-  from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from vision_jax.config_util import ConfigError, load_config_module
   path, colon, arg = spec.partition(":")
   if not path:
     raise CommandLineError("--config is empty; give a config file, e.g. --config=configs/digits.py.")
@@ -110,11 +110,8 @@ def load_config_file(spec: str) -> Any:
     where = "" if os.path.isabs(path) else f" (relative to {os.getcwd()})"
     raise CommandLineError(f"--config={spec}: there is no config file {path!r}{where}; give the "
                            "path of a config file, e.g. --config=configs/digits.py.")
-  name = "config_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
   try:
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_config_module(path)
   except SyntaxError as e:
     raise CommandLineError(f"--config={spec}: the config file {path} has a syntax error at line "
                            f"{e.lineno}: {e.msg}; fix the file.") from e

@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from vision_jax import models
+from vision_jax.bench import timing
 from vision_jax.models.flops import count_flops
 from vision_jax.train import metrics as metrics_lib
 from vision_jax.train import sharding as sharding_lib
@@ -459,11 +460,14 @@ def timm_trial(model_name: str, images: np.ndarray, labels: np.ndarray, amp_bf16
 
 def time_trials(trials: Sequence[Trial], steps: int, repeats: int = 1) -> dict[str, float]:
   """Median seconds per step of each trial, timed in `repeats` alternating rounds of `steps`."""
-  times: dict[str, list[float]] = {t.name: [] for t in trials}
-  for _ in range(repeats):
-    for trial in trials:
-      times[trial.name].append(trial.run(steps) / steps)
-  return {name: float(np.median(v)) for name, v in times.items()}
+  seconds: dict[str, list[float]] = {t.name: [] for t in trials}
+
+  def side(trial: Trial) -> Callable[[], None]:
+    return lambda: seconds[trial.name].append(trial.run(steps) / steps)
+
+  # Trial.run times its own steps (after its warm-up, excluding the host work around them).
+  timing.alternate({t.name: side(t) for t in trials}, rounds=repeats)
+  return timing.medians(seconds)
 
 
 # ---------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     # torch and jax share the GPU: jax must not take most of its memory up front.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   # pylint: disable=import-outside-toplevel
-  from vision_jax.train import benchmark
+  from vision_jax.bench import trials as benchmark
   from vision_jax.models import ModelError
   try:
     if "timm" in compare:
