@@ -7,7 +7,8 @@ per test run (shared by the xdist workers and the subprocesses the tests start,
 which inherit the environment), so every run starts cold, as on a fresh machine.
 Set JAX_COMPILATION_CACHE_DIR yourself to keep a cache across runs.
 
-Running a command from a test: `run_tool(name, *args, capsys=capsys)` runs
+Running a command from a test: the `run_tool` fixture (`run_tool_here(name,
+*args, capsys=capsys)` outside a fixture's reach) runs
 `vision_jax/cli/NAME.py` (or `tools/NAME.py`) in this process through the same
 error path as the console (`cli.common.run`) and returns (returncode, stdout,
 stderr); `run_tool_process` starts it as `python tools/NAME.py` instead, for the
@@ -41,6 +42,7 @@ except ImportError:
   pass
 
 import importlib.util  # noqa: E402
+import pytest  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from typing import NamedTuple  # noqa: E402
@@ -64,13 +66,19 @@ def tool_module(name: str):
   return importlib.import_module(f"tools.{name}")  # the repository root is on sys.path
 
 
-def run_tool(name: str, *args, capsys) -> ToolResult:
+def run_tool_here(name: str, *args, capsys) -> ToolResult:
   """Runs a command in this process, as its console script would; output read through capsys."""
   from vision_jax.cli import common  # pylint: disable=import-outside-toplevel
   capsys.readouterr()  # only this command's output
   code = common.run(tool_module(name).main, [str(a) for a in args])
   out = capsys.readouterr()
   return ToolResult(code, out.out, out.err)
+
+
+@pytest.fixture
+def run_tool(capsys):
+  """`run_tool(name, *args)`: `run_tool_here` with this test's capsys."""
+  return lambda name, *args: run_tool_here(name, *args, capsys=capsys)
 
 
 def run_tool_process(name: str, *args, env=None, timeout: int = 600) -> ToolResult:

@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from tests.timm_parity import randomize_norms, relative_error  # noqa: E402
-from tests.conftest import run_tool
+from tests.conftest import run_tool_here
 from vision_jax.weights import WeightLoadError, hub  # noqa: E402
 
 # One worker builds the offline hub cache (seven timm models) and runs every test on it.
@@ -342,7 +342,7 @@ def test_network_failure_mid_download_leaves_nothing(hub_cache, monkeypatch):
 
 
 def _run(tool: str, args: list[str], capsys):
-  return run_tool(tool, *args, capsys=capsys)
+  return run_tool_here(tool, *args, capsys=capsys)
 
 
 def test_tools_exit_2_with_one_line_and_write_nothing(hub_cache, tmp_path, capsys):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import run_tool, tool_module
+from tests.conftest import tool_module
 from vision_jax import plots
 
 
@@ -155,10 +155,9 @@ def test_plot_metrics_cli_writes_a_png_and_refuses_to_overwrite(tmp_path, capsys
   assert not (tmp_path / "curves.pdf").exists()
 
 
-def test_plot_metrics_cli_on_a_workdir_without_metrics(tmp_path, capsys):
+def test_plot_metrics_cli_on_a_workdir_without_metrics(tmp_path, run_tool):
   (tmp_path / "not_a_run").mkdir()
-  result = run_tool("plot_metrics", str(tmp_path / "not_a_run"), "--out", str(tmp_path / "c.png"),
-                    capsys=capsys)
+  result = run_tool("plot_metrics", str(tmp_path / "not_a_run"), "--out", str(tmp_path / "c.png"))
   assert result.returncode == 2
   assert result.stderr.startswith("error: ") and "has no metrics.jsonl" in result.stderr
   assert "Traceback" not in result.stderr

@@ -7,14 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import conftest
-
-
-
-@pytest.fixture
-def run_tool(capsys):
-  """The command in this process (tests.conftest.run_tool)."""
-  return lambda script, *args: conftest.run_tool(script, *args, capsys=capsys)
 
 
 def test_convert_timm_safetensors_then_load(tmp_path, run_tool):
@@ -47,7 +39,7 @@ def test_convert_timm_safetensors_then_load(tmp_path, run_tool):
   assert again.returncode == 2 and "already exists" in again.stderr
 
 
-def test_convert_reports_bad_input(tmp_path):
+def test_convert_reports_bad_input(tmp_path, run_tool):
   out = run_tool("convert_weights.py", "--from", "timm", "--model", "resnet18",
                  "--input", str(tmp_path / "nope.safetensors"), "--output", str(tmp_path / "o"))
   assert out.returncode == 2 and "does not exist" in out.stderr

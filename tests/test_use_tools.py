@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from tests.conftest import run_tool, tool_module
+from tests.conftest import run_tool_here, tool_module
 from vision_jax.data import eval_preprocess
 
 
@@ -42,7 +42,7 @@ def test_eval_preprocess_matches_timm_on_photographs(tag):
 
 
 def _run(tool: str, args: list[str], capsys):
-  return run_tool(tool, *args, capsys=capsys)
+  return run_tool_here(tool, *args, capsys=capsys)
 
 
 @pytest.fixture(scope="module")
