@@ -11,6 +11,7 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -94,3 +95,16 @@ def entry_point(main: Callable[[Sequence[str] | None], int]) -> Callable[[], Non
     sys.exit(run(main))
   console_script.__doc__ = f"Console entry point of {main.__module__}."
   return console_script
+
+
+def script(name: str, tool: str) -> None:
+  """The whole body of tools/TOOL.py: `script(__name__, "predict")`.
+
+  Run as a script, it runs vision_jax.cli.TOOL through `run` and exits with its
+  code; imported (`import predict` with tools/ on the path, as older notebooks
+  do), it puts the tool's module in its place, so that its functions are there.
+  """
+  module = importlib.import_module(f"vision_jax.cli.{tool}")
+  if name == "__main__":
+    sys.exit(run(module.main))
+  sys.modules[name] = module
