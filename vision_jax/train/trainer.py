@@ -165,7 +165,7 @@ def setup_run(config: Any, validated: bool = False) -> RunSetup:
   # --- Model, optimizer, state (shapes only; the run creates it born sharded).
   if config.dtype not in DTYPES:  # a config that skipped validation
     raise ConfigError(f"config.dtype={config.dtype!r}; choose one of {sorted(DTYPES)}.")
-  model = recipe.build_model(config, dataset, jnp.dtype(config.dtype))
+  model = recipe.build_model(config, dataset, getattr(jnp, config.dtype))  # jnp.float32, ...
   schedule = optim.make_schedule(config.schedule, steps["total"], steps["warmup"])
   tx = optim.make_optimizer(config.optimizer, schedule)
   if config.trainable_params:
