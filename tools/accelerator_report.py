@@ -41,6 +41,7 @@ import sys
 import time
 from typing import Any
 
+from vision_jax.bench import DTYPES
 from vision_jax.cli.common import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20)")
   parser.add_argument("--warmup", type=int, default=None,
                       help="steps after the first before timing (default 3)")
-  parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+  parser.add_argument("--dtype", default="auto", choices=DTYPES,
                       help="auto: bfloat16 on accelerators, float32 on the CPU")
   parser.add_argument("--simulate-oom-above", type=int, default=None,
                       help="treat larger batches as out of memory (tests the back-off)")

@@ -7,3 +7,9 @@ import it. Every benchmark times through `timing.timed` (wall and CPU seconds of
 call) and compares sides with `timing.alternate` (the sides in turn, round after
 round, medians), so that load from other processes hits each side alike.
 """
+
+from vision_jax.config_base import DTYPES as _RUN_DTYPES
+
+# The benchmarks' --dtype: the run's compute dtypes but float16 (timm's trial runs AMP in
+# bfloat16 only), and 'auto' (bfloat16 on accelerators, float32 on the CPU).
+DTYPES = ("auto",) + tuple(d for d in _RUN_DTYPES if d != "float16")

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 from vision_jax import models
-from vision_jax.bench import timing
+from vision_jax.bench import DTYPES, timing
 from vision_jax.models.flops import count_flops
 from vision_jax.train import metrics as metrics_lib
 from vision_jax.train import sharding as sharding_lib
@@ -51,7 +51,6 @@ PEAK_BF16 = {
     "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }
 PEERS = ("timm", "flax")
-DTYPES = ("auto", "float32", "bfloat16")
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 
+from vision_jax.bench import DTYPES
 from vision_jax.cli import common
 
 
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
   parser.add_argument("--model", required=True)
   parser.add_argument("--batch-size", type=int, required=True)
   parser.add_argument("--image-size", type=int, required=True)
-  parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+  parser.add_argument("--dtype", default="auto", choices=DTYPES,
                       help="auto: bfloat16 on accelerators, float32 on the CPU")
   parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
   parser.add_argument("--repeats", type=int, default=3,
