@@ -51,12 +51,16 @@ class FieldChecks:
     raise ConfigError(f"config.{path}={value!r}: {requirement}; set it in the config file or "
                       f"with --config.{path}=...")
 
+  @staticmethod
+  def unset(path: str, requirement: str) -> None:
+    raise ConfigError(f"config.{path} is not set: it {requirement}; set it in the config file or "
+                      f"with --config.{path}=...")
+
   def positive_int(self, path: str, required: bool = False, what: str = "") -> None:
     value = self.value(path)
     if value is None:
       if required:
-        raise ConfigError(f"config.{path} is not set: it must be a positive integer{what}; set "
-                          f"it in the config file or with --config.{path}=...")
+        self.unset(path, f"must be a positive integer{what}")
       return
     if not is_int(value) or value <= 0:
       self.fail(path, value, f"must be a positive integer{what}")
@@ -73,8 +77,7 @@ class FieldChecks:
     value = self.value(path)
     if value is None:
       if required:
-        raise ConfigError(f"config.{path} is not set: it must be a number{what}; set it in the "
-                          f"config file or with --config.{path}=...")
+        self.unset(path, f"must be a number{what}")
       return
     ok = is_number(value) and math.isfinite(value)
     if ok and low is not None:
