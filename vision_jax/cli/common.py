@@ -97,6 +97,21 @@ def entry_point(main: Callable[[Sequence[str] | None], int]) -> Callable[[], Non
   return console_script
 
 
+def pyplot():
+  """matplotlib.pyplot on the Agg canvas (no display needed), for the tools' figures."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def save_png(fig, path: str, dpi: int) -> None:
+  """Lays out a pyplot figure, writes it as a PNG and frees it."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  pyplot().close(fig)
+
+
 def script(name: str, tool: str) -> None:
   """The whole body of tools/TOOL.py: `script(__name__, "predict")`.
 

@@ -129,9 +129,7 @@ def summary_table(metrics: dict, confusion: np.ndarray, names, worst: int = 5) -
 
 
 def plot_confusion(path: str, confusion: np.ndarray, names) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = common.pyplot()
   n = len(names)
   fig, ax = plt.subplots(figsize=(min(2 + 0.5 * n, 20), min(2 + 0.5 * n, 20)))
   ax.imshow(confusion, cmap="Blues")
@@ -145,9 +143,7 @@ def plot_confusion(path: str, confusion: np.ndarray, names) -> None:
                   color="white" if confusion[i, j] > confusion.max() / 2 else "black")
   ax.set_xlabel("predicted")
   ax.set_ylabel("true")
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  common.save_png(fig, path, dpi=80)
 
 
 console_script = common.entry_point(main)

@@ -183,9 +183,7 @@ def _save_grid(path: str, inputs, overlays, titles, method: str, columns: int = 
   """Each image next to its overlay, `columns` pairs per row, titled with the explained class."""
   from vision_jax import output_paths  # pylint: disable=import-outside-toplevel
   output_paths.prepare(path)
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = common.pyplot()
   columns = min(columns, len(overlays))
   rows = -(-len(overlays) // columns)
   fig, axes = plt.subplots(rows, 2 * columns, figsize=(2.0 * 2 * columns, 2.2 * rows),
@@ -200,9 +198,7 @@ def _save_grid(path: str, inputs, overlays, titles, method: str, columns: int = 
     axes[row, 2 * col].set_title(f"class {title}", fontsize=9)
     axes[row, 2 * col + 1].imshow(rgb, interpolation=interpolation)
     axes[row, 2 * col + 1].set_title(method, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
+  common.save_png(fig, path, dpi=90)
 
 
 console_script = common.entry_point(main)

@@ -134,9 +134,7 @@ def predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def contact_sheet(path: str, model, paths, images, lines, columns: int = 4) -> None:
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  plt = common.pyplot()
   from vision_jax.explain import to_uint8_image  # pylint: disable=import-outside-toplevel
   rows = -(-len(paths) // columns)
   fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 4.0 * rows), squeeze=False)
@@ -146,9 +144,7 @@ def contact_sheet(path: str, model, paths, images, lines, columns: int = 4) -> N
     ax.imshow(to_uint8_image(image, model.mean, model.std), interpolation="nearest")
     labels = "\n".join(f"{t['name'][:22]} {t['probability']:.2f}" for t in line["top_k"][:3])
     ax.set_title(f"{os.path.basename(image_path)[:24]}\n{labels}", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  common.save_png(fig, path, dpi=80)
 
 
 console_script = common.entry_point(main)
