@@ -8,25 +8,18 @@ the 8 simulated CPU devices and the shared compilation cache of conftest.py.
 """
 
 import hashlib
-import importlib.util
 import os
-import sys
 
 import nbformat
 import pytest
 
-from tests.conftest import ROOT  # noqa: E402  (the repository root)
+from tests.conftest import ROOT, tool_module  # noqa: E402
 NOTEBOOKS = ("finetune_your_images.ipynb", "quickstart.ipynb", "scale_out.ipynb", "simclr.ipynb")
 CELL_TIMEOUT = 600  # seconds; a SMOKE cell takes seconds, a loaded CI machine several times more
 
 
 def _tool():
-  spec = importlib.util.spec_from_file_location("run_notebooks",
-                                                os.path.join(ROOT, "tools", "run_notebooks.py"))
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+  return tool_module("run_notebooks")
 
 
 def _read(name):
