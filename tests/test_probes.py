@@ -102,6 +102,15 @@ def test_probe_metrics_and_bad_input():
                              fewshot={"shots": (1,), "seeds": 1})
   assert set(out) == {"probe_count", "knn_top1", "fewshot_1shot", "fewshot_1shot_std"}
   assert out["probe_count"] == len(yte)
+  # A recipe's eval: k-NN at every eval, the chosen set at the final one.
+  every = probes.probes_from_config((xtr, ytr), (xte, yte), None, 10, final=False)
+  assert set(every) == {"probe_count", "knn_top1"} and every["knn_top1"] == out["knn_top1"]
+  final = probes.probes_from_config((xtr, ytr), (xte, yte),
+                                    {"final": ["fewshot"], "fewshot": {"shots": (1,), "seeds": 1}},
+                                    10, final=True)
+  assert final["fewshot_1shot"] == out["fewshot_1shot"]
+  with pytest.raises(probes.ProbeError, match="unknown key"):
+    probes.probes_from_config((xtr, ytr), (xte, yte), {"evry": ["knn"]}, 10, final=False)
   with pytest.raises(probes.ProbeError, match="choose from"):
     probes.probe_metrics((xtr, ytr), (xte, yte), ("svm",))
   with pytest.raises(probes.ProbeError, match="same dims"):

@@ -409,3 +409,38 @@ def probe_metrics(train: tuple[Any, Any], test: tuple[Any, Any],
   if "fewshot" in probes:
     out.update(fewshot_accuracy(*train, *test, num_classes=num_classes, **dict(fewshot or {})))
   return out
+
+
+# What a recipe runs when its config has no `probes` block: the cheap k-NN at every eval,
+# all three probes at the final one.
+DEFAULT_EVERY = ("knn",)
+DEFAULT_FINAL = PROBES
+
+
+def probes_from_config(train: tuple[Any, Any], test: tuple[Any, Any],
+                       config: Optional[Mapping[str, Any]], num_classes: Optional[int],
+                       final: bool) -> dict[str, float]:
+  """`probe_metrics` as a recipe's eval calls it at `eval_every_*`, set by a config block.
+
+  Args:
+    train, test: (features, labels) of the memory (training) split and the eval split.
+    config: e.g. config.probes, a mapping with any of 'every' (probes at every eval,
+      default ('knn',)), 'final' (at the last eval, default all three), and the
+      options 'knn', 'linear', 'fewshot' of `probe_metrics`; None: the defaults.
+    num_classes: classes of the dataset.
+    final: whether this is the run's last evaluation.
+
+  Returns:
+    The metrics of `probe_metrics`.
+  """
+  config = dict(config or {})
+  unknown = sorted(set(config) - {"every", "final", "knn", "linear", "fewshot"})
+  if unknown:
+    raise ProbeError(f"config.probes has unknown key(s) {unknown}; it takes 'every', 'final', "
+                     "'knn', 'linear' and 'fewshot'.")
+  chosen = config.get("final", DEFAULT_FINAL) if final else config.get("every", DEFAULT_EVERY)
+  if not chosen:
+    return {}
+  return probe_metrics(train, test, tuple(chosen), num_classes=num_classes,
+                       knn=config.get("knn"), linear=config.get("linear"),
+                       fewshot=config.get("fewshot"))
