@@ -169,5 +169,6 @@ def test_evaluate_tool_probe_on_a_tiny_model(tmp_path, capsys):
     code = evaluate.main(["--weights", str(tmp_path / "w"), "--data", "digits", "--probe",
                           "fewshot", "--fewshot-shots", "1,x"])
     assert code == 2 and "error: --fewshot-shots" in capsys.readouterr().err
+    assert evaluate.PROBE_CHOICES == probes.PROBES
   finally:
     sys.path.remove(os.path.join(ROOT, "tools"))

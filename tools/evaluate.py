@@ -121,20 +121,23 @@ def main(argv=None) -> int:
   return 0
 
 
+# vision_jax.eval.probes.PROBES, spelled out so that --help does not import JAX.
+PROBE_CHOICES = ("knn", "linear", "fewshot")
+
+
 def add_probe_options(parser: argparse.ArgumentParser) -> None:
-  """--probe and the probes' settings (defaults: those of vision_jax.eval.probes)."""
-  from vision_jax.eval import probes  # pylint: disable=import-outside-toplevel
+  """--probe and the probes' settings (unset: vision_jax.eval.probes' defaults)."""
   group = parser.add_argument_group("representation probes")
-  group.add_argument("--probe", action="append", choices=probes.PROBES,
+  group.add_argument("--probe", action="append", choices=PROBE_CHOICES,
                      help="evaluate frozen features with this probe (repeatable)")
   group.add_argument("--train-split", help="split the probes learn from (default: the "
                      "source's training split)")
-  group.add_argument("--knn-k", type=int, default=probes.KNN_K)
-  group.add_argument("--knn-temperature", type=float, default=probes.KNN_TEMPERATURE)
-  group.add_argument("--linear-l2", type=float, default=probes.LINEAR_L2)
-  group.add_argument("--fewshot-shots", default=",".join(map(str, probes.FEWSHOT_SHOTS)),
-                     help="comma-separated examples per class")
-  group.add_argument("--fewshot-seeds", type=int, default=probes.FEWSHOT_SEEDS)
+  group.add_argument("--knn-k", type=int, help="neighbours (default 20)")
+  group.add_argument("--knn-temperature", type=float, help="vote temperature (default 0.07)")
+  group.add_argument("--linear-l2", type=float, help="weight penalty (default 1e-4)")
+  group.add_argument("--fewshot-shots", help="comma-separated examples per class "
+                     "(default 1,5,10,25)")
+  group.add_argument("--fewshot-seeds", type=int, help="draws per shot count (default 3)")
 
 
 def run_probes(args: argparse.Namespace, model, data: dict, dataset, output: str | None) -> int:
@@ -144,8 +147,13 @@ def run_probes(args: argparse.Namespace, model, data: dict, dataset, output: str
   import ml_collections
   from vision_jax import data as data_lib
   from vision_jax.eval import probes
+  k = probes.KNN_K if args.knn_k is None else args.knn_k
+  temperature = probes.KNN_TEMPERATURE if args.knn_temperature is None else args.knn_temperature
+  l2 = probes.LINEAR_L2 if args.linear_l2 is None else args.linear_l2
+  seeds = probes.FEWSHOT_SEEDS if args.fewshot_seeds is None else args.fewshot_seeds
   try:
-    shots = tuple(int(s) for s in args.fewshot_shots.split(","))
+    shots = (probes.FEWSHOT_SHOTS if args.fewshot_shots is None
+             else tuple(int(s) for s in args.fewshot_shots.split(",")))
   except ValueError:
     print(f"error: --fewshot-shots {args.fewshot_shots!r}: give whole numbers separated by "
           "commas, e.g. 1,5,10,25.", file=sys.stderr)
@@ -169,22 +177,20 @@ def run_probes(args: argparse.Namespace, model, data: dict, dataset, output: str
     test = probes.features_of_batches(feature_fn, dataset.eval_iterator(args.batch_size))
     metrics = probes.probe_metrics(
         train, test, tuple(dict.fromkeys(args.probe)),
-        knn={"k": args.knn_k, "temperature": args.knn_temperature},
-        linear={"l2": args.linear_l2},
-        fewshot={"shots": shots, "seeds": args.fewshot_seeds})
+        knn={"k": k, "temperature": temperature}, linear={"l2": l2},
+        fewshot={"shots": shots, "seeds": seeds})
   except probes.ProbeError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   lines = [f"images  {len(test[1])} evaluated, {len(train[1])} to learn from "
            f"({memory['eval_split']} split)"]
   if "knn_top1" in metrics:
-    lines.append(f"knn top-1     {metrics['knn_top1']:.4f}  (k={args.knn_k}, "
-                 f"T={args.knn_temperature})")
+    lines.append(f"knn top-1     {metrics['knn_top1']:.4f}  (k={k}, T={temperature})")
   if "linear_top1" in metrics:
-    lines.append(f"linear top-1  {metrics['linear_top1']:.4f}  (l2={args.linear_l2})")
+    lines.append(f"linear top-1  {metrics['linear_top1']:.4f}  (l2={l2})")
   for n in shots if "fewshot" in args.probe else ():
     lines.append(f"fewshot {n}-shot  {metrics[f'fewshot_{n}shot']:.4f} "
-                 f"+- {metrics[f'fewshot_{n}shot_std']:.4f}  ({args.fewshot_seeds} draws)")
+                 f"+- {metrics[f'fewshot_{n}shot_std']:.4f}  ({seeds} draws)")
   sys.stdout.write("\n".join(lines) + "\n")
   if output:
     from vision_jax import output_paths  # pylint: disable=import-outside-toplevel
