@@ -184,7 +184,6 @@ def test_every_registered_variant_is_pinned():
 @pytest.mark.parametrize("name", [
     "vit_tiny_patch16_224", "vit_large_patch32_224", "vit_base_patch16_384",
     "vit_tiny_r_s16_p8_384", "vit_base_r50_s16_224", "vit_large_r50_s32_224",
-    "vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2",
 ])
 def test_param_count_matches_timm(name):
   # Every variant is checked by the central test; these cover each kind here too.
