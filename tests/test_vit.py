@@ -71,11 +71,114 @@ def test_parity_with_timm_resnet_hybrid():
   assert err < _TOL, f"{name} @ {size}: relative error {err}"
 
 
+# --- the self-supervised checkpoints (feature models, num_classes=0) --------------------------
+
+def _ssl_timm_model(tag: str, seed: int = 0, **kwargs):
+  """A reduced timm model of `tag` (random weights, perturbed norms; layer scales, class
+  and register tokens drawn from [0.5, 1.5): at their init values of 1e-5 / 1e-6 the
+  blocks would be near-identities and hide layout mistakes)."""
+  torch.manual_seed(seed)
+  model = timm.create_model(tag, pretrained=False, **kwargs).eval()
+  randomize_norms(model, seed)
+  g = torch.Generator().manual_seed(seed + 1)
+  with torch.no_grad():
+    for key, p in model.named_parameters():
+      if key.endswith(".gamma") or key in ("cls_token", "reg_token"):
+        p.copy_(0.5 + torch.rand(p.shape, generator=g))
+  return model
+
+
+def _features_and_tokens(module, variables, x):
+  return jax.jit(lambda v, x: (module.apply(v, x), module.apply(v, x, tokens=True)))(
+      variables, jnp.asarray(x))
+
+
+@pytest.mark.parametrize("tag,size", [
+    # The .dino and .mae tags of vit_base_patch16_224 are this architecture at B width
+    # (checked at full size by hand: docs/self_supervised.md).
+    ("vit_small_patch16_224.dino", 32),
+    ("vit_small_patch14_dinov2.lvd142m", 28),
+    ("vit_small_patch14_reg4_dinov2.lvd142m", 28),
+])
+def test_self_supervised_tags_match_timm_features(tag, size):
+  model = _ssl_timm_model(tag, img_size=size, depth=1)
+  assert model.num_classes == 0  # the tags are feature extractors
+  x = np.random.default_rng(2).standard_normal((2, size, size, 3)).astype(np.float32)
+  with torch.no_grad():
+    tokens_ref = model.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2)))
+    pooled_ref = model.forward_head(tokens_ref, pre_logits=True).numpy()
+  module, variables = from_timm(tag, timm_state_dict(model))
+  assert module.num_classes == 0 and module.img_size == size
+  pooled, tokens = _features_and_tokens(module, variables, x)
+  assert relative_error(pooled, pooled_ref) < 1e-5
+  assert relative_error(tokens, tokens_ref.numpy()) < 1e-5
+  assert tokens.shape[1] == module.num_prefix_tokens + (size // module.patch_size) ** 2
+
+
+def test_dynamic_img_size_resamples_position_embedding_as_timm():
+  # Built for 28 px (2x2 grid of 14 px patches), run on 42 px (3x3): timm resamples the
+  # grid-only embedding bicubically; so must we.
+  tag = "vit_small_patch14_reg4_dinov2.lvd142m"
+  model = _ssl_timm_model(tag, seed=3, img_size=28, depth=1, dynamic_img_size=True)
+  x = np.random.default_rng(3).standard_normal((2, 42, 42, 3)).astype(np.float32)
+  with torch.no_grad():
+    ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  module, variables = from_timm(tag, timm_state_dict(model), dynamic_img_size=True)
+  pooled, tokens = _features_and_tokens(module, variables, x)
+  assert tokens.shape == (2, 5 + 9, 384)
+  assert relative_error(pooled, ref) < 1e-5
+  with pytest.raises(ValueError, match="dynamic_img_size=True"):
+    from_timm(tag, timm_state_dict(model))[0].apply(variables, x)
+
+
+def test_avg_pool_with_fc_norm_matches_timm():
+  # MAE's fine-tuning layout: mean of the grid tokens, LayerNorm after the pool; the
+  # checkpoint's fc_norm tells from_timm.
+  torch.manual_seed(4)
+  model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1,
+                            global_pool="avg").eval()
+  randomize_norms(model, 4)
+  x = np.random.default_rng(4).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  module, variables = from_timm("vit_tiny_patch16_224", timm_state_dict(model))
+  assert (module.global_pool, module.fc_norm) == ("avg", True)
+  assert "fc_norm" in variables["params"] and "norm" not in variables["params"]
+  ours = jax.jit(lambda v, x: module.apply(v, x))(variables, jnp.asarray(x))
+  assert relative_error(ours, ref) < _TOL
+  with pytest.raises(ValueError, match="global_pool"):
+    _tiny(global_pool="max").init(jax.random.key(0), _X)
+
+
+def test_self_supervised_tags_load_by_name(tmp_path, monkeypatch):
+  # The whole pretrained() path, offline, from a hub cache written by timm's save_for_hf.
+  from timm.models._hub import save_for_hf  # pylint: disable=import-outside-toplevel
+  from vision_jax.weights import hub  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("VISION_JAX_CACHE", str(tmp_path / "vj"))
+  x = np.random.default_rng(5).standard_normal((1, 28, 28, 3)).astype(np.float32)
+  tag = "vit_small_patch14_reg4_dinov2.lvd142m"
+  model = _ssl_timm_model(tag, img_size=28, depth=1)
+  save_for_hf(model, str(tmp_path / tag), safe_serialization=True, model_args={})
+  hub.add_to_hub_cache(f"timm/{tag}", {n: str(tmp_path / tag / n)
+                                        for n in ("config.json", "model.safetensors")})
+  loaded = hub.pretrained(f"timm:{tag}")
+  assert loaded.num_classes == 0 and loaded.metadata_from == "config.json"
+  assert loaded.model_name == "vit_small_patch14_reg4_dinov2"
+  assert (loaded.preprocess_cfg["mean"], loaded.preprocess_cfg["crop_pct"]) == (
+      [0.485, 0.456, 0.406], 1.0)
+  with torch.no_grad():
+    ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  ours = loaded.module.apply(loaded.variables, jnp.asarray(x))
+  assert relative_error(ours, ref) < 1e-5
+
+
 # --- registry, counts, metadata ----------------------------------------------------------------
 
 def test_every_registered_variant_is_pinned():
   assert set(models.list_models(family="vit")) == set(PARAM_COUNTS)
-  assert len(PARAM_COUNTS) == 23
+  assert len(PARAM_COUNTS) == 29
 
 
 @pytest.mark.parametrize("name", [
@@ -98,7 +201,11 @@ def test_model_info():
   assert (info.input_size, info.crop_pct) == (224, 0.9)
   for name in models.list_models(family="vit"):
     info = models.model_info(name)
-    assert info.input_size == int(name[-3:]) and info.source and info.paper
+    size = vit.DINOV2_IMG_SIZE if name.endswith("_dinov2") else int(name[-3:])
+    assert info.input_size == size and info.source and info.paper
+  info = models.model_info("vit_small_patch14_reg4_dinov2")
+  assert (info.input_size, info.crop_pct, info.mean) == (518, 1.0, (0.485, 0.456, 0.406))
+  assert "2309.16588" in info.paper and info.timm_name == "vit_small_patch14_reg4_dinov2"
 
 
 def test_vit_config_parses_specs():

@@ -14,6 +14,16 @@ for. --output writes every figure as JSON (per-class top-1 included) to a .json
 file, or to metrics.json in a directory; --confusion draws the confusion matrix
 to a .png file, or to confusion.png in a directory. Existing files are kept
 unless --overwrite is given.
+
+--probe knn|linear|fewshot (repeatable) evaluates the representation instead of
+the classifier: the model's pooled features (its num_classes=0 output) of the
+--train-split (default: the source's training split) and of the evaluated split
+feed the shared probes of vision_jax.eval.probes (weighted k-NN, logistic
+regression, few-shot ridge); works for any checkpoint or pretrained tag, with or
+without a classifier:
+
+  python vision_jax/cli/evaluate.py --weights timm:vit_small_patch16_224.dino \
+      --data imagenet2012 --split validation --probe knn --probe linear
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ def main(argv=None) -> int:
   parser.add_argument("--output", help="metrics as JSON: a .json file or a directory")
   parser.add_argument("--worst", type=int, default=5, help="how many worst classes to list")
   parser.add_argument("--overwrite", action="store_true")
+  add_probe_options(parser)
   args = parser.parse_args(argv)
 
   # pylint: disable=import-outside-toplevel
@@ -72,6 +83,8 @@ def main(argv=None) -> int:
     dataset = data_lib.get_dataset(ml_collections.ConfigDict(data))
   except data_lib.DatasetError as e:
     return common.report(e)
+  if args.probe:
+    return run_probes(args, model, data, dataset, output)
   num_classes = len(model.class_names)
   if model.class_names[0] == "class_0":
     # Converted weights of a custom head: the evaluated dataset knows the names.
@@ -99,6 +112,81 @@ def main(argv=None) -> int:
   if confusion_path:
     plot_confusion(output_paths.prepare(confusion_path), confusion, model.class_names)
     print(f"wrote {confusion_path}")
+  return 0
+
+
+# vision_jax.eval.probes.PROBES, spelled out so that --help does not import JAX.
+PROBE_CHOICES = ("knn", "linear", "fewshot")
+
+
+def add_probe_options(parser: argparse.ArgumentParser) -> None:
+  """--probe and the probes' settings (unset: vision_jax.eval.probes' defaults)."""
+  group = parser.add_argument_group("representation probes")
+  group.add_argument("--probe", action="append", choices=PROBE_CHOICES,
+                     help="evaluate frozen features with this probe (repeatable)")
+  group.add_argument("--train-split", help="split the probes learn from (default: the "
+                     "source's training split)")
+  group.add_argument("--knn-k", type=int, help="neighbours (default 20)")
+  group.add_argument("--knn-temperature", type=float, help="vote temperature (default 0.07)")
+  group.add_argument("--linear-l2", type=float, help="weight penalty (default 1e-4)")
+  group.add_argument("--fewshot-shots", help="comma-separated examples per class "
+                     "(default 1,5,10,25)")
+  group.add_argument("--fewshot-seeds", type=int, help="draws per shot count (default 3)")
+
+
+def run_probes(args: argparse.Namespace, model, data: dict, dataset, output: str | None) -> int:
+  """--probe: the probes on the model's pooled features; prints them, writes --output JSON."""
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import ml_collections
+  from vision_jax import data as data_lib
+  from vision_jax.eval import probes
+  k = probes.KNN_K if args.knn_k is None else args.knn_k
+  temperature = probes.KNN_TEMPERATURE if args.knn_temperature is None else args.knn_temperature
+  l2 = probes.LINEAR_L2 if args.linear_l2 is None else args.linear_l2
+  seeds = probes.FEWSHOT_SEEDS if args.fewshot_seeds is None else args.fewshot_seeds
+  try:
+    shots = (probes.FEWSHOT_SHOTS if args.fewshot_shots is None
+             else tuple(int(s) for s in args.fewshot_shots.split(",")))
+  except ValueError:
+    return common.report(f"--fewshot-shots {args.fewshot_shots!r}: give whole numbers "
+                         "separated by commas, e.g. 1,5,10,25.", common.EXIT_USAGE)
+  if args.confusion:
+    return common.report("--confusion draws the classifier's mistakes; it does not combine "
+                         "with --probe.", common.EXIT_USAGE)
+  memory = dict(data, eval_split=args.train_split or data.get("train_split") or "train")
+  try:
+    memory_set = data_lib.get_dataset(ml_collections.ConfigDict(memory))
+  except data_lib.DatasetError as e:
+    return common.report(e)
+  # num_classes=0: every vision_jax model returns its pooled features (what the classifier
+  # reads); a classifier in the variables is left unused.
+  encoder = model.module.clone(num_classes=0)
+  feature_fn = jax.jit(lambda x: encoder.apply(model.variables, x, train=False))
+  try:
+    train = probes.features_of_batches(feature_fn, memory_set.eval_iterator(args.batch_size))
+    test = probes.features_of_batches(feature_fn, dataset.eval_iterator(args.batch_size))
+    metrics = probes.probe_metrics(
+        train, test, tuple(dict.fromkeys(args.probe)),
+        knn={"k": k, "temperature": temperature}, linear={"l2": l2},
+        fewshot={"shots": shots, "seeds": seeds})
+  except probes.ProbeError as e:
+    return common.report(e)
+  lines = [f"images  {len(test[1])} evaluated, {len(train[1])} to learn from "
+           f"({memory['eval_split']} split)"]
+  if "knn_top1" in metrics:
+    lines.append(f"knn top-1     {metrics['knn_top1']:.4f}  (k={k}, T={temperature})")
+  if "linear_top1" in metrics:
+    lines.append(f"linear top-1  {metrics['linear_top1']:.4f}  (l2={l2})")
+  for n in shots if "fewshot" in args.probe else ():
+    lines.append(f"fewshot {n}-shot  {metrics[f'fewshot_{n}shot']:.4f} "
+                 f"+- {metrics[f'fewshot_{n}shot_std']:.4f}  ({seeds} draws)")
+  sys.stdout.write("\n".join(lines) + "\n")
+  if output:
+    from vision_jax import output_paths  # pylint: disable=import-outside-toplevel
+    with open(output_paths.prepare(output), "w", encoding="utf-8") as f:
+      json.dump(metrics, f, indent=1)
+    print(f"wrote {output}")
   return 0
 
 

@@ -8,6 +8,15 @@ embeddings that cover the class token too, pre-norm blocks with LayerNorm
 (eps 1e-6), a fused qkv projection with bias, exact (erf) GELU and a final
 LayerNorm before the class-token readout.
 
+Beyond that layout, the options the self-supervised checkpoints need (DINO, MAE,
+DINOv2; see docs/self_supervised.md): layer scale (`layer_scale_init`, CaiT /
+DINOv2), register tokens (`reg_tokens`, "Vision Transformers Need Registers",
+arXiv:2309.16588), position embeddings that skip the prefix tokens
+(`no_embed_class`, DeiT III / big_vision), average pooling with a norm after
+the pool (`global_pool='avg'`, `fc_norm`, MAE fine-tuning), and inputs of any
+size with the position embedding resampled on the fly (`dynamic_img_size`).
+Each is off by default, so the original ViTs keep their parameter tree.
+
 Variants are data: `VIT_SIZES` holds the width / depth / MLP size / heads of
 Ti, S, B and L, a spec such as "B/16" adds the patch size, and `HYBRIDS`
 describes the ResNetV2 backbones (GroupNorm, weight-standardised SAME convs)
@@ -27,7 +36,8 @@ import jax.numpy as jnp
 
 from vision_jax.models.layers import DropPath, check_remat, classifier_head, remat_block
 from vision_jax.models.resnet_v2 import ResNetV2
-from vision_jax.models.registry import INCEPTION_MEAN, INCEPTION_STD, ModelInfo, register_model
+from vision_jax.models.registry import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD,
+                                        ModelInfo, register_model)
 
 # Sizes of the paper's Table 1 (Ti from DeiT / AugReg):
 # name -> (width, depth, mlp_dim, num_heads).
@@ -310,8 +320,29 @@ def check_attention_impl(implementation: str) -> None:
     raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {implementation!r}.")
 
 
+class LayerScale(nn.Module):
+  """Per-channel learned scale of a residual branch (CaiT, arXiv:2103.17239).
+
+  Attributes:
+    init_value: the scale every channel starts at (DINOv2: 1e-5).
+    param_dtype: parameter dtype.
+  """
+
+  init_value: float = 1e-5
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],),
+                       self.param_dtype)
+    return x * gamma.astype(x.dtype)
+
+
 class Block(nn.Module):
   """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+  With `layer_scale_init`, each branch is scaled per channel before the residual
+  sum (x + ls1(attn(...)), x + ls2(mlp(...))), as timm's `init_values` blocks.
 
   Attributes:
     num_heads: attention heads.
@@ -322,6 +353,7 @@ class Block(nn.Module):
     attention_impl: how attention is computed (`Attention.implementation`).
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    layer_scale_init: initial value of the branches' layer scales; None: no layer scale.
   """
 
   num_heads: int
@@ -332,6 +364,7 @@ class Block(nn.Module):
   attention_impl: str = "auto"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  layer_scale_init: Optional[float] = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -341,10 +374,14 @@ class Block(nn.Module):
     y = Attention(self.num_heads, self.attn_drop_rate, self.proj_drop_rate,
                   implementation=self.attention_impl, dtype=self.dtype,
                   param_dtype=self.param_dtype, name="attn")(y, train)
+    if self.layer_scale_init is not None:
+      y = LayerScale(self.layer_scale_init, self.param_dtype, name="ls1")(y)
     x = x + DropPath(self.drop_path_rate)(y, deterministic=not train)
     y = norm(name="norm2")(x)
     y = MlpBlock(self.mlp_dim, self.proj_drop_rate, dtype=self.dtype,
                  param_dtype=self.param_dtype, name="mlp")(y, train)
+    if self.layer_scale_init is not None:
+      y = LayerScale(self.layer_scale_init, self.param_dtype, name="ls2")(y)
     return x + DropPath(self.drop_path_rate)(y, deterministic=not train)
 
 
@@ -381,6 +418,9 @@ class PatchEmbed(nn.Module):
                    param_dtype=self.param_dtype, name="proj")(x)
 
 
+POOLS = ("token", "avg")
+
+
 class VisionTransformer(nn.Module):
   """ViT with a class token, learned position embeddings and class-token readout.
 
@@ -390,10 +430,11 @@ class VisionTransformer(nn.Module):
     mlp_dim: hidden width of each block's MLP.
     num_heads: attention heads.
     patch_size: patch side (on the image, or on the backbone's feature map for hybrids).
-    img_size: input side the position embeddings are built for; inputs must have it.
+    img_size: input side the position embeddings are built for; inputs must have it
+      unless `dynamic_img_size`.
     backbone_layers: ResNetV2 stage depths for a hybrid (() = stem only), None for a
       plain ViT.
-    num_classes: classifier size; 0 returns the pooled (class-token) features.
+    num_classes: classifier size; 0 returns the pooled features.
     drop_rate: dropout before the classifier.
     pos_drop_rate: dropout after adding the position embeddings.
     proj_drop_rate: dropout inside the MLPs and after the attention projections.
@@ -405,6 +446,19 @@ class VisionTransformer(nn.Module):
       hybrid backbone's blocks) in the backward pass; see `layers.REMAT_CHOICES`.
     dtype: compute dtype.
     param_dtype: parameter dtype.
+    layer_scale_init: initial value of every block's layer scales (timm's
+      `init_values`; DINOv2 uses 1e-5); None: no layer scale.
+    reg_tokens: register tokens placed after the class token (DINOv2 "reg4": 4);
+      they take part in attention and are dropped by the pooling.
+    no_embed_class: the position embedding covers the patch grid only and is added
+      before the class and register tokens are prepended (DeiT III, DINOv2 reg);
+      False: it covers the class (and register) tokens too (original ViT).
+    global_pool: 'token' (the class token) or 'avg' (mean of the grid tokens).
+    fc_norm: put the final LayerNorm after the pooling (named 'fc_norm', as timm)
+      instead of before it; None: only for 'avg' pooling (timm's rule).
+    dynamic_img_size: accept any input size whose sides are multiples of the token
+      stride: the position embedding is resampled (bicubic, antialiased, as timm's
+      `dynamic_img_size`) from the `img_size` grid to the input's grid.
   """
 
   width: int = 768
@@ -424,31 +478,56 @@ class VisionTransformer(nn.Module):
   remat: str = "none"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  layer_scale_init: Optional[float] = None
+  reg_tokens: int = 0
+  no_embed_class: bool = False
+  global_pool: str = "token"
+  fc_norm: Optional[bool] = None
+  dynamic_img_size: bool = False
 
   @property
   def grid_size(self) -> int:
     """Tokens per side for `img_size`."""
     return grid_size(self.img_size, self.patch_size, self.backbone_layers)
 
+  @property
+  def num_prefix_tokens(self) -> int:
+    """Tokens before the patch grid: the class token and the register tokens."""
+    return 1 + self.reg_tokens
+
+  def _check_options(self) -> None:
+    if self.global_pool not in POOLS:
+      raise ValueError(f"global_pool must be one of {POOLS}, got {self.global_pool!r}.")
+    if self.reg_tokens < 0:
+      raise ValueError(f"reg_tokens must be >= 0, got {self.reg_tokens}.")
+    check_attention_impl(self.attention_impl)
+    check_remat(self.remat, "VisionTransformer")
+
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, tokens: bool = False) -> jax.Array:
     """Classifies NHWC images.
 
     Args:
-      x: (N, img_size, img_size, C) images.
+      x: (N, img_size, img_size, C) images (any multiple of the token stride with
+        `dynamic_img_size`).
       train: enables dropout and stochastic depth (needs the 'dropout' rng).
+      tokens: return every token after the last block and the final norm instead
+        of the pooled output: (N, prefix + grid tokens, width), timm's
+        `forward_features` (with `fc_norm` the norm comes after the pool, so
+        these tokens are not normalised, as in timm).
 
     Returns:
-      float32 logits (N, num_classes), or the (N, width) class-token features
-      when num_classes == 0.
+      float32 logits (N, num_classes), or the (N, width) pooled features when
+      num_classes == 0, or the tokens (see `tokens`).
     """
-    if x.shape[1] != self.img_size or x.shape[2] != self.img_size:
+    self._check_options()
+    if not self.dynamic_img_size and (x.shape[1] != self.img_size or
+                                      x.shape[2] != self.img_size):
       raise ValueError(
           f"VisionTransformer was built for {self.img_size}x{self.img_size} inputs, got "
           f"{x.shape[1]}x{x.shape[2]}; build it with img_size={x.shape[1]} (and resize the "
-          "position embeddings with vit.resample_pos_embed to reuse weights).")
-    check_attention_impl(self.attention_impl)
-    check_remat(self.remat, "VisionTransformer")
+          "position embeddings with vit.resample_pos_embed to reuse weights) or with "
+          "dynamic_img_size=True.")
     block_cls = remat_block(Block, self.remat)
     x = PatchEmbed(self.width, self.patch_size, self.backbone_layers, remat=self.remat,
                    dtype=self.dtype, param_dtype=self.param_dtype, name="patch_embed")(
@@ -456,27 +535,51 @@ class VisionTransformer(nn.Module):
     batch, grid_h, grid_w, _ = x.shape
     x = x.reshape(batch, grid_h * grid_w, self.width)
 
-    cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width),
-                           self.param_dtype)
-    x = jnp.concatenate(
-        [jnp.broadcast_to(cls_token.astype(self.dtype), (batch, 1, self.width)), x], axis=1)
-    # The position embedding covers the class token as well (original ViT / timm layout).
+    prefix = [self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width),
+                         self.param_dtype)]
+    if self.reg_tokens:
+      prefix.append(self.param("reg_token", nn.initializers.normal(1e-6),
+                               (1, self.reg_tokens, self.width), self.param_dtype))
+    prefix = jnp.concatenate([jnp.broadcast_to(p.astype(self.dtype), (batch,) + p.shape[1:])
+                              for p in prefix], axis=1)
+    # Original ViT / timm: the embedding covers the prefix tokens too; DeiT III / DINOv2
+    # reg: the grid only.
+    embedded_prefix = 0 if self.no_embed_class else self.num_prefix_tokens
     pos_embed = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
-                           (1, self.grid_size ** 2 + 1, self.width), self.param_dtype)
-    if pos_embed.shape[1] != x.shape[1]:
-      raise ValueError(f"{x.shape[1]} tokens do not match the {pos_embed.shape[1]} position "
-                       "embeddings.")
-    x = x + pos_embed.astype(self.dtype)
+                           (1, self.grid_size ** 2 + embedded_prefix, self.width),
+                           self.param_dtype)
+    if self.dynamic_img_size and (grid_h, grid_w) != (self.grid_size, self.grid_size):
+      # timm's dynamic_img_size resamples the same way: bicubic with antialiasing.
+      pos_embed = resample_pos_embed(pos_embed, (grid_h, grid_w), embedded_prefix,
+                                     method="bicubic")
+    if pos_embed.shape[1] != grid_h * grid_w + embedded_prefix:
+      raise ValueError(f"{grid_h * grid_w + embedded_prefix} tokens do not match the "
+                       f"{pos_embed.shape[1]} position embeddings.")
+    if self.no_embed_class:
+      x = jnp.concatenate([prefix, x + pos_embed.astype(self.dtype)], axis=1)
+    else:
+      x = jnp.concatenate([prefix, x], axis=1) + pos_embed.astype(self.dtype)
     x = nn.Dropout(self.pos_drop_rate)(x, deterministic=not train)
 
     for i in range(self.depth):
       rate = self.drop_path_rate * i / (self.depth - 1) if self.depth > 1 else 0.0
       x = block_cls(self.num_heads, self.mlp_dim, self.proj_drop_rate, self.attn_drop_rate, rate,
                     attention_impl=self.attention_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=f"blocks_{i}")(x, train)
-    x = nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="norm")(x)
-    x = x[:, 0]  # 'token' pooling: the class token is the image representation
+                    param_dtype=self.param_dtype, layer_scale_init=self.layer_scale_init,
+                    name=f"blocks_{i}")(x, train)
+    norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype,
+                             param_dtype=self.param_dtype)
+    use_fc_norm = self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+    if not use_fc_norm:
+      x = norm(name="norm")(x)
+    if tokens:
+      return x
+    if self.global_pool == "token":
+      x = x[:, 0]  # the class token is the image representation
+    else:
+      x = jnp.mean(x[:, self.num_prefix_tokens:], axis=1)  # registers and class token left out
+    if use_fc_norm:
+      x = norm(name="fc_norm")(x)
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
     return classifier_head(x, self.num_classes, self.dtype)
 
@@ -502,6 +605,22 @@ _HYBRID_VARIANTS: dict[str, dict[int, str]] = {
     "base_r50_s16": {224: "orig_in21k", 384: "orig_in21k_ft_in1k"},
     "large_r50_s32": {224: "augreg_in21k_ft_in1k", 384: "augreg_in21k_ft_in1k"},
 }
+
+# DINOv2 (Oquab et al., arXiv:2304.07193): patch 14 at 518 px, layer scale 1e-5; the
+# "reg4" models (Darcet et al., arXiv:2309.16588) add 4 register tokens and a position
+# embedding over the grid only. Registry name -> size; each is timm's name too.
+_DINOV2_VARIANTS: dict[str, str] = {
+    "vit_small_patch14_dinov2": "S",
+    "vit_base_patch14_dinov2": "B",
+    "vit_large_patch14_dinov2": "L",
+    "vit_small_patch14_reg4_dinov2": "S",
+    "vit_base_patch14_reg4_dinov2": "B",
+    "vit_large_patch14_reg4_dinov2": "L",
+}
+DINOV2_IMG_SIZE = 518
+DINOV2_LAYER_SCALE = 1e-5
+_DINOV2_PAPER = "DINOv2: Learning Robust Visual Features without Supervision (arXiv:2304.07193)"
+_REG_PAPER = "Vision Transformers Need Registers (arXiv:2309.16588)"
 
 _PAPER = ("An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale "
           "(arXiv:2010.11929)")
@@ -540,4 +659,22 @@ def _register_all() -> None:
                     timm_name=name, license="apache-2.0", source=_source(name, tags[res])))
 
 
+def _register_dinov2() -> None:
+  for name, size in _DINOV2_VARIANTS.items():
+    registers = 4 if "_reg4_" in name else 0
+    register_model(
+        functools.partial(VisionTransformer, img_size=DINOV2_IMG_SIZE,
+                          layer_scale_init=DINOV2_LAYER_SCALE, reg_tokens=registers,
+                          no_embed_class=bool(registers), **vit_config(f"{size}/14")),
+        # timm's pretrained config: the whole 518 px image, ImageNet mean/std; the
+        # checkpoints have no classifier (feature extractors).
+        ModelInfo(name=name, family="vit", input_size=DINOV2_IMG_SIZE, crop_pct=1.0,
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD, classifier="head",
+                  paper=_REG_PAPER if registers else _DINOV2_PAPER, timm_name=name,
+                  license="apache-2.0",
+                  source=f"timm/{name}.lvd142m on the Hugging Face Hub (features only, "
+                         "num_classes=0); facebookresearch/dinov2"))
+
+
 _register_all()
+_register_dinov2()

@@ -1,0 +1,1 @@
+"""Evaluation shared by every representation: the probes (`vision_jax.eval.probes`)."""
