@@ -8,6 +8,7 @@ also fine-tuning and linear probes) and `simclr.py` (contrastive pretraining).
 from vision_jax.train.recipes.base import Recipe, get_recipe, list_recipes, register_recipe
 
 # Importing a recipe module registers it.
+from vision_jax.train.recipes import dino  # noqa: F401,E402
 from vision_jax.train.recipes import simclr  # noqa: F401,E402
 from vision_jax.train.recipes import supervised  # noqa: F401,E402
 
