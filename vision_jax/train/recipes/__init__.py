@@ -12,6 +12,7 @@ from vision_jax.train.recipes.base import Recipe, get_recipe, list_recipes, regi
 # Importing a recipe module registers it.
 from vision_jax.train.recipes import byol  # noqa: F401,E402
 from vision_jax.train.recipes import dino  # noqa: F401,E402
+from vision_jax.train.recipes import mae  # noqa: F401,E402
 from vision_jax.train.recipes import simclr  # noqa: F401,E402
 from vision_jax.train.recipes import supervised  # noqa: F401,E402
 
