@@ -41,7 +41,6 @@ EXTRA_SMOKE_ARGS = {
     "simclr_digits": ["smoke,stage=linear"],
     "simclr_cifar10": ["smoke,stage=linear", "smoke,depth=50"],
     "simclr_imagenet": ["smoke,stage=linear"],
-    "mae_imagenet": ["smoke,stage=finetune"],
     "transfer": ["smoke,model=vgg11_bn", "smoke,model=convnext_atto"],
 }
 # Configs whose smoke run fails today because of a bug outside configs/, with the bug. The mark
