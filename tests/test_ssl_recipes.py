@@ -202,7 +202,8 @@ def test_dino_step_local_crops_freeze_teacher_and_center():
   model = dino.DINOModel(encoder=ConvEncoder(), head=dino.DINOHead(out_dim=16, hidden_dim=8,
                                                              bottleneck_dim=4))
   schedule, tx = _sgd(0.3, 3)
-  state0 = steps.create_train_state(jax.random.key(0), model, tx, (1, 8, 8, 3), use_ema=True)
+  state0 = jax.jit(functools.partial(steps.create_train_state, model=model, tx=tx,
+                                     input_shape=(1, 8, 8, 3), use_ema=True))(jax.random.key(0))
   assert state0.batch_stats["center"].shape == (1, 16) and "encoder" in state0.batch_stats
   rng = np.random.default_rng(6)
   base = rng.normal(size=(8, 1, 8, 8, 3))
