@@ -16,6 +16,7 @@ from typing import Any, Callable
 import jax
 
 from vision_jax import data as data_lib
+from vision_jax.config_util import ConfigError
 from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import simclr as simclr_lib
 
@@ -66,7 +67,6 @@ def make_representation_eval(config: Any, block: Any, dataset: Any, model: Any, 
 
 def check_pretraining(config: Any, name: str) -> None:
   """ConfigErrors shared by the label-free recipes: options that only supervised runs use."""
-  from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
   if int(config.grad_accum_steps) > 1:
     raise ConfigError(f"config.grad_accum_steps > 1 is not available with recipe='{name}': the "
                       "BatchNorm batch (and DINO's center) would shrink to one micro-batch. Use "
