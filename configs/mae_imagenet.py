@@ -60,7 +60,8 @@ def get_config(arg=None):
     config.recipe = "mae"
     config.data = ml_collections.ConfigDict({
         "name": "imagenet2012", "train_split": "train", "eval_split": "validation",
-        "preprocess_train": f"decode|inception_crop({size}, area_min=0.2)|flip_lr|value_range(-1, 1)",
+        "preprocess_train": (f"decode|inception_crop({size}, area_min=0.2)|flip_lr|"
+                             "value_range(-1, 1)"),
         "preprocess_eval": eval_ops,
     })
     config.total_epochs = arg.epochs or 1600

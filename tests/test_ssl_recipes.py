@@ -1,4 +1,4 @@
-"""DINO, MAE and BYOL: their math against numpy, a step that learns, and exact resume in the trainer."""
+"""DINO, MAE and BYOL: their math against numpy, DINO's step, training and exact resume."""
 
 import functools
 import json

@@ -148,7 +148,8 @@ def byol_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: BY
                      "with use_ema=True (config.ema_decay > 0, the target's base momentum).")
   images = batch["image"]
   if images.ndim != 5 or images.shape[1] != 2:
-    raise ValueError(f"byol_train_step: batch['image'] must be (B, 2, H, W, C), got {images.shape}.")
+    raise ValueError(
+        f"byol_train_step: batch['image'] must be (B, 2, H, W, C), got {images.shape}.")
   b = images.shape[0]
   views = images.reshape((2 * b,) + images.shape[2:])
   rng = jax.random.fold_in(state.rng, state.step)

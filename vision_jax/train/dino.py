@@ -235,7 +235,8 @@ def dino_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: DI
                      "use_ema=True (config.ema_decay > 0, the teacher's base momentum).")
   images = batch["image"]
   if images.ndim != 5 or images.shape[1] != 2:
-    raise ValueError(f"dino_train_step: batch['image'] must be (B, 2, H, W, C), got {images.shape}.")
+    raise ValueError(
+        f"dino_train_step: batch['image'] must be (B, 2, H, W, C), got {images.shape}.")
   b = images.shape[0]
   global_views = images.reshape((2 * b,) + images.shape[2:])
   local = batch.get("local")

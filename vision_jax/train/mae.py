@@ -213,7 +213,8 @@ class MAEModel(nn.Module):
     """
     if features_only:
       return self.encoder(images, train=train)[:, 0].astype(jnp.float32)
-    length = (images.shape[1] // self.encoder.patch_size) * (images.shape[2] // self.encoder.patch_size)
+    p = self.encoder.patch_size
+    length = (images.shape[1] // p) * (images.shape[2] // p)
     rng = self.make_rng("mask") if self.has_rng("mask") else self.make_rng("dropout")
     ids_keep, mask, ids_restore = random_masking(rng, images.shape[0], length, self.mask_ratio)
     tokens = self.encoder(images, train=train, ids_keep=ids_keep)

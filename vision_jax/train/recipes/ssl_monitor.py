@@ -22,7 +22,7 @@ from vision_jax.train import simclr as simclr_lib
 
 
 def memory_data_config(config: Any, block: Any) -> Any:
-  """config.data for the memory split: `block.memory_split` (default the train split), eval preprocessing."""
+  """config.data of the memory split: `block.memory_split` (default: train), eval preprocessing."""
   memory = config.data.copy_and_resolve_references()
   with memory.unlocked():
     memory.eval_split = (block.get("memory_split", None)
