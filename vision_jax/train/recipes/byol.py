@@ -42,7 +42,7 @@ class BYOL(Recipe):
   zero_head_on_load = False
   checkpoint_tag = "byol"
 
-  def check(self, config: Any, dataset: Any) -> None:
+  def check(self, config: Any, dataset: Any = None) -> None:
     if "byol" not in config:
       raise ConfigError("recipe='byol' needs a config.byol block (head, knn, linear); see "
                         "configs/byol_digits.py.")
@@ -52,6 +52,8 @@ class BYOL(Recipe):
           "EMA slot, and config.ema_decay is the target's base momentum; set it in (0, 1), e.g. "
           "0.996 (the paper's).")
     ssl_monitor.check_pretraining(config, self.name)
+    if dataset is None:  # the config-only pass (config_check); the trainer passes the data
+      return
     if getattr(dataset, "views", 1) != 2:
       raise ConfigError(
           "recipe='byol' needs two augmented views of every training image: set "

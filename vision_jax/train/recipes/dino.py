@@ -59,7 +59,7 @@ class DINO(Recipe):
   zero_head_on_load = False
   checkpoint_tag = "dino"
 
-  def check(self, config: Any, dataset: Any) -> None:
+  def check(self, config: Any, dataset: Any = None) -> None:
     require_fields(config, "dino.student_temp", "dino.teacher_temp")
     block = config.dino
     for field in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
@@ -75,6 +75,8 @@ class DINO(Recipe):
           "slot, and config.ema_decay is the teacher's base momentum; set it in (0, 1), e.g. "
           "0.996 (the paper's).")
     ssl_monitor.check_pretraining(config, self.name)
+    if dataset is None:  # the config-only pass (config_check); the trainer passes the data
+      return
     if getattr(dataset, "views", 1) != 2:
       raise ConfigError(
           "recipe='dino' needs two global crops of every training image: set "

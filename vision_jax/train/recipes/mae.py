@@ -54,7 +54,7 @@ class MAE(Recipe):
   zero_head_on_load = False
   checkpoint_tag = "mae"
 
-  def check(self, config: Any, dataset: Any) -> None:
+  def check(self, config: Any, dataset: Any = None) -> None:
     if "mae" not in config:
       raise ConfigError("recipe='mae' needs a config.mae block (mask_ratio, decoder, channels); "
                         "see configs/mae_digits.py.")
@@ -62,6 +62,8 @@ class MAE(Recipe):
     if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
       raise ConfigError(f"config.mae.mask_ratio={ratio!r}: must be in [0, 1) (0.75 in the paper).")
     ssl_monitor.check_pretraining(config, self.name)
+    if dataset is None:  # the config-only pass (config_check); the trainer passes the data
+      return
     if getattr(dataset, "views", 1) != 1:
       raise ConfigError("recipe='mae' reconstructs single images: remove config.data.views=2 "
                         "or 'two_views' from config.data.preprocess_train.")
