@@ -161,3 +161,19 @@ def set_fields(config: Any, changes: dict[str, Any]) -> None:
     for part in parents:
       node = node[part]
     node[leaf] = value
+
+
+def durations(config: Any, examples_per_epoch: int) -> dict[str, int]:
+  """Every duration of the run in steps (see config_base.DURATION_DEFAULTS)."""
+  from vision_jax.config_base import DURATION_DEFAULTS  # pylint: disable=import-outside-toplevel
+  batch_size = int(config.batch_size)
+  total = steps_from(config, "total", examples_per_epoch=examples_per_epoch,
+                     batch_size=batch_size)
+  out = {"total": total}
+  for prefix, default in DURATION_DEFAULTS.items():
+    if prefix == "total":
+      continue
+    node = config.schedule if prefix == "warmup" else config
+    out[prefix] = steps_from(node, prefix, examples_per_epoch=examples_per_epoch,
+                             batch_size=batch_size, default=total if default == "run" else default)
+  return out

@@ -17,14 +17,16 @@ are thin over this module. A model comes from either
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-_LABELS_DIR = os.path.join(os.path.dirname(__file__), "data", "labels")
+# Image files and the eval forward live in leaf modules (weights/hub uses them too, and must not
+# import this module); their names stay importable from here.
+from vision_jax.data.image_files import (  # noqa: F401  pylint: disable=unused-import
+    IMAGE_EXTENSIONS, imagenet_class_names, list_images, read_images)
+from vision_jax.forward import eval_apply as _apply  # noqa: F401
 
 
 class LoadError(RuntimeError):
@@ -55,24 +57,6 @@ class LoadedModel:
 
   def logits(self, images: np.ndarray) -> np.ndarray:
     return np.asarray(_apply(self.module, self.variables, images))
-
-
-# One jitted eval-mode forward per module, reused across batches.
-_JITTED: dict[Any, Callable] = {}
-
-
-def _apply(module, variables, images):
-  import jax  # pylint: disable=import-outside-toplevel
-  fn = _JITTED.get(module)
-  if fn is None:
-    fn = _JITTED[module] = jax.jit(lambda v, x: module.apply(v, x, train=False))
-  return fn(variables, images)
-
-
-def imagenet_class_names() -> list[str]:
-  """The 1000 ImageNet-1k class names in the standard (sorted synset) order."""
-  with open(os.path.join(_LABELS_DIR, "imagenet1k.txt"), encoding="utf-8") as f:
-    return [line.strip() for line in f if line.strip()]
 
 
 WEIGHTS_HELP = ("a pretrained name (timm:TAG such as timm:resnet50.a1_in1k, hf-hub:ORG/REPO, "
@@ -219,45 +203,3 @@ def _load_weights(directory: str) -> LoadedModel:
     names = imagenet_class_names() if n == 1000 else [f"class_{i}" for i in range(n)]
   return LoadedModel(module, variables, names, eval_preprocess(preprocess),
                      preprocess.get("mean"), preprocess.get("std"), os.path.abspath(directory))
-
-
-def list_images(specs: Sequence[str]) -> list[str]:
-  """Image files from paths, globs and folders (searched recursively), in a stable order."""
-  files: list[str] = []
-  for spec in specs:
-    if os.path.isdir(spec):
-      for root, _, names in sorted(os.walk(spec)):
-        files += [os.path.join(root, n) for n in sorted(names)
-                  if n.lower().endswith(IMAGE_EXTENSIONS)]
-    elif any(ch in spec for ch in "*?["):
-      files += sorted(glob.glob(spec, recursive=True))
-    else:
-      files.append(spec)
-  seen: set[str] = set()
-  return [f for f in files if not (f in seen or seen.add(f))]
-
-
-def read_images(paths: Sequence[str], preprocess: str,
-                warn: Callable[[str], None] = print) -> tuple[list[str], np.ndarray]:
-  """Decodes and preprocesses image files; undecodable ones are named (via `warn`) and skipped.
-
-  Returns:
-    (the paths that were read, float32 [N, H, W, C] model inputs).
-  """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from vision_jax.data import ops  # pylint: disable=import-outside-toplevel
-  fn = ops.get_preprocess_fn(preprocess, outputs=("image",))
-  good, arrays = [], []
-  for path in paths:
-    try:
-      with open(path, "rb") as f:
-        contents = f.read()
-      image = fn({"image": tf.constant(contents)})["image"]
-      arrays.append(np.asarray(image, np.float32))
-      good.append(path)
-    except Exception as e:  # pylint: disable=broad-except
-      message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      warn(f"skipping {path}: cannot decode it as an image ({message[:200]})")
-  if not arrays:
-    return [], np.zeros((0, 1, 1, 1), np.float32)
-  return good, np.stack(arrays)

@@ -50,7 +50,7 @@ import tensorflow as tf
 from absl import logging
 
 from vision_jax.config_base import DATA_DEFAULTS
-from vision_jax.data.errors import DataCheckError, DatasetError
+from vision_jax.data.errors import DataCheckError, DatasetError, unknown_classes_message
 from vision_jax.data.ops.geometry import decode_image
 from vision_jax.data.source import Source, share_bounds
 
@@ -152,7 +152,6 @@ class FolderSource(Source):
     classes = self._class_names(split)
     unknown = sorted(set(classes) - set(self.classes))
     if unknown:
-      from vision_jax.data.report import unknown_classes_message  # pylint: disable=import-outside-toplevel
       raise DataCheckError(f"{path}: " + unknown_classes_message(split, unknown, self.classes))
     paths, labels = [], []
     for label, name in enumerate(self.classes):

@@ -45,7 +45,8 @@ from typing import Any, Sequence
 import numpy as np
 from absl import logging
 
-from vision_jax.data.errors import DataCheckError
+from vision_jax.data.errors import DataCheckError, unknown_classes_message
+from vision_jax.data.errors import name_list as _names
 
 CHECK_MODES = ("error", "warn", "off")
 SCHEMA_VERSION = 1
@@ -58,7 +59,6 @@ READ_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGE_LIKE_EXTENSIONS = (".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif", ".jfif",
                          ".avif", ".jp2", ".ppm", ".pgm")
 COMMON_MODES = ("L", "RGB", "RGBA")
-_SHOWN = 5  # examples named in a message
 
 
 # ---------------------------------------------------------------------------
@@ -423,12 +423,6 @@ def build_report(classes: list[str], scans: dict[str, SplitScan], source: str,
 # ---------------------------------------------------------------------------
 # Findings.
 # ---------------------------------------------------------------------------
-def _names(items: Sequence[str]) -> str:
-  items = list(items)
-  more = f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
-  return ", ".join(str(i) for i in items[:_SHOWN]) + more
-
-
 def findings(report: dict[str, Any], mode: str = "error",
              max_cross_split_duplicates: int = 0) -> list[dict[str, str]]:
   """The problems of a report: [{'code', 'severity' ('error'|'warning'|'note'), 'message'}].
@@ -559,28 +553,6 @@ def findings(report: dict[str, Any], mode: str = "error",
       add("near_duplicates_not_checked", "note",
           "Near duplicates were not searched (too many pairs); exact ones were.")
   return out
-
-
-def unknown_classes_message(split: str, extra: list[str], classes: list[str]) -> str:
-  """'the evaluation split ... has class folder(s) ...', with a guess at misspelt names."""
-  import difflib  # pylint: disable=import-outside-toplevel
-  import re  # pylint: disable=import-outside-toplevel
-
-  def letters(name):
-    return re.sub(r"[^a-z]", "", name.lower())
-
-  hints = []
-  for name in extra:
-    # Names that differ only in digits (class_0, class_9) are different classes, not typos.
-    close = [c for c in classes if letters(c) and letters(c) != letters(name) and
-             difflib.SequenceMatcher(None, letters(c), letters(name)).ratio() >= 0.6]
-    same = [c for c in classes if c != name and c.lower() == name.lower()]
-    if same or close:
-      hints.append(f"{name!r} looks like {(same or close)[0]!r}")
-  hint = f" ({'; '.join(hints)}: a misspelt folder?)" if hints else ""
-  return (f"the evaluation split {split!r} has class folder(s) {_names(extra)} that the "
-          f"training split lacks{hint}; the classes are {_names(classes)}. Rename or remove "
-          "those folders.")
 
 
 # ---------------------------------------------------------------------------

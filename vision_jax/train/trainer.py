@@ -28,8 +28,8 @@ from vision_jax import config_check
 from vision_jax import data as data_lib
 from vision_jax import environment
 from vision_jax.data import report as data_report
-from vision_jax.config_base import DTYPES, DURATION_DEFAULTS, with_defaults
-from vision_jax.config_util import ConfigError, require_fields, steps_from
+from vision_jax.config_base import DTYPES, with_defaults
+from vision_jax.config_util import ConfigError, durations, require_fields
 from vision_jax.train import checkpoint as ckpt_lib
 from vision_jax.train import metrics as metrics_lib
 from vision_jax.train import optim
@@ -88,21 +88,6 @@ def _should_stop(flag: bool, step: int, sync_every: int) -> bool:
 # ---------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------
-def durations(config: Any, examples_per_epoch: int) -> dict[str, int]:
-  """Every duration of the run in steps (see config_base.DURATION_DEFAULTS)."""
-  batch_size = int(config.batch_size)
-  total = steps_from(config, "total", examples_per_epoch=examples_per_epoch,
-                     batch_size=batch_size)
-  out = {"total": total}
-  for prefix, default in DURATION_DEFAULTS.items():
-    if prefix == "total":
-      continue
-    node = config.schedule if prefix == "warmup" else config
-    out[prefix] = steps_from(node, prefix, examples_per_epoch=examples_per_epoch,
-                             batch_size=batch_size, default=total if default == "run" else default)
-  return out
-
-
 @dataclasses.dataclass
 class RunSetup:
   """Everything a run builds from its config before it touches the workdir.

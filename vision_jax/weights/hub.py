@@ -124,12 +124,14 @@ class Pretrained:
     `vision_jax.pretrained("resnet50.a1_in1k").classify("cat.jpg")`. Files are read
     with the checkpoint's own preprocessing; unreadable ones are named and skipped.
     """
-    from vision_jax import inference  # pylint: disable=import-outside-toplevel
-    paths = inference.list_images([images] if isinstance(images, str) else list(images))
-    _, batch = inference.read_images(paths, self.preprocess)
+    # pylint: disable=import-outside-toplevel
+    from vision_jax.data.image_files import list_images, read_images
+    from vision_jax.forward import eval_apply
+    paths = list_images([images] if isinstance(images, str) else list(images))
+    _, batch = read_images(paths, self.preprocess)
     if not len(batch):
       return []
-    logits = np.asarray(inference._apply(self.module, self.variables, batch), np.float64)  # pylint: disable=protected-access
+    logits = np.asarray(eval_apply(self.module, self.variables, batch), np.float64)
     probabilities = np.exp(logits - logits.max(1, keepdims=True))
     probabilities /= probabilities.sum(1, keepdims=True)
     return [[(self.class_names[c], float(p[c])) for c in np.argsort(-p)[:top_k]]
@@ -846,7 +848,7 @@ def _preprocess_cfg(pretrained_cfg: Mapping[str, Any] | None, model_name: str,
 
 def _class_names(config: Mapping[str, Any] | None, num_classes: int) -> list[str]:
   """Label descriptions, else label names, from config.json; ImageNet-1k for 1000 classes."""
-  from vision_jax.inference import imagenet_class_names  # pylint: disable=import-outside-toplevel
+  from vision_jax.data.image_files import imagenet_class_names  # pylint: disable=import-outside-toplevel
   config = config or {}
   cfg = config.get("pretrained_cfg") or {}
   names = config.get("label_names") or cfg.get("label_names")

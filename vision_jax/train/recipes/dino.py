@@ -25,7 +25,7 @@ import functools
 from typing import Any
 
 from vision_jax import models
-from vision_jax.config_util import ConfigError, require_fields
+from vision_jax.config_util import ConfigError, durations, require_fields
 from vision_jax.train import dino as dino_lib
 from vision_jax.train.recipes import ssl_monitor
 from vision_jax.train.recipes.base import Recipe, model_overrides, register_recipe
@@ -48,7 +48,6 @@ def steps_per_epoch(config: Any, dataset: Any) -> int:
 
 
 def total_steps(config: Any, dataset: Any) -> int:
-  from vision_jax.train.trainer import durations  # pylint: disable=import-outside-toplevel
   return durations(config, dataset.num_train)["total"]
 
 
