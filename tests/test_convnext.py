@@ -1,11 +1,15 @@
-"""ConvNeXt: parity with timm, weight-import errors, metadata; layer-wise lr decay (ViT, ConvNeXt).
+"""ConvNeXt V1 and V2: parity with timm, weight-import errors, metadata; layer-wise lr decay.
 
 Parity uses random weights with perturbed LayerNorm affines and layer scales (timm starts
 gamma at 1e-6, which would hide every block), fp32, eval mode: convnext_atto as registered
 (its MLP is stored as 1x1 convs) and a convnext_tiny of reduced depth and width (Linear MLP).
+ConvNeXt V2 likewise, with random GRN weights (timm starts them at zero, where GRN is the
+identity): a reduced convnextv2_tiny loaded by tag from an offline hub cache and a
+convnextv2_atto (1x1-conv MLP) of the same reduced layout, both through one compiled apply.
 """
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +17,13 @@ import numpy as np
 import optax
 import pytest
 
+from tests.conftest import ROOT
 from tests.timm_parity import randomize_norms, relative_error, timm_state_dict
-from vision_jax import models
+import vision_jax
+from vision_jax import config_util, models
+from vision_jax.explain import layers as explain_layers
 from vision_jax.train import optim
-from vision_jax.weights import WeightLoadError, from_timm
+from vision_jax.weights import WeightLoadError, from_timm, hub
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -34,6 +41,8 @@ def _timm_model(name: str, seed: int, **kwargs):
     for pname, p in model.named_parameters():
       if pname.endswith("gamma"):
         p.copy_(0.5 + torch.rand(p.shape, generator=g))
+      if ".grn." in pname:  # V2: zero GRN weights would make it the identity
+        p.copy_(0.5 * torch.randn(p.shape, generator=g))
   return model
 
 
@@ -80,10 +89,15 @@ def test_headless_features_and_load_errors(atto):
 
 def test_registry_metadata_and_train_mode():
   assert models.list_models(family="convnext") == [
-      "convnext_atto", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny"]
+      "convnext_atto", "convnext_base", "convnext_large", "convnext_small", "convnext_tiny",
+      "convnextv2_atto", "convnextv2_base", "convnextv2_femto", "convnextv2_huge",
+      "convnextv2_large", "convnextv2_nano", "convnextv2_pico", "convnextv2_tiny"]
   info = models.model_info("convnext_tiny")
   assert (info.input_size, info.crop_pct, info.interpolation) == (224, 0.875, "bicubic")
   assert "2201.03545" in info.paper and info.classifier == "head"
+  info = models.model_info("convnextv2_tiny")
+  assert "2301.00808" in info.paper and info.license == "cc-by-nc-4.0"
+  assert "convnextv2_tiny.fcmae_ft_in1k" in info.source and info.timm_name == "convnextv2_tiny"
   # Drop-path acts in training only, and needs the dropout rng there (layer scale 1, so that
   # the dropped branches show).
   module = models.create_model("convnext_atto", num_classes=4, drop_path_rate=0.5,
@@ -157,6 +171,92 @@ def test_layer_decay_scales_the_optimizer_updates():
     tx.update(plain, tx.init(plain), plain)
   with pytest.raises(optim.ConfigError, match=r"in \(0, 1\]"):
     optim.make_optimizer(_Config(dict(config, layer_decay=1.5)), optax.constant_schedule(1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# ConvNeXt V2.
+
+_V2_TAG = "convnextv2_tiny.fcmae_ft_in1k"
+_V2 = dict(depths=(1, 1, 2, 1), dims=(16, 24, 32, 40))  # reduced; atto and tiny alike
+_V2_OURS = dict(depths=_V2["depths"], widths=_V2["dims"])
+
+
+@pytest.fixture(scope="module")
+def v2_hub(tmp_path_factory):
+  """An offline hub cache holding a reduced convnextv2_tiny under its real tag, and the
+  environment that makes `vision_jax.pretrained` read it; yields the timm models."""
+  from timm.models._hub import save_for_hf  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("hub_v2")
+  tiny = _timm_model("convnextv2_tiny", seed=2, num_classes=10, **_V2)
+  atto = _timm_model("convnextv2_atto", seed=3, num_classes=10, **_V2)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv("HF_HUB_CACHE", str(root / "hf"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.setenv("VISION_JAX_CACHE", str(root / "vj"))
+    saved = root / "saved"
+    save_for_hf(tiny, str(saved), safe_serialization=True, model_args={})
+    hub.add_to_hub_cache(f"timm/{_V2_TAG}", {n: os.path.join(saved, n)
+                                             for n in ("config.json", "model.safetensors")})
+    yield {"convnextv2_tiny": tiny, "convnextv2_atto": atto}
+
+
+def test_v2_parity_by_tag_and_from_timm(v2_hub):
+  """GRN, no layer scale and both MLP layouts (Linear in tiny, 1x1 conv in atto) against
+  timm; the tiny weights come through `vision_jax.pretrained` by tag."""
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  loaded = vision_jax.pretrained(f"timm:{_V2_TAG}", **_V2_OURS)
+  module = loaded.module
+  assert (module.grn, module.layer_scale_init, module.num_classes) == (True, None, 10)
+  block = loaded.variables["params"]["stages_2_blocks_1"]
+  assert "gamma" not in block and block["mlp_grn"]["scale"].shape == (32 * 4,)
+  atto_module, atto_variables = from_timm("convnextv2_atto.fcmae_ft_in1k",
+                                          timm_state_dict(v2_hub["convnextv2_atto"]), **_V2_OURS)
+  assert atto_module == module  # the same architecture: one compiled apply serves both
+  apply = jax.jit(lambda v, x: module.apply(v, x, train=False))
+  for name, variables in [("convnextv2_tiny", loaded.variables),
+                          ("convnextv2_atto", atto_variables)]:
+    with torch.no_grad():
+      ref = v2_hub[name](torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    err = relative_error(np.asarray(apply(variables, jnp.asarray(x))), ref)
+    assert err < 1e-5, f"{name}: relative error {err}"
+  # num_classes=0 drops the classifier and returns the pooled, normalised features.
+  features = vision_jax.pretrained(f"timm:{_V2_TAG}", num_classes=0, **_V2_OURS)
+  assert features.module.num_classes == 0 and "head" not in features.variables["params"]
+  out = jax.eval_shape(lambda v, x: features.module.apply(v, x, train=False),
+                       features.variables, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  assert out.shape == (1, 40)
+
+
+def test_v2_load_errors(atto, v2_hub):
+  # A V1 checkpoint under a V2 name: GRN missing, layer scales left over.
+  with pytest.raises(WeightLoadError) as info:
+    from_timm("convnextv2_atto", timm_state_dict(atto))
+  message = str(info.value)
+  assert "missing keys (24)" in message and "stages.0.blocks.0.mlp.grn.weight" in message
+  assert "unexpected keys (12)" in message and "stages.0.blocks.0.gamma" in message
+  # The self-supervised `fcmae` tags have neither head norm nor classifier.
+  sd = {k: v for k, v in timm_state_dict(v2_hub["convnextv2_atto"]).items()
+        if not k.startswith("head.")}
+  with pytest.raises(WeightLoadError, match=r"missing keys \(2\)[\s\S]*head\.norm\.weight"):
+    from_timm("convnextv2_atto.fcmae", sd, **_V2_OURS)
+  with pytest.raises(WeightLoadError, match="unknown timm model 'convnextv2_small'"):
+    from_timm("convnextv2_small", sd)
+
+
+def test_v2_transfer_recipe_layer_decay_and_default_cam_layer():
+  """The family's tools reach V2 through family 'convnext': transfer.py's AdamW with layer
+  decay (its GRN parameters decay with their block) and Grad-CAM's default layer."""
+  transfer = config_util.load_config_module(os.path.join(ROOT, "configs", "transfer.py"))
+  config = transfer.get_config("smoke,model=convnextv2_atto")
+  assert (config.optimizer.name, config.optimizer.layer_decay) == ("adamw", 0.8)
+  assert config.model.overrides.depths == (1, 1, 1, 1)
+  params = _abstract_params("convnextv2_atto", 32, **_SMALL_CONVNEXT)
+  scales = optim.layer_decay_scales(params, 0.5)
+  assert scales["stages_0_blocks_1"]["mlp_grn"]["scale"] == 0.5 ** 4
+  assert scales["stages_3_blocks_0"]["mlp_grn"]["bias"] == 0.5
+  # The last block's output, as for V1 (at 64 px its map is 2x2; at 32 px it would be 1x1).
+  module = models.create_model("convnextv2_atto", num_classes=3, **_SMALL_CONVNEXT)
+  assert explain_layers.default_layer(module, (1, 64, 64, 3)) == "stages_3_blocks_0"
 
 
 class _Config(dict):

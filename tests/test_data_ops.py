@@ -207,3 +207,86 @@ def test_inception_crop_keeps_the_channel_count_for_later_ops():
                         input_signature=[tf.TensorSpec([], tf.string)])
     for encoded in (png, jpeg):
       assert graph(encoded).shape == (32, 32, 3), spec
+
+
+# ---------------------------------------------------------------------------
+# random_erasing: timm's RandomErasing, its statistics over many seeds.
+# ---------------------------------------------------------------------------
+ERASE = "value_range(0, 1)|random_erasing(1.0)"
+# Keeps test_every_registered_op_is_covered whole; the eager/tf.data check is the test below.
+CASES[ERASE] = (IMAGE, (40, 48, 3), tf.float32, (-8, 8))
+
+
+def _erased(spec, count, side=32, fill=5.0):
+  """`count` constant float images (value `fill`) through `spec`, seed i for image i, mapped
+  by tf.data in one batch: (images, erased mask)."""
+  fn = ops.get_preprocess_fn(spec)
+  image = tf.fill([side, side, 3], fill)
+  ds = tf.data.Dataset.range(count).map(
+      lambda i: fn({"image": image, "label": i}, tf.stack([i, tf.constant(7, tf.int64)])))
+  images = next(ds.batch(count).as_numpy_iterator())["image"]
+  return images, (images != fill).any(-1)
+
+
+def test_random_erasing_eager_equals_tf_data_and_follows_the_seed():
+  eager, graph = run_both(ERASE, IMAGE)
+  np.testing.assert_array_equal(eager["image"], graph["image"])
+  assert eager["image"].dtype == np.float32 and eager["image"].shape == (40, 48, 3)
+  first, _ = _erased("random_erasing(1.0)", 6)
+  again, _ = _erased("random_erasing(1.0)", 6)
+  np.testing.assert_array_equal(first, again)
+  assert len({im.tobytes() for im in first}) == 6
+
+
+def test_random_erasing_fraction_area_and_aspect_bounds():
+  n, side = 400, 32
+  images, mask = _erased("random_erasing(0.25)", n, side)  # timm's area and aspect defaults
+  erased = mask.any((1, 2))
+  assert abs(erased.mean() - 0.25) < 0.06, erased.mean()  # 400 draws: std 0.022
+  heights, widths = [], []
+  for m in mask[erased]:
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+    assert m.sum() == h * w, "the erased region is one rectangle"
+    heights.append(h)
+    widths.append(w)
+  h, w = np.array(heights, float), np.array(widths, float)
+  # h = round(sqrt(a r)), w = round(sqrt(a / r)) for an area a in [0.02, 1/3] of the image
+  # and r in [0.3, 1/0.3]: the rounding bounds a and r from h and w.
+  assert ((h + 0.5) * (w + 0.5) >= 0.02 * side ** 2).all()
+  assert ((h - 0.5) * (w - 0.5) <= side ** 2 / 3).all()
+  assert ((h + 0.5) / (w - 0.5) >= 0.3).all() and ((h - 0.5) / (w + 0.5) <= 1 / 0.3).all()
+  area = h * w / side ** 2
+  assert area.min() < 0.06 and area.max() > 0.25 and (h > w).any() and (w > h).any()
+  # 'pixel' mode: standard normal noise, independent per pixel and channel.
+  noise = images[erased][mask[erased]]
+  assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05, (noise.mean(), noise.std())
+
+
+def test_random_erasing_fixed_rectangle_positions_and_modes():
+  # Area 1/4 and aspect 1 fix a 16x16 square; its corner is uniform over 0..16 inclusive.
+  images, mask = _erased("random_erasing(1.0, 0.25, 0.25, 1.0, 1.0, mode='const')", 200)
+  tops = mask.any(2).argmax(1)
+  lefts = mask.any(1).argmax(1)
+  assert (mask.sum((1, 2)) == 256).all() and (images[mask] == 0).all()
+  assert set(tops) == set(range(17)) and set(lefts) == set(range(17))
+  # 'rand': one normal value per channel over the whole rectangle.
+  images, mask = _erased("random_erasing(1.0, mode='rand')", 8)
+  for image, m in zip(images, mask):
+    values = image[m]
+    np.testing.assert_array_equal(values, np.broadcast_to(values[0], values.shape))
+  _, mask = _erased("random_erasing(0.0)", 8)
+  assert not mask.any()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("random_erasing(1.5)", r"prob must be in \[0, 1\]"),
+    ("random_erasing(0.25, min_area=0.5, max_area=0.2)", "need 0 < min_area <= max_area <= 1"),
+    ("random_erasing(0.25, min_aspect=0)", "need 0 < min_aspect <= max_aspect"),
+    ("random_erasing(0.25, mode='noise')", "mode must be one of"),
+])
+def test_random_erasing_bad_arguments(spec, message):
+  with pytest.raises(PreprocessError, match=message):
+    ops.get_preprocess_fn(spec)
+  with pytest.raises(PreprocessError, match="needs a float image.*after value_range"):
+    ops.get_preprocess_fn("random_erasing(0.25)")({"image": tf.constant(IMAGE), "label": 0})

@@ -15,7 +15,7 @@ except (RuntimeError, ValueError):  # devices already initialised, or no such de
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 # Importing the op modules registers their ops.
-from vision_jax.data.ops import autoaugment, geometry, simclr, values  # noqa: F401
+from vision_jax.data.ops import autoaugment, erasing, geometry, simclr, values  # noqa: F401
 from vision_jax.data.ops import timm_resize  # noqa: F401
 from vision_jax.data.ops.registry import (Preprocess, build_op, describe_ops, get_preprocess_fn,
                                           parse, register, registered_ops)
