@@ -195,10 +195,12 @@ def rise_masks(key: jax.Array, indices: jax.Array, size: tuple[int, int], grid: 
   cols = jnp.asarray(_linear_matrix(grid, (grid + 1) * cell[1]))
 
   def one(i):
-    grid_key, shift_key = jax.random.split(jax.random.fold_in(key, i))
-    binary = jax.random.bernoulli(grid_key, keep, (grid, grid)).astype(jnp.float32)
-    dy, dx = (jax.random.randint(k, (), 0, c)
-              for k, c in zip(jax.random.split(shift_key), cell))
+    # One draw per mask (the grid's cells, then the two shifts): each random call
+    # is a threefry program of its own, and compiling several costs seconds.
+    u = jax.random.uniform(jax.random.fold_in(key, i), (grid * grid + 2,))
+    binary = (u[:-2] < keep).astype(jnp.float32).reshape(grid, grid)
+    dy = jnp.minimum(jnp.floor(u[-2] * cell[0]).astype(jnp.int32), cell[0] - 1)
+    dx = jnp.minimum(jnp.floor(u[-1] * cell[1]).astype(jnp.int32), cell[1] - 1)
     r = jax.lax.dynamic_slice_in_dim(rows, dy, height)
     c = jax.lax.dynamic_slice_in_dim(cols, dx, width)
     return jnp.clip(r @ binary @ c.T, 0.0, 1.0)  # clipped: rounding can overshoot 1
