@@ -53,7 +53,8 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 
 
 def _reference_cam(cam_class, model, tensor, targets, size=(4, 4)) -> np.ndarray:
-  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
   class AtFeatureResolution(cam_class):
     def get_target_width_height(self, input_tensor):
@@ -80,7 +81,8 @@ def test_cams_match_pytorch_grad_cam(tiny):
     errors[name] = relative_error(_normalise(ours), ref)
   # Eigen-CAM: the SVD's sign is arbitrary in both; ours is fixed (channel weights sum
   # positive), LAPACK's is not, so ours must equal the reference or its sign-flipped twin.
-  from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
   ours = _normalise(np.asarray(explain.eigen_cam(module, variables, x, layer=LAYER)))
   ref = _reference_cam(pgc.EigenCAM, model, tensor, targets)
   with torch.no_grad():
@@ -239,7 +241,8 @@ def test_every_method_traces_on_a_vit():
   compiled above.
   """
   from vision_jax import models  # pylint: disable=import-outside-toplevel
-  from vision_jax.explain import cam, guided_ig, layers, perturbation  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from vision_jax.explain import cam, guided_ig, layers, perturbation
   t = jnp.zeros(2, jnp.int32)
   rows = jnp.zeros(4, jnp.int32)
   x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
