@@ -3,9 +3,11 @@
   python tools/explain.py --workdir /tmp/digits --method gradcam images/ --out maps/
   python tools/explain.py --weights weights/vit --method rollout cat.jpg --out cat_rollout.png
 
-Methods: gradcam, gradcam++, ig (Integrated Gradients, black baseline),
-smoothgrad, rollout (ViTs and hybrids only). The explained class is the
-predicted one unless --target is given.
+Methods: gradcam, gradcam++, xgradcam, layercam, hirescam, eigencam, scorecam
+(all read --layer), ig and guided-ig (Integrated Gradients and Guided IG, black
+baseline, --steps), smoothgrad, saliency, occlusion (--window pixels, black
+baseline), rise (--masks random masks, black baseline), rollout (ViTs and hybrids
+only). The explained class is the predicted one unless --target is given.
 
 The map is computed on the model's input, then put back on the photograph: the
 eval resize and centre crop are undone, so the map covers the part of the
@@ -50,7 +52,11 @@ def main(argv=None) -> int:
                       help="also write each map as .npy next to its overlay")
   parser.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
   parser.add_argument("--layer", help="Grad-CAM layer (module path); default per family")
-  parser.add_argument("--steps", type=int, default=32, help="Integrated Gradients steps")
+  parser.add_argument("--steps", type=int, default=32,
+                      help="Integrated Gradients / Guided IG steps")
+  parser.add_argument("--window", type=int, default=16,
+                      help="occlusion window side, in pixels (4 suits 16-32 px inputs)")
+  parser.add_argument("--masks", type=int, default=2000, help="RISE random masks")
   parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity")
   parser.add_argument("--scale", type=int, default=0,
                       help="with --size input: enlarge small inputs to at least this many pixels "
@@ -141,10 +147,15 @@ def compute_maps(explain, model, images, targets, args) -> np.ndarray:
 
 # The options this tool passes to a method of explain.METHODS; the others take their defaults.
 _METHOD_OPTIONS = {
-    "gradcam": lambda args, model: {"layer": args.layer},
-    "gradcam++": lambda args, model: {"layer": args.layer},
+    **{method: (lambda args, model: {"layer": args.layer})
+       for method in ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam",
+                      "scorecam")},
     "ig": lambda args, model: {"steps": args.steps, "black_value": _black_value(model),
                                "channel_reduce": "abs_sum"},
+    "guided-ig": lambda args, model: {"steps": args.steps, "black_value": _black_value(model),
+                                      "channel_reduce": "abs_sum"},
+    "occlusion": lambda args, model: {"window": args.window, "baseline": _black_value(model)},
+    "rise": lambda args, model: {"masks": args.masks, "baseline": _black_value(model)},
 }
 
 
