@@ -7,15 +7,20 @@ sizes are checked abstractly (`jax.eval_shape`).
 """
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from tests.conftest import ROOT
 from tests.pinned_efficientnetv2 import PARAM_COUNTS
 from tests.timm_parity import randomize_norms, relative_error, timm_state_dict
-from vision_jax import models
+from vision_jax import config_util, models
+from vision_jax.config_util import ConfigError
+from vision_jax.data import ops as data_ops
 from vision_jax.explain import layers
 from vision_jax.models import efficientnetv2 as v2
 from vision_jax.weights import WeightLoadError, from_timm
@@ -185,3 +190,49 @@ def test_bf16_remat_and_grad_cam_default_layer():
   layer = layers.resolve_layer(module, None, x.shape, x.dtype)
   assert layer.name == "bn2" and layer.activation(jnp.ones(())) == jax.nn.swish(1.0)
   assert layer.shape == (2, 4, 4, 64)  # stem and two strided stages: 32 / 8
+
+
+# --- configs: progressive learning, transfer ------------------------------------------------
+
+def _config_module(name):
+  return config_util.load_config_module(os.path.join(ROOT, "configs", f"{name}.py"))
+
+
+def test_progressive_stages_change_image_size_and_regularisation():
+  module = _config_module("imagenet_efficientnetv2")
+  # Table 6 of the paper, interpolated linearly over 4 stages (Algorithm 1).
+  assert [module.stage_settings("s", k) for k in (1, 2, 4)] == [
+      {"size": 128, "randaugment": 5, "mixup": 0.0, "dropout": 0.1},
+      {"size": 185, "randaugment": 8.3333, "mixup": 0.0, "dropout": 0.1667},
+      {"size": 300, "randaugment": 15, "mixup": 0.0, "dropout": 0.3}]
+  m1, m4 = (module.get_config(f"variant=m,stage={k}") for k in (1, 4))
+  assert (m1.total_epochs, m4.total_epochs) == (87.5, 350)
+  assert "mix" not in m1.data and m4.data.mix == "mixup(0.2)"
+  assert (m1.model.overrides.drop_rate, m4.model.overrides.drop_rate) == (0.1, 0.4)
+  assert "inception_crop(380," in m4.data.preprocess_train and "randaugment(2, 20.0)" in (
+      m4.data.preprocess_train)
+  assert m1.data.preprocess_eval == m4.data.preprocess_eval  # evaluation stays at 480
+  # The training examples that batches are made of change size with the stage.
+  image = {"image": tf.constant(np.random.default_rng(0).integers(0, 256, (40, 48, 3), np.uint8)),
+           "label": tf.constant(0, tf.int64)}
+  shapes = []
+  for stage in (1, 4):
+    config = module.get_config(f"smoke,stage={stage}")
+    fn = data_ops.get_preprocess_fn(config.data.preprocess_train)
+    shapes.append(tuple(fn(image, tf.constant([0, 1], tf.int64))["image"].shape))
+  assert shapes == [(16, 16, 3), (32, 32, 3)]
+  with pytest.raises(ConfigError, match="stage=5"):
+    module.get_config("stage=5")
+  with pytest.raises(ConfigError, match="variant='xl'"):
+    module.get_config("variant=xl")
+
+
+def test_transfer_config_uses_the_papers_fine_tuning():
+  config = _config_module("transfer").get_config(
+      "model=efficientnetv2_s,dataset=cifar10,batch_size=256")
+  assert config.optimizer.name == "sgd" and config.optimizer.momentum == 0.9
+  assert config.schedule.decay == "cosine" and config.schedule.base_lr == pytest.approx(5e-4)
+  assert "value_range(-1, 1)" in config.data.preprocess_train  # the TF weights' [-1, 1] inputs
+  smoke = _config_module("transfer").get_config("smoke,model=efficientnetv2_rw_t")
+  assert smoke.model.overrides.to_dict() == {"width_mult": 0.25, "depth_mult": 0.1,
+                                             "head_width": 64}
