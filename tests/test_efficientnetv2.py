@@ -43,8 +43,9 @@ def _count(tree) -> int:
 
 
 def _tiny_timm(tf_style: bool):
-  from timm.models._efficientnet_builder import decode_arch_def  # pylint: disable=import-outside-toplevel
-  from timm.models.efficientnet import EfficientNet  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from timm.models._efficientnet_builder import decode_arch_def
+  from timm.models.efficientnet import EfficientNet
   torch.manual_seed(0)
   model = EfficientNet(
       block_args=decode_arch_def(TINY_TIMM), num_classes=CLASSES, num_features=64, stem_size=16,
