@@ -45,7 +45,13 @@ Backbones other than BiT keep the HyperRule's steps, warmup, resolution and Mixu
     weight decay 1e-8, layer-wise lr decay 0.8 and a cosine decay, the settings
     of the paper's ImageNet-22k -> 1k fine-tuning (Liu et al. 2022,
     arXiv:2201.03545, appendix A, settings for B and L), with stochastic depth 0.1 (our choice for
-    small datasets; the paper uses 0.2 and more for its larger models).
+    small datasets; the paper uses 0.2 and more for its larger models);
+  - EfficientNetV2 (`efficientnetv2_*`): the fine-tuning of the EfficientNetV2
+    paper (Tan & Le 2021, arXiv:2104.00298, section 5.3, which follows ViT and
+    DeiT): lr 0.001 at batch 512 with a cosine decay, no weight decay. Quoted
+    from memory, not checked against the paper here; the optimizer is our
+    reading of "as ViT" (SGD, momentum 0.9), and the paper's 10k steps become
+    the HyperRule's step count.
 
 Hardware and time (an estimate, not measured on this code): CIFAR-10 with R50x1
 at 128 px, 10k steps of 512 images: a few hours on one A100 / TPU v3-8; 384 px
@@ -57,7 +63,8 @@ reaches about 98.9% on CIFAR-10 in the vision_transformer README, with that
 repository's own fine-tuning recipe (cosine, 384 px), not with this HyperRule.
 
 Arguments (`configs/transfer.py:key=value,...`):
-  model: a registered model name (BiT, ViT, ResNet, EfficientNet, VGG, ConvNeXt).
+  model: a registered model name (BiT, ViT, ResNet, EfficientNet, EfficientNetV2, VGG,
+    ConvNeXt).
   dataset: a tfds name or folder:/path (train/ and val/ or test/ split folders).
   init_from: a pretrained name (timm:TAG, torchvision:..., npz:...), converted weights or
     another run's workdir ('' trains from scratch).
@@ -161,6 +168,7 @@ SMOKE_OVERRIDES = {
     "vgg": {"layers": (8, "M", 16, "M", 16, "M", 32, "M", 32, "M"), "hidden_width": 32,
             "pre_logits_width": 32},
     "convnext": {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16)},
+    "efficientnetv2": {"width_mult": 0.25, "depth_mult": 0.1, "head_width": 64},
 }
 # Per-family optimizer (lr is at batch 512, scaled linearly) and model overrides.
 FAMILY_RECIPES = {
@@ -171,6 +179,10 @@ FAMILY_RECIPES = {
                  "optimizer": {"name": "adamw", "b1": 0.9, "b2": 0.999, "weight_decay": 1e-8,
                                "layer_decay": 0.8},
                  "overrides": {"drop_path_rate": 0.1}},
+    "efficientnetv2": {"lr": 0.001, "decay": "cosine",
+                       "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
+                                     "weight_decay": 0.0},
+                       "overrides": {}},
 }
 BIT_RECIPE = {"lr": 0.003, "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
                                          "weight_decay": 0.0}, "overrides": {}}

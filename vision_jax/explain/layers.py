@@ -10,7 +10,7 @@ Layers are named by their module path joined with '/', as in the parameter tree
 (`layer4_2`, `blocks_11/norm1`). Default layers per family:
 
 * ResNet: the output of the last block (after its ReLU), timm's `layer4[-1]`.
-* BiT ResNetV2 and EfficientNet: the final norm after its activation
+* BiT ResNetV2 and EfficientNet (V1 and V2): the final norm after its activation
   (`norm` + ReLU, `bn2` + SiLU), the same tensor as timm's `GroupNormAct` /
   `BatchNormAct2d` outputs. The activation is a function, not a module, so its
   output is rebuilt here; the gradient is taken at the classifier's pooled input,
@@ -44,6 +44,7 @@ INPUT_SUFFIX = ":input"
 # right after that module and before global average pooling + classifier.
 _FINAL_ACTIVATIONS: dict[tuple[str, str], Callable[[jax.Array], jax.Array]] = {
     ("EfficientNet", "bn2"): nn.swish,
+    ("EfficientNetV2", "bn2"): nn.swish,
     ("ResNetV2", "norm"): nn.relu,
 }
 
@@ -143,7 +144,7 @@ def default_layer(module: nn.Module, image_shape: tuple[int, ...],
   family = family_of(module)
   if family == "ResNet":
     return f"layer{len(module.stage_sizes)}_{module.stage_sizes[-1] - 1}"
-  if family == "EfficientNet":
+  if family in ("EfficientNet", "EfficientNetV2"):
     return "bn2"
   if family == "ResNetV2" and module.preact and module.global_pool:
     return "norm"
