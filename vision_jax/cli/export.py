@@ -39,6 +39,12 @@ def main(argv=None) -> int:
     return common.report(f"--format {args.format}: not one of {', '.join(export.FORMATS)}.")
   try:
     model = inference.load_model(args.workdir, args.weights)
+    # The cheap checks first: reading the input shape below starts TensorFlow.
+    export.check_supported(args.format, export.family_of(model.module))
+    if args.format == "tflite-int8":
+      if not args.calibration:
+        raise export.ExportError(export.NEEDS_CALIBRATION)
+      export.calibration_files(args.calibration, args.calibration_limit)
     exportable = export.from_loaded(model)
     meta = export.export_model(exportable, args.format, args.out, args.calibration,
                                args.overwrite, args.calibration_limit)

@@ -6,8 +6,10 @@ The implementations live in one module per format.
 """
 
 from vision_jax.export.core import (FORMATS, METADATA_FILE, Exportable, ExportError,
-                                    from_loaded, read_metadata)
-from vision_jax.export.writer import UNSUPPORTED, export_model
+                                    calibration_files, family_of, from_loaded, read_metadata)
+from vision_jax.export.writer import (NEEDS_CALIBRATION, UNSUPPORTED, check_supported,
+                                      export_model)
 
-__all__ = ["FORMATS", "METADATA_FILE", "UNSUPPORTED", "Exportable", "ExportError",
-           "export_model", "from_loaded", "read_metadata"]
+__all__ = ["FORMATS", "METADATA_FILE", "NEEDS_CALIBRATION", "UNSUPPORTED", "Exportable",
+           "ExportError", "calibration_files", "check_supported", "export_model", "family_of",
+           "from_loaded", "read_metadata"]

@@ -129,23 +129,37 @@ def preprocessed_shape(preprocess: str) -> tuple[int, int, int]:
   return shape
 
 
-def calibration_images(folder: str, exportable: Exportable, limit: int = 200) -> np.ndarray:
-  """The model inputs of up to `limit` images of a folder (searched recursively).
+def calibration_files(folder: str, limit: int = 200) -> list[str]:
+  """Up to `limit` image files of a folder (searched recursively); no TensorFlow needed.
 
   Raises:
-    ExportError: the folder does not exist or holds no readable image.
+    ExportError: the folder does not exist or holds no image file.
   """
   from vision_jax import inference  # pylint: disable=import-outside-toplevel
   if not os.path.isdir(folder):
     raise ExportError(f"--calibration {folder}: no such folder; give a folder of images like "
                       "the ones the model will see (100-200 are enough).")
   paths = inference.list_images([folder])[:limit]
-  _, images = inference.read_images(paths, exportable.preprocess, warn=lambda m: None)
-  if not len(images):  # pylint: disable=g-explicit-length-test
+  if not paths:
     raise ExportError(f"--calibration {folder}: no readable image ("
                       f"{'/'.join(inference.IMAGE_EXTENSIONS)}) in it; int8 quantization "
                       "needs example inputs: give a folder of images like the ones the model "
                       "will see.")
+  return paths
+
+
+def calibration_images(folder: str, exportable: Exportable, limit: int = 200) -> np.ndarray:
+  """The model inputs of up to `limit` images of a folder, read with the model's preprocessing.
+
+  Raises:
+    ExportError: the folder does not exist or holds no readable image.
+  """
+  from vision_jax import inference  # pylint: disable=import-outside-toplevel
+  _, images = inference.read_images(calibration_files(folder, limit), exportable.preprocess,
+                                    warn=lambda m: None)
+  if not len(images):  # pylint: disable=g-explicit-length-test
+    raise ExportError(f"--calibration {folder}: none of its image files could be decoded; "
+                      "give a folder of images like the ones the model will see.")
   return images
 
 

@@ -10,10 +10,11 @@ jax2onnx also swaps some flax.linen functions and layers for shortcuts of its ow
 while it traces. Those shortcuts lag behind linen: its `max_pool` takes the window
 only as a keyword and padding only as a string (our stems pass explicit pairs),
 and its strided convolution gave a graph that onnxruntime rejected (cifar_resnet20,
-jax2onnx 0.17.1). `plain_lax_tracing` turns the linen shortcuts off, so the module
-traces to the lax primitives JAX itself runs (conv_general_dilated, reduce_window,
-dot_general ...), which jax2onnx converts one by one; the parity tests hold on every
-family that way.
+jax2onnx 0.17.1). `plain_lax_tracing` turns those three off (max_pool, pool, conv), so they
+trace to the lax primitives JAX itself runs (conv_general_dilated, reduce_window,
+dot_general ...), which jax2onnx converts one by one. ViT, EfficientNet, ConvNeXt,
+ResNet-v2 and the hybrid ViT-R then match JAX; the ResNet family still gets mis-shaped
+Conv/MaxPool nodes from jax2onnx 0.17.1 and is refused (`writer.UNSUPPORTED`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from vision_jax.export.core import Exportable
 
 ARTIFACT = "model.onnx"
 # jax2onnx's linen shortcuts that `plain_lax_tracing` turns off.
-_LAGGING_SHORTCUTS = tuple(f"jax2onnx.plugins.flax.linen.{name}" for name in ("max_pool", "pool", "conv"))
+_LAGGING_SHORTCUTS = tuple(f"jax2onnx.plugins.flax.linen.{name}"
+                           for name in ("max_pool", "pool", "conv"))
 OPSET = 23
 
 

@@ -14,6 +14,9 @@ UNSUPPORTED = {
         "export it as stablehlo, savedmodel or tflite instead"),
 }
 
+NEEDS_CALIBRATION = ("--format tflite-int8 needs --calibration FOLDER: images like the ones the "
+                     "model will see, to measure the activation ranges.")
+
 
 def check_supported(fmt: str, family: str) -> None:
   """Raises ExportError for an unknown format or a pair in `UNSUPPORTED`."""
@@ -46,8 +49,7 @@ def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | 
   images = None
   if fmt == "tflite-int8":
     if not calibration:
-      raise ExportError("--format tflite-int8 needs --calibration FOLDER: images like the ones "
-                        "the model will see, to measure the activation ranges.")
+      raise ExportError(NEEDS_CALIBRATION)
     images = core.calibration_images(calibration, exportable, calibration_limit)
   with core.staged_directory(out, overwrite) as stage:
     try:
