@@ -1,0 +1,61 @@
+"""Exports a trained run or converted weights to StableHLO, SavedModel, TFLite or ONNX.
+
+  python tools/export.py --workdir /tmp/digits --format stablehlo --out export/digits_shlo
+  python tools/export.py --weights timm:resnet50.a1_in1k --format savedmodel --out export/r50
+  python tools/export.py --workdir /tmp/digits --format tflite-int8 --calibration calib/ \
+      --out export/digits_int8
+
+--out is a directory: the model file(s) and export.json (input shape and layout,
+the preprocessing op string, mean/std, class names). It appears only when the
+export is complete. Formats: stablehlo (jax.export, reloadable with plain jax),
+savedmodel (serving signature on uint8 images, preprocessing included), tflite,
+tflite-int8 (post-training quantization from --calibration, a folder of images)
+and onnx (jax2onnx). docs/export.md says what each holds and how to run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vision_jax.cli import common
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+  common.add_model_args(parser)
+  parser.add_argument("--format", required=True,
+                      help="stablehlo, savedmodel, tflite, tflite-int8 or onnx")
+  parser.add_argument("--out", required=True, help="the artifact directory to write")
+  parser.add_argument("--calibration", help="tflite-int8: a folder of calibration images")
+  parser.add_argument("--calibration-limit", type=int, default=200,
+                      help="tflite-int8: read at most this many calibration images")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  args = parser.parse_args(argv)
+
+  # pylint: disable=import-outside-toplevel
+  from vision_jax import export, inference
+  if args.format not in export.FORMATS:
+    return common.report(f"--format {args.format}: not one of {', '.join(export.FORMATS)}.")
+  try:
+    model = inference.load_model(args.workdir, args.weights)
+    # The cheap checks first: reading the input shape below starts TensorFlow.
+    export.check_supported(args.format, export.family_of(model.module))
+    if args.format == "tflite-int8":
+      if not args.calibration:
+        raise export.ExportError(export.NEEDS_CALIBRATION)
+      export.calibration_files(args.calibration, args.calibration_limit)
+    exportable = export.from_loaded(model)
+    meta = export.export_model(exportable, args.format, args.out, args.calibration,
+                               args.overwrite, args.calibration_limit)
+  except (inference.LoadError, export.ExportError) as e:
+    return common.report(" ".join(str(e).split()))  # one line
+  print(f"wrote {args.format} of {meta['model']} ({meta['family']}, input "
+        f"{meta['input']['shape']}) to {args.out}", file=sys.stderr)
+  return 0
+
+
+console_script = common.entry_point(main)
+
+if __name__ == "__main__":
+  console_script()

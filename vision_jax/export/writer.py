@@ -1,0 +1,76 @@
+"""One door for every format: check the pair, stage the directory, write, rename into place."""
+
+from __future__ import annotations
+
+from vision_jax.export import core
+from vision_jax.export.core import Exportable, ExportError
+
+# (format, family) pairs that a converter cannot represent, with the reason. Found by
+# exporting a tiny model of each family and comparing the runtime's logits with JAX's.
+UNSUPPORTED = {
+    ("onnx", "resnet"): (
+        "jax2onnx 0.17.1 emits ONNX Conv/MaxPool nodes with the wrong output shape for this "
+        "family's strided convolutions and padded max-pool (onnxruntime rejects the graph); "
+        "export it as stablehlo, savedmodel or tflite instead"),
+}
+
+NEEDS_CALIBRATION = ("--format tflite-int8 needs --calibration FOLDER: images like the ones the "
+                     "model will see, to measure the activation ranges.")
+
+
+def check_supported(fmt: str, family: str) -> None:
+  """Raises ExportError for an unknown format or a pair in `UNSUPPORTED`."""
+  if fmt not in core.FORMATS:
+    raise ExportError(f"--format {fmt}: not one of {', '.join(core.FORMATS)}.")
+  reason = UNSUPPORTED.get((fmt, family))
+  if reason:
+    raise ExportError(f"--format {fmt} cannot represent the {family} family: {reason}.")
+
+
+def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | None = None,
+                 overwrite: bool = False, calibration_limit: int = 200) -> dict:
+  """Writes `exportable` as `fmt` into the directory `out`; returns export.json's contents.
+
+  Args:
+    exportable: the model (`core.from_loaded(inference.load_model(...))`).
+    fmt: one of `core.FORMATS`.
+    out: the artifact directory; it appears only once complete.
+    calibration: a folder of images, required by (and only used for) tflite-int8.
+    overwrite: replace an existing `out`.
+    calibration_limit: at most this many calibration images are read.
+
+  Raises:
+    ExportError: an unknown format, an unsupported format/family pair, a missing or
+      empty calibration folder, an existing `out`, or a converter that failed on the
+      model (its first line is kept).
+  """
+  # pylint: disable=import-outside-toplevel
+  check_supported(fmt, exportable.family)
+  images = None
+  if fmt == "tflite-int8":
+    if not calibration:
+      raise ExportError(NEEDS_CALIBRATION)
+    images = core.calibration_images(calibration, exportable, calibration_limit)
+  with core.staged_directory(out, overwrite) as stage:
+    try:
+      if fmt == "stablehlo":
+        from vision_jax.export import stablehlo
+        extra = stablehlo.write(exportable, stage)
+      elif fmt == "savedmodel":
+        from vision_jax.export import savedmodel
+        extra = savedmodel.write(exportable, stage)
+      elif fmt in ("tflite", "tflite-int8"):
+        from vision_jax.export import tflite
+        extra = tflite.write(exportable, stage, images)
+      else:
+        from vision_jax.export import onnx
+        extra = onnx.write(exportable, stage)
+    except ExportError:
+      raise
+    except Exception as e:  # a converter's own error: one line, naming the pair
+      first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise ExportError(f"--format {fmt} failed on the {exportable.family} model "
+                        f"{exportable.model_name}: {type(e).__name__}: {first}") from e
+    meta = exportable.metadata(fmt, **extra)
+    core.write_metadata(stage, meta)
+  return meta
