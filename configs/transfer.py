@@ -46,6 +46,12 @@ Backbones other than BiT keep the HyperRule's steps, warmup, resolution and Mixu
     of the paper's ImageNet-22k -> 1k fine-tuning (Liu et al. 2022,
     arXiv:2201.03545, appendix A, settings for B and L), with stochastic depth 0.1 (our choice for
     small datasets; the paper uses 0.2 and more for its larger models).
+  - MaxViT (`maxvit_*_tf_*`) and CoAtNet (`coatnet_*`): the same AdamW, lr 5e-5 at
+    batch 512, weight decay 1e-8 and cosine decay, the MaxViT paper's ImageNet-21k ->
+    1k fine-tuning (Tu et al. 2022, arXiv:2204.01697, appendix), with layer-wise lr
+    decay 0.8 and stochastic depth 0.1 as for ConvNeXt (our choices). They are built at
+    the crop size; the relative position tables of weights trained at 224 are
+    resampled to the new windows in the forward pass.
 
 Hardware and time (an estimate, not measured on this code): CIFAR-10 with R50x1
 at 128 px, 10k steps of 512 images: a few hours on one A100 / TPU v3-8; 384 px
@@ -57,7 +63,8 @@ reaches about 98.9% on CIFAR-10 in the vision_transformer README, with that
 repository's own fine-tuning recipe (cosine, 384 px), not with this HyperRule.
 
 Arguments (`configs/transfer.py:key=value,...`):
-  model: a registered model name (BiT, ViT, ResNet, EfficientNet, VGG, ConvNeXt).
+  model: a registered model name (BiT, ViT, ResNet, EfficientNet, VGG, ConvNeXt, MaxViT,
+    CoAtNet).
   dataset: a tfds name or folder:/path (train/ and val/ or test/ split folders).
   init_from: a pretrained name (timm:TAG, torchvision:..., npz:...), converted weights or
     another run's workdir ('' trains from scratch).
@@ -161,7 +168,22 @@ SMOKE_OVERRIDES = {
     "vgg": {"layers": (8, "M", 16, "M", 16, "M", 32, "M", 32, "M"), "hidden_width": 32,
             "pre_logits_width": 32},
     "convnext": {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16)},
+    # MBConv stages, then one MaxViT (or CoAtNet transformer) stage of each kind.
+    "maxvit": {"depths": (1, 1, 1, 1), "embed_dims": (8, 8, 16, 16), "stem_width": (8, 8),
+               "dim_head": 8, "head_hidden_size": 16, "block_types": ("C", "C", "M", "M")},
+    "coatnet": {"depths": (1, 1, 1, 1), "embed_dims": (8, 8, 16, 16), "stem_width": (8, 8),
+                "dim_head": 8},
 }
+# The hybrids fine-tune as the MaxViT paper does from ImageNet-21k (Tu et al. 2022,
+# arXiv:2204.01697, appendix: AdamW, lr 5e-5 at batch 512, weight decay 1e-8, cosine);
+# layer-wise lr decay 0.8 as for ConvNeXt (a choice of ours: the paper uses none).
+_HYBRID_RECIPE = {"lr": 5e-5, "decay": "cosine",
+                  "optimizer": {"name": "adamw", "b1": 0.9, "b2": 0.999, "weight_decay": 1e-8,
+                                "layer_decay": 0.8},
+                  "overrides": {"drop_path_rate": 0.1}}
+# Families whose model is built at the crop size (position / relative-position tables
+# are resampled when the weights are for another size).
+_BUILT_AT_CROP = ("vit", "maxvit", "coatnet")
 # Per-family optimizer (lr is at batch 512, scaled linearly) and model overrides.
 FAMILY_RECIPES = {
     "vgg": {"lr": 0.003, "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
@@ -171,6 +193,8 @@ FAMILY_RECIPES = {
                  "optimizer": {"name": "adamw", "b1": 0.9, "b2": 0.999, "weight_decay": 1e-8,
                                "layer_decay": 0.8},
                  "overrides": {"drop_path_rate": 0.1}},
+    "maxvit": _HYBRID_RECIPE,
+    "coatnet": _HYBRID_RECIPE,
 }
 BIT_RECIPE = {"lr": 0.003, "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
                                          "weight_decay": 0.0}, "overrides": {}}
@@ -189,8 +213,11 @@ def get_config(arg=None):
   config.hyperrule = ml_collections.ConfigDict(
       {"num_train": num_train, "small_images": small, **rule})
   config.model.update({"name": arg.model, "overrides": {}})
-  if family == "vit":
+  if family in _BUILT_AT_CROP:
     config.model.overrides = {"img_size": crop}
+  if family in ("maxvit", "coatnet"):
+    # Tables stay at the pretrained size, so the weights load; they are resampled in use.
+    config.model.overrides["rel_pos_img_size"] = models.model_info(arg.model).input_size
   config.dtype = "bfloat16"
   config.data = ml_collections.ConfigDict({
       "name": arg.dataset,
@@ -221,7 +248,7 @@ def get_config(arg=None):
     config.init_from = arg.init_from
   if arg.smoke:
     config.model.overrides = {**SMOKE_OVERRIDES.get(family, {}), **recipe["overrides"]}
-    if family == "vit":
+    if family in _BUILT_AT_CROP:
       config.model.overrides["img_size"] = crop
     shrink_for_smoke(config)
     config.schedule.base_lr = recipe["lr"] * 16 / 512
