@@ -2,11 +2,13 @@
 
 Parity uses random timm weights with perturbed norms, fp32, eval mode, at reduced width
 and depth and 64 px (MaxViT's 2x2 windows and grids; CoAtNet's attention over 4x4 and
-2x2 maps): one MaxViT (`_tf_` style, MaxViT blocks in its last two stages: TF padding, tanh-GELU, (heads, 2P-1, 2P-1)
-tables, tanh pre-logits head) and one timm CoAtNet (`_rw_` style: pooled stride, SE
-before the norm, flat tables, final norm). Each program is compiled once, with XLA's
-backend optimisations off (the numbers are the same; the compile is 2x cheaper).
-The full-size parity of every variant was measured by hand (README).
+2x2 maps): one MaxViT (`_tf_` style, MaxViT blocks in its last two stages: TF
+padding, tanh-GELU, (heads, 2P-1, 2P-1) tables, tanh pre-logits head) and one timm
+CoAtNet (`_rw_` style: pooled stride, SE before the norm, flat tables, final norm).
+Each program is compiled once, with XLA's backend optimisations off (the numbers are
+the same; the compile is 2x cheaper).
+The other CoAtNet styles (coatnet_{nano,1,2,bn_0}_rw, paper coatnet_0) were checked the
+same way by hand, and maxvit_tiny_tf_224 / coatnet_0_rw_224 at full size (README).
 """
 
 import jax
@@ -128,6 +130,7 @@ def test_registry_layer_decay_and_rollout_refusal():
   assert scales["stages_0_blocks_0"]["attn_grid"]["attn"]["qkv"]["kernel"] == 0.5 ** 4
   assert scales["stages_3_blocks_0"]["conv"]["pre_norm"]["scale"] == 0.5
   assert scales["head_pre_logits"]["kernel"] == scales["head"]["kernel"] == 1.0
-  from vision_jax.explain import ExplainError, attention_rollout  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from vision_jax.explain import ExplainError, attention_rollout
   with pytest.raises(ExplainError, match="block and grid attention"):
     attention_rollout(module, {"params": params}, np.zeros((1, 64, 64, 3), np.float32))
