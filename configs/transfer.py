@@ -52,6 +52,12 @@ Backbones other than BiT keep the HyperRule's steps, warmup, resolution and Mixu
     from memory, not checked against the paper here; the optimizer is our
     reading of "as ViT" (SGD, momentum 0.9), and the paper's 10k steps become
     the HyperRule's step count.
+  - MaxViT (`maxvit_*_tf_*`) and CoAtNet (`coatnet_*`): ConvNeXt's AdamW, lr 5e-5 at
+    batch 512, weight decay 1e-8 and cosine decay, the MaxViT paper's ImageNet-21k ->
+    1k fine-tuning (Tu et al. 2022, arXiv:2204.01697, appendix), with layer-wise lr
+    decay 0.8 and stochastic depth 0.1 as for ConvNeXt (our choices). They are built at
+    the crop size; the relative position tables of weights trained at 224 are
+    resampled to the new windows in the forward pass.
 
 Hardware and time (an estimate, not measured on this code): CIFAR-10 with R50x1
 at 128 px, 10k steps of 512 images: a few hours on one A100 / TPU v3-8; 384 px
@@ -64,7 +70,7 @@ repository's own fine-tuning recipe (cosine, 384 px), not with this HyperRule.
 
 Arguments (`configs/transfer.py:key=value,...`):
   model: a registered model name (BiT, ViT, ResNet, EfficientNet, EfficientNetV2, VGG,
-    ConvNeXt).
+    ConvNeXt, MaxViT, CoAtNet).
   dataset: a tfds name or folder:/path (train/ and val/ or test/ split folders).
   init_from: a pretrained name (timm:TAG, torchvision:..., npz:...), converted weights or
     another run's workdir ('' trains from scratch).
@@ -169,7 +175,22 @@ SMOKE_OVERRIDES = {
             "pre_logits_width": 32},
     "convnext": {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16)},
     "efficientnetv2": {"width_mult": 0.25, "depth_mult": 0.1, "head_width": 64},
+    # MBConv stages, then one MaxViT (or CoAtNet transformer) stage of each kind.
+    "maxvit": {"depths": (1, 1, 1, 1), "embed_dims": (8, 8, 16, 16), "stem_width": (8, 8),
+               "dim_head": 8, "head_hidden_size": 16, "block_types": ("C", "C", "M", "M")},
+    "coatnet": {"depths": (1, 1, 1, 1), "embed_dims": (8, 8, 16, 16), "stem_width": (8, 8),
+                "dim_head": 8},
 }
+# The hybrids fine-tune as the MaxViT paper does from ImageNet-21k (Tu et al. 2022,
+# arXiv:2204.01697, appendix: AdamW, lr 5e-5 at batch 512, weight decay 1e-8, cosine);
+# layer-wise lr decay 0.8 as for ConvNeXt (a choice of ours: the paper uses none).
+_HYBRID_RECIPE = {"lr": 5e-5, "decay": "cosine",
+                  "optimizer": {"name": "adamw", "b1": 0.9, "b2": 0.999, "weight_decay": 1e-8,
+                                "layer_decay": 0.8},
+                  "overrides": {"drop_path_rate": 0.1}}
+# Families whose model is built at the crop size (position / relative-position tables
+# are resampled when the weights are for another size).
+_BUILT_AT_CROP = ("vit", "maxvit", "coatnet")
 # Per-family optimizer (lr is at batch 512, scaled linearly) and model overrides.
 FAMILY_RECIPES = {
     "vgg": {"lr": 0.003, "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
@@ -183,6 +204,8 @@ FAMILY_RECIPES = {
                        "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
                                      "weight_decay": 0.0},
                        "overrides": {}},
+    "maxvit": _HYBRID_RECIPE,
+    "coatnet": _HYBRID_RECIPE,
 }
 BIT_RECIPE = {"lr": 0.003, "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": False,
                                          "weight_decay": 0.0}, "overrides": {}}
@@ -201,8 +224,11 @@ def get_config(arg=None):
   config.hyperrule = ml_collections.ConfigDict(
       {"num_train": num_train, "small_images": small, **rule})
   config.model.update({"name": arg.model, "overrides": {}})
-  if family == "vit":
+  if family in _BUILT_AT_CROP:
     config.model.overrides = {"img_size": crop}
+  if family in ("maxvit", "coatnet"):
+    # Tables stay at the pretrained size, so the weights load; they are resampled in use.
+    config.model.overrides["rel_pos_img_size"] = models.model_info(arg.model).input_size
   config.dtype = "bfloat16"
   config.data = ml_collections.ConfigDict({
       "name": arg.dataset,
@@ -233,7 +259,7 @@ def get_config(arg=None):
     config.init_from = arg.init_from
   if arg.smoke:
     config.model.overrides = {**SMOKE_OVERRIDES.get(family, {}), **recipe["overrides"]}
-    if family == "vit":
+    if family in _BUILT_AT_CROP:
       config.model.overrides["img_size"] = crop
     shrink_for_smoke(config)
     config.schedule.base_lr = recipe["lr"] * 16 / 512

@@ -43,7 +43,8 @@ EXTRA_SMOKE_ARGS = {
     "simclr_digits": ["smoke,stage=linear"],
     "simclr_cifar10": ["smoke,stage=linear", "smoke,depth=50"],
     "simclr_imagenet": ["smoke,stage=linear"],
-    "transfer": ["smoke,model=vgg11_bn", "smoke,model=convnext_atto"],
+    "transfer": ["smoke,model=vgg11_bn", "smoke,model=convnext_atto",
+                 "smoke,model=maxvit_tiny_tf_224"],
 }
 # Configs whose smoke run fails today because of a bug outside configs/, with the bug. The mark
 # is a strict xfail: the run still happens, and once the bug is fixed the XPASS fails the suite
@@ -311,3 +312,21 @@ def test_full_size_configs_name_valid_models_and_overrides(name):
   # (The embedded digits have no preprocess_eval: their size is config.data.image_size.)
   if models.model_info(config.model.name).family == "vit" and config.data.name != "digits":
     assert str(module.img_size) in config.data.preprocess_eval, (module.img_size, config.data)
+
+
+def test_imagenet_maxvit_recipe():
+  module = load_config_module("imagenet_maxvit")
+  config = module.get_config("")
+  assert config.model.name == "maxvit_tiny_tf_224" and config.total_epochs == 300
+  assert config.batch_size == 4096 and config.schedule.base_lr == pytest.approx(3e-3)
+  assert config.schedule.warmup_steps == 10_000 and config.schedule.decay == "cosine"
+  assert config.optimizer.name == "adamw" and config.optimizer.weight_decay == 0.05
+  assert config.model.overrides.drop_path_rate == 0.2 and config.label_smoothing == 0.1
+  assert config.grad_clip_norm == 1.0 and "randaugment(2, 10)" in config.data.preprocess_train
+  assert config.data.mix == "mixup(0.8)" and "resize_small(236" in config.data.preprocess_eval
+  assert "83.62%" in module.__doc__ and "2204.01697" in module.__doc__
+  base = module.get_config("variant=base,batch_size=1024")
+  assert base.model.name == "maxvit_base_tf_224" and base.model.overrides.drop_path_rate == 0.4
+  assert base.schedule.base_lr == pytest.approx(7.5e-4)
+  with pytest.raises(ConfigError, match="variant='large'"):
+    module.get_config("variant=large")

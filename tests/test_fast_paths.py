@@ -168,6 +168,11 @@ _REMAT_MODELS = {
     "resnet_v2": ("resnetv2_50x1_bit", dict(layers=(1, 1), channels=(128, 256), stem_chs=32)),
     "convnext": ("convnext_atto", dict(depths=(1, 1), widths=(16, 32))),
     "efficientnet": ("efficientnet_b0", dict(width_mult=0.25, depth_mult=0.25)),
+    # An MBConv, a CoAtNet transformer and a MaxViT block, with stochastic depth.
+    "maxxvit": ("maxvit_tiny_tf_224", dict(img_size=32, depths=(1, 1, 1, 1), dim_head=8,
+                                           embed_dims=(8, 8, 16, 16), stem_width=(8, 8),
+                                           head_hidden_size=8, block_types=("C", "T", "M", "M"),
+                                           drop_path_rate=0.1)),
 }
 
 

@@ -85,6 +85,12 @@ def attention_rollout(module: nn.Module, variables: Any, images: Any, targets: A
     ExplainError: the model has no self-attention, or `head_fusion` is unknown.
   """
   del targets
+  if family_of(module) == "MaxxVit":
+    raise ExplainError(
+        "attention rollout is not defined for MaxViT / CoAtNet: their block and grid "
+        "attention (and CoAtNet's) mix tokens only within windows or one stage, convolutions "
+        "and striding mix them between, and there is no class token to read the product "
+        "from (docs/explain.md). Use grad_cam, whose default layer is the last stage's output.")
   if not has_attention(module):
     raise ExplainError(
         f"attention rollout needs attention: {family_of(module)} has no self-attention "

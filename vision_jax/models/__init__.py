@@ -7,6 +7,7 @@ from vision_jax.models.registry import (ModelError, ModelInfo, create_model, lis
 from vision_jax.models import convnext  # noqa: F401,E402
 from vision_jax.models import efficientnet  # noqa: F401,E402
 from vision_jax.models import efficientnetv2  # noqa: F401,E402
+from vision_jax.models import maxxvit  # noqa: F401,E402
 from vision_jax.models import resnet  # noqa: F401,E402
 from vision_jax.models import resnet_v2  # noqa: F401,E402
 from vision_jax.models import vgg  # noqa: F401,E402
