@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from vision_jax import explain  # noqa: E402
-from vision_jax.explain import metrics  # noqa: E402
+from vision_jax.explain import metrics, sanity  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("explain_metrics")
 
@@ -239,3 +239,62 @@ def test_pointing_game_matches_quantus_and_needs_boxes(tiny):
     metrics.evaluate(["deletion", "pointing_game"], module, variables, images, maps)
   with pytest.raises(explain.ExplainError, match="unknown metric 'auc'"):
     metrics.evaluate(["auc"], module, variables, images, maps)
+
+
+# --- Sanity checks (Adebayo et al. 2018).
+
+
+def test_ssim_and_spearman_match_scikit_image_and_scipy():
+  from scipy.stats import spearmanr  # pylint: disable=import-outside-toplevel
+  from skimage.metrics import structural_similarity  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(2)
+  a = rng.uniform(size=(3, 16, 16)).astype(np.float32)
+  b = (a + rng.normal(0, 0.3, a.shape)).astype(np.float32)
+  b[:, :4] = 0.0  # ties, as the zeros of a ReLU'd Grad-CAM
+  a[:, :, 0], b[:, :, 0] = -1.0, -1.0  # min-max normalisation maps these to 0
+  for ours, i in zip(sanity.ssim(a, b, absolute=False), range(3)):
+    na, nb = ((x[i] - x[i].min()) / (x[i].max() - x[i].min()) for x in (a, b))
+    ref = structural_similarity(na, nb, data_range=1.0, win_size=7)
+    assert abs(ours - ref) < 1e-4, (ours, ref)
+  ref_rank = [spearmanr(a[i].ravel(), b[i].ravel()).statistic for i in range(3)]
+  np.testing.assert_allclose(sanity.spearman(a, b, absolute=False), ref_rank, atol=1e-5)
+  np.testing.assert_allclose(sanity.ssim(a, a), 1.0, atol=1e-5)
+
+
+def test_cascading_and_independent_randomisation_and_the_plot(tiny, tmp_path):
+  module, variables, _, images, labels, _ = tiny
+  methods = {"saliency": sanity.method_fn("saliency"),
+             "gradcam": sanity.method_fn("gradcam", layer="conv2")}
+  assert sanity.layer_order(module, variables, images) == ["conv1", "conv2", "head"]
+  cascading = sanity.model_randomisation(module, variables, images, methods, labels)
+  assert cascading.steps == ["original", "head", "conv2", "conv1"]
+  for name in methods:
+    assert cascading.ssim[name].shape == (4,) and cascading.ssim[name][0] == 1.0
+  print("cascading SSIM:", {k: np.round(v, 3) for k, v in cascading.ssim.items()},
+        "Spearman:", {k: np.round(v, 3) for k, v in cascading.spearman.items()})
+  # With every layer re-drawn, the maps no longer follow the trained ones.
+  assert cascading.spearman["saliency"][-1] < 0.5 and cascading.ssim["saliency"][-1] < 0.5
+  independent = sanity.model_randomisation(module, variables, images,
+                                           {"saliency": methods["saliency"]}, labels,
+                                           mode="independent")
+  # Its first step re-draws the head alone: the same model as the cascade's first step.
+  assert independent.spearman["saliency"][1] == pytest.approx(cascading.spearman["saliency"][1])
+  # Data randomisation: two sets of weights, the same explained classes.
+  other = sanity.randomise_layers(module, variables, images, ["conv1", "conv2", "head"], seed=9)
+  data = sanity.data_randomisation(module, variables, other, images, methods, labels)
+  assert data.steps == ["original", "permuted labels"] and data.ssim["saliency"][1] < 0.9
+  path = sanity.plot([cascading, independent, data], str(tmp_path / "sanity.png"))
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  with Image.open(path) as image:
+    assert image.size[0] > 500 and image.size[1] > 700
+  with pytest.raises(explain.ExplainError, match="layer 'conv9' has no parameters"):
+    sanity.randomise_layers(module, variables, images, ["conv9"])
+
+
+def test_permuted_labels_keep_the_images_and_the_label_counts():
+  from vision_jax.data import digits_dataset  # pylint: disable=import-outside-toplevel
+  dataset = digits_dataset(image_size=8)
+  permuted = sanity.permute_labels(dataset, seed=1)
+  assert permuted.train[0] is dataset.train[0] and permuted.eval is dataset.eval
+  assert np.array_equal(np.bincount(permuted.train[1]), np.bincount(dataset.train[1]))
+  assert np.mean(permuted.train[1] == dataset.train[1]) < 0.2
