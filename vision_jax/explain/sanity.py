@@ -133,10 +133,21 @@ def layer_order(module: nn.Module, variables: Any, images: Any) -> list[str]:
   return order + [name for name in params if name not in order]
 
 
+def fresh_parameters(module: nn.Module, images: Any, seed: int = 0) -> Any:
+  """A new random initialisation's parameters (jitted: an eager init of a deep model is slow)."""
+  x = common.check_images(images)[:1]
+  return jax.jit(lambda key: module.init(key, x)["params"])(jax.random.key(seed))
+
+
 def randomise_layers(module: nn.Module, variables: Any, images: Any, layers: Sequence[str],
-                     seed: int = 0) -> Any:
-  """`variables` with the parameters of `layers` replaced by a fresh initialisation's."""
-  fresh = module.init(jax.random.key(seed), common.check_images(images)[:1])["params"]
+                     seed: int = 0, fresh: Any = None) -> Any:
+  """`variables` with the parameters of `layers` replaced by a fresh initialisation's.
+
+  Args:
+    fresh: the parameters to take them from (default: `fresh_parameters(seed)`).
+  """
+  if fresh is None:
+    fresh = fresh_parameters(module, images, seed)
   unknown = [name for name in layers if name not in variables["params"]]
   if unknown:
     raise ExplainError(f"layer {unknown[0]!r} has no parameters in this model; layers: "
@@ -151,12 +162,18 @@ def _maps(method: MapFn, module, variables, images, targets) -> np.ndarray:
   return np.asarray(method(module, variables, images, targets), np.float32)
 
 
+def _mean(values: np.ndarray) -> float:
+  # NaN (a constant map has no ranks) is left out; all NaN stays NaN, without a warning.
+  finite = values[np.isfinite(values)]
+  return float(finite.mean()) if finite.size else float("nan")
+
+
 def _compare(methods, reference, module, variables, images, targets, absolute):
   ssims, ranks = {}, {}
   for name, method in methods.items():
     maps = _maps(method, module, variables, images, targets)
-    ssims[name] = float(np.nanmean(ssim(reference[name], maps, absolute=absolute)))
-    ranks[name] = float(np.nanmean(spearman(reference[name], maps, absolute=absolute)))
+    ssims[name] = _mean(ssim(reference[name], maps, absolute=absolute))
+    ranks[name] = _mean(spearman(reference[name], maps, absolute=absolute))
   return ssims, ranks
 
 
@@ -186,9 +203,11 @@ def model_randomisation(module: nn.Module, variables: Any, images: Any,
   ssims = {name: [1.0] for name in methods}
   ranks = {name: [1.0] for name in methods}
   steps = ["original"]
+  # One draw serves every step: each layer's new values are independent of the others'.
+  fresh = fresh_parameters(module, images, seed + 1)
   for k, layer in enumerate(top_down):
     chosen = top_down[:k + 1] if mode == "cascading" else [layer]
-    randomised = randomise_layers(module, variables, images, chosen, seed=seed + k + 1)
+    randomised = randomise_layers(module, variables, images, chosen, fresh=fresh)
     s, r = _compare(methods, reference, module, randomised, images, targets, absolute)
     for name in methods:
       ssims[name].append(s[name])
