@@ -182,7 +182,8 @@ def test_faithfulness_correlation_matches_quantus_with_the_same_subsets(tiny):
   print("faithfulness correlation, ours:", np.round(ours, 4), "Quantus:", np.round(ref, 4))
   np.testing.assert_allclose(ours, ref, atol=1e-4)
   # The seeded draw: distinct pixels per subset, a correlation per image.
-  seeded = metrics.faithfulness_correlation(module, variables, images, maps, labels, runs=runs)
+  seeded = metrics.faithfulness_correlation(module, variables, images, maps, labels, runs=runs,
+                                            subset_size=size)
   assert seeded.shape == (BATCH,) and np.all(np.abs(seeded) <= 1)
   subsets = np.asarray(metrics.random_subsets(jax.random.key(0), 2, 144, 3, 36))
   assert all(len(set(s)) == 36 for s in subsets.reshape(-1, 36))
@@ -208,7 +209,7 @@ def test_max_sensitivity_matches_quantus_with_the_same_noise(tiny):
   ref = _quantus(quantus.MaxSensitivity(nr_samples=samples, lower_bound=radius, normalise=False,
                                         return_aggregate=False, disable_warnings=True),
                  twin, images, labels, a[:, 0], explain_func=quantus_fn)
-  ours = metrics.max_sensitivity(ours_fn, images, labels, noise=noise)
+  ours = metrics.max_sensitivity(ours_fn, images, labels, noise=noise, batch_size=BATCH)
   print("max-sensitivity, ours:", np.round(ours, 4), "Quantus:", np.round(ref, 4))
   np.testing.assert_allclose(ours, ref, rtol=1e-4)
   assert np.all(ours > 0.01)

@@ -117,13 +117,14 @@ def _scores(module, variables, images, targets, softmax: bool):
 # --- Deletion and insertion.
 
 
-@functools.partial(jax.jit, static_argnames=("module", "counts", "insert", "softmax"))
+# `insert` is traced, not static: deletion and insertion share one compiled program.
+@functools.partial(jax.jit, static_argnames=("module", "counts", "softmax"))
 def _flip_curve(module, variables, images, baseline, ranks, targets, counts, insert, softmax):
   targets = common.resolve_targets(module.apply(variables, images, train=False), targets)
 
   def point(count):
     flipped = (ranks < count)[:, :, None].reshape(images.shape[:3] + (1,))
-    x = jnp.where(flipped, images, baseline) if insert else jnp.where(flipped, baseline, images)
+    x = jnp.where(flipped != insert, baseline, images)
     return _scores(module, variables, x, targets, softmax)[0]
 
   return jax.lax.map(point, jnp.asarray(counts)).T
@@ -137,7 +138,7 @@ def _curve(module, variables, images, maps, targets, steps, baseline, insert, so
   chunk = math.ceil(pixels / steps)
   counts = tuple(min(k * chunk, pixels) for k in range(steps + 1))
   scores = np.asarray(_flip_curve(module, variables, images, make_baseline(images, baseline),
-                                  _ranks(maps), targets, counts, insert, softmax))
+                                  _ranks(maps), targets, counts, jnp.bool_(insert), softmax))
   fractions = np.asarray(counts, np.float64) / pixels
   auc = np.trapezoid(scores, fractions, axis=1)
   return Curve(fractions, scores, auc)
@@ -209,13 +210,11 @@ def linear_imputation(images: jax.Array, removed: jax.Array, iterations: int | N
   return known + unknown * solution
 
 
-@functools.partial(jax.jit, static_argnames=("module", "counts", "lerf"))
-def _road(module, variables, images, ranks, targets, noise_key, noise, counts, lerf):
+@functools.partial(jax.jit, static_argnames=("module", "counts"))
+def _road(module, variables, images, ranks, targets, noise_key, noise, counts):
+  """MoRF over `ranks`; LeRF is MoRF over the reversed ranks (one compiled program for both)."""
   logits = module.apply(variables, images, train=False)
   targets = common.resolve_targets(logits, targets)
-  pixels = ranks.shape[1]
-  if lerf:
-    ranks = pixels - 1 - ranks
 
   def point(args):
     count, key = args
@@ -263,9 +262,11 @@ def road(module: nn.Module, variables: Any, images: Any, maps: Any, targets=None
   if bad:
     raise ExplainError(f"percentages must lie in [0, 100], got {bad}.")
   counts = tuple(int(pixels * p / 100) for p in percentages)
-  correct, probability = _road(module, variables, images, _ranks(maps), targets,
-                               jax.random.key(seed), jnp.float32(noise), counts,
-                               order == "lerf")
+  ranks = _ranks(maps)
+  if order == "lerf":
+    ranks = ranks.shape[1] - 1 - ranks
+  correct, probability = _road(module, variables, images, ranks, targets, jax.random.key(seed),
+                               jnp.float32(noise), counts)
   return RoadResult(np.asarray(percentages, np.float64), np.asarray(correct),
                     np.asarray(probability))
 
