@@ -20,6 +20,13 @@ the model saw nothing).
 each image gets NAME_METHOD.png, and grid_METHOD.png shows every image next to
 its overlay. A file name for several images is an error. Existing files are
 kept unless --overwrite is given; undecodable images are named and skipped.
+
+--metrics deletion,insertion,road_morf,road_lerf,faithfulness_correlation,
+max_sensitivity,pointing_game (or "all") scores the maps on the model's inputs
+(vision_jax.explain.metrics) next to maps drawn at random, prints the table and
+writes it as JSON (--metrics-out; default metrics_METHOD.json in the output
+directory, or beside the output file). pointing_game needs --boxes, a JSON file
+{"image file name": [x0, y0, x1, y1], ...} in model-input pixels.
 """
 
 from __future__ import annotations
@@ -62,7 +69,14 @@ def main(argv=None) -> int:
                       help="with --size input: enlarge small inputs to at least this many pixels "
                            "per side")
   parser.add_argument("--overwrite", action="store_true")
+  parser.add_argument("--metrics", type=_metric_list, default=(),
+                      help="comma-separated metrics to score the maps with, or 'all'")
+  parser.add_argument("--metrics-out", help="where to write the metrics table (.json)")
+  parser.add_argument("--boxes", help="JSON {image name: [x0, y0, x1, y1]} for pointing_game")
   args = parser.parse_args(argv)
+  if "pointing_game" in args.metrics and not args.boxes:
+    return common.report("--metrics pointing_game needs --boxes FILE.json (the object's box in "
+                         "each image); leave pointing_game out otherwise.")
 
   # pylint: disable=import-outside-toplevel
   from vision_jax import inference, output_paths
@@ -75,7 +89,8 @@ def main(argv=None) -> int:
     grid_path = (os.path.join(args.out, f"grid_{_slug(args.method)}.png") if to_directory
                  else None)
     map_paths = [os.path.splitext(o)[0] + ".npy" for o in outputs] if args.save_map else []
-    output_paths.refuse_overwrite(outputs + map_paths + [grid_path], args.overwrite)
+    metrics_path = _metrics_path(args) if args.metrics else None
+    output_paths.refuse_overwrite(outputs + map_paths + [grid_path, metrics_path], args.overwrite)
     model = inference.load_model(args.workdir, args.weights)
   except (output_paths.OutputError, FileExistsError, inference.LoadError) as e:
     return common.report(e)
@@ -93,6 +108,16 @@ def main(argv=None) -> int:
   except (explain.ExplainError, explain.PlacementError) as e:
     return common.report(e)
   explained = targets if targets is not None else model.logits(images).argmax(1)
+  if args.metrics:
+    try:
+      boxes = read_boxes(args.boxes, paths) if args.boxes else None
+      table = metrics_table(model, images, {args.method: maps}, explained, args.metrics,
+                            {args.method: _method_call(explain, model, args)}, boxes=boxes)
+    except (explain.ExplainError, OSError, ValueError) as e:
+      return common.report(e)
+    _write_json(output_paths.prepare(metrics_path), table)
+    print(format_table(table))
+    print(f"{metrics_path}: metrics table")
   bases, overlays = [], []
   for i, (path, image, heat) in enumerate(zip(paths, images, maps)):
     if args.size == "photo":
@@ -143,6 +168,81 @@ def compute_maps(explain, model, images, targets, args) -> np.ndarray:
                                         **options)
     out.append(np.asarray(maps))
   return np.concatenate(out)
+
+
+def _metric_list(text: str) -> tuple[str, ...]:
+  from vision_jax.explain import metrics  # pylint: disable=import-outside-toplevel
+  names = metrics.METRICS if text.strip() == "all" else tuple(
+      t.strip() for t in text.split(",") if t.strip())
+  unknown = [n for n in names if n not in metrics.METRICS]
+  if unknown or not names:
+    raise argparse.ArgumentTypeError(f"unknown metric {unknown[0] if unknown else text!r}; "
+                                     f"choose from {', '.join(metrics.METRICS)} or 'all'")
+  return names
+
+
+def _metrics_path(args) -> str:
+  if args.metrics_out:
+    return args.metrics_out
+  if os.path.splitext(args.out)[1].lower() == ".png":
+    return os.path.splitext(args.out)[0] + "_metrics.json"
+  return os.path.join(args.out, f"metrics_{_slug(args.method)}.json")
+
+
+def read_boxes(path: str, paths) -> np.ndarray:
+  """[N, 4] boxes for the read images, looked up by file name in the JSON file."""
+  import json  # pylint: disable=import-outside-toplevel
+  with open(path, encoding="utf-8") as f:
+    table = json.load(f)
+  missing = [os.path.basename(p) for p in paths if os.path.basename(p) not in table]
+  if missing:
+    raise ValueError(f"{path} has no box for {missing[0]} (keys are image file names).")
+  return np.asarray([table[os.path.basename(p)] for p in paths], np.float64)
+
+
+def _method_call(explain, model, args):
+  """(images, targets) -> upsampled maps: what max_sensitivity re-runs on noisy images."""
+  options = _METHOD_OPTIONS.get(args.method, lambda args, model: {})(args, model)
+  method = explain.METHODS[args.method]
+  return lambda x, t: method(model.module, model.variables, x, t, upsample=True, **options)
+
+
+def metrics_table(model, images, maps_by_method, targets, names, calls, *,
+                  boxes=None, seed: int = 0) -> dict:
+  """{method: {metric: mean}} for each method's maps, plus 'random' (uniform random maps).
+
+  The random row is the baseline a method must beat: maps that know nothing.
+  max_sensitivity has none (a random map does not depend on the input).
+  """
+  from vision_jax.explain import metrics  # pylint: disable=import-outside-toplevel
+  table = {}
+  images = np.asarray(images, np.float32)
+  rows = dict(maps_by_method)
+  rows["random"] = np.random.default_rng(seed).uniform(size=images.shape[:3]).astype(np.float32)
+  for name, maps in rows.items():
+    wanted = [m for m in names if not (name == "random" and m == "max_sensitivity")]
+    table[name] = metrics.evaluate(wanted, model.module, model.variables, images, maps, targets,
+                                   explain_fn=calls.get(name), boxes=boxes, seed=seed)
+  return table
+
+
+def format_table(table: dict) -> str:
+  """The metrics table as aligned text, one method a row, with each metric's better direction."""
+  from vision_jax.explain import metrics  # pylint: disable=import-outside-toplevel
+  columns = [m for m in metrics.METRICS if any(m in row for row in table.values())]
+  heads = [f"{m} ({'higher' if metrics.SUMMARIES[m] else 'lower'} better)" for m in columns]
+  width = max(len(k) for k in table) + 2
+  lines = ["method".ljust(width) + "  ".join(heads)]
+  for name, row in table.items():
+    cells = [(f"{row[m]:.3f}" if m in row else "-").ljust(len(h)) for m, h in zip(columns, heads)]
+    lines.append(name.ljust(width) + "  ".join(cells))
+  return "\n".join(lines)
+
+
+def _write_json(path: str, table: dict) -> None:
+  import json  # pylint: disable=import-outside-toplevel
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(table, f, indent=2, allow_nan=True)
 
 
 # The options this tool passes to a method of explain.METHODS; the others take their defaults.
