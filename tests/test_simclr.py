@@ -223,8 +223,11 @@ def test_projection_head_layout():
 
 
 def test_simclr_model_features_and_projections():
+  from tests.test_use_tools import random_variables  # pylint: disable=import-outside-toplevel
   model = tiny_model()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  # Drawn in numpy: flax's eager initialisers would compile each op, and the forward pass they
+  # run (one image) shares no compiled op with the five-image calls below.
+  variables = random_variables(model, (1, 8, 8, 3), train=False)
   assert set(variables["params"]) == {"encoder", "head"}
   images = jnp.asarray(np.random.default_rng(4).normal(size=(5, 8, 8, 3)), jnp.float32)
   z = model.apply(variables, images, train=False)
@@ -506,7 +509,14 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
   rng = np.random.default_rng(8)
   batch = {"image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
-  state0 = steps.create_train_state(jax.random.key(0), model, frozen_tx, (1, 8, 8, 1), False)
+  # Drawn in numpy: flax's eager initialisers would compile each op of a one-image forward pass
+  # that no later call shares (the step is jitted, the reference gradient takes 8 images).
+  from tests.test_use_tools import random_variables  # pylint: disable=import-outside-toplevel
+  variables = random_variables(model, (1, 8, 8, 1), train=False)
+  state0 = steps.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=frozen_tx.init(variables["params"]),
+      ema_params=None, rng=jax.random.key(0), first_nonfinite_step=jnp.full((), -1, jnp.int32))
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=frozen_tx, schedule=schedule,
                                    num_classes=3, freeze_bn=True, trainable="head/.*"))
   state = state0
