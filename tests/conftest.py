@@ -42,10 +42,11 @@ except ImportError:
   pass
 
 import importlib.util  # noqa: E402
+import logging  # noqa: E402
 import pytest  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from typing import NamedTuple  # noqa: E402
+from typing import Any, NamedTuple  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,3 +89,45 @@ def run_tool_process(name: str, *args, env=None, timeout: int = 600) -> ToolResu
   proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", name), *map(str, args)],
                         capture_output=True, text=True, env=env, timeout=timeout, check=False)
   return ToolResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+class SmokeRun(NamedTuple):
+  """A finished `configs/digits.py:smoke` run: its workdir (read it, do not write to it: copy it
+  first), config, final metrics and the messages it logged at INFO and above."""
+
+  workdir: Any
+  config: Any
+  final: dict
+  messages: list
+
+
+class _Messages(logging.Handler):
+  """Keeps the message of every record (caplog is per test; a session fixture needs its own)."""
+
+  def __init__(self):
+    super().__init__(logging.INFO)
+    self.messages = []
+
+  def emit(self, record):
+    self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="session")
+def digits_smoke_run(tmp_path_factory):
+  """The plain `configs/digits.py:smoke` run on all 8 devices (seed 3, so that a test can tell
+  the config's seed from the default), done once for every test that only reads such a run.
+  Its users are in the xdist group "digits_smoke", so one worker runs it."""
+  from vision_jax.config_util import load_config  # pylint: disable=import-outside-toplevel
+  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("digits_smoke")
+  config = load_config(os.path.join(ROOT, "configs", "digits.py"), "smoke", seed=3)
+  root = logging.getLogger()
+  handler, level = _Messages(), root.level
+  root.addHandler(handler)
+  root.setLevel(logging.INFO)
+  try:
+    final = trainer.train_and_evaluate(config, str(workdir))
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(level)
+  return SmokeRun(workdir, config, final, handler.messages)

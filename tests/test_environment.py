@@ -98,14 +98,12 @@ def test_compare_runs_shows_a_changed_seed_xla_flags_and_metric(tmp_path, monkey
 
 
 @pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
-def test_ci_size_trainer_run_writes_environment_json(tmp_path):
+def test_ci_size_trainer_run_writes_environment_json(digits_smoke_run):
   """A CI-size training run (configs/digits.py:smoke) leaves WORKDIR/environment.json."""
-  from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
-  # The plain smoke run: its compiled programs are shared with test_train's through the
-  # persistent compilation cache.
-  config = _smoke_config(seed=3)
-  trainer.train_and_evaluate(config, str(tmp_path))
-  record = environment.read_environment(str(tmp_path))
+  # The plain smoke run with seed=3, shared with test_train (conftest.py).
+  config = digits_smoke_run.config
+  assert config.seed == 3 and config.total_steps == _smoke_config().total_steps
+  record = environment.read_environment(str(digits_smoke_run.workdir))
   for field in REQUIRED_FIELDS:
     _lookup(record, field)
   assert record["config"]["seed"] == 3

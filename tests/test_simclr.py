@@ -223,8 +223,11 @@ def test_projection_head_layout():
 
 
 def test_simclr_model_features_and_projections():
+  from tests.test_use_tools import random_variables  # pylint: disable=import-outside-toplevel
   model = tiny_model()
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  # Drawn in numpy: flax's eager initialisers would compile each op, and the forward pass they
+  # run (one image) shares no compiled op with the five-image calls below.
+  variables = random_variables(model, (1, 8, 8, 3), train=False)
   assert set(variables["params"]) == {"encoder", "head"}
   images = jnp.asarray(np.random.default_rng(4).normal(size=(5, 8, 8, 3)), jnp.float32)
   z = model.apply(variables, images, train=False)
@@ -283,7 +286,10 @@ def test_simclr_train_step_learns_fixed_batch():
 def test_simclr_train_step_rejects_single_view_batch():
   model = tiny_model()
   tx = optim.make_optimizer(opt_config(name="sgd"), lambda s: 0.1)
-  state = make_state(model, tx)
+  # The shape check comes before any use of the state: its shapes are enough.
+  state = jax.eval_shape(functools.partial(steps.create_train_state, model=model, tx=tx,
+                                           input_shape=(1, 8, 8, 3), use_ema=False),
+                         jax.random.key(0))
   with pytest.raises(ValueError, match=r"\(B, 2, H, W, C\)"):
     simclr.simclr_train_step(state, {"image": jnp.zeros((4, 8, 8, 3))}, model=model, tx=tx,
                              schedule=lambda s: 0.1, temperature=0.5)
@@ -419,16 +425,19 @@ def _tiny(config):
 
 @pytest.fixture(scope="module")
 def simclr_runs(tmp_path_factory):
-  """The tiny recipe run for 4 steps straight, and as 2 + 2 (a restart from the step-2
-  checkpoint): (root, final metrics of each). The linear probe starts from the straight run."""
+  """The tiny recipe run for 4 steps straight, and as 2 + 2 (a restart from the straight run's
+  step-2 checkpoint, its workdir copied as it was then): (root, final metrics of each). The
+  linear probe starts from the straight run."""
+  import shutil  # pylint: disable=import-outside-toplevel
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("simclr_runs")
-  straight = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
-  final = trainer.train_and_evaluate(straight, str(root / "straight"))
-  first = _tiny(simclr_digits_config(**{"total_steps": 2}))
-  trainer.train_and_evaluate(first, str(root / "resumed"))
-  second = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 100}))
-  resumed = trainer.train_and_evaluate(second, str(root / "resumed"))
+  config = _tiny(simclr_digits_config(**{"total_steps": 4, "checkpoint_every_steps": 2}))
+  final = trainer.train_and_evaluate(config, str(root / "straight"))
+  # A copy cut back to step 2 resumes from there: a first 2-step run (and its final
+  # evaluation) is not computed again.
+  shutil.copytree(root / "straight", root / "resumed")
+  shutil.rmtree(root / "resumed" / "checkpoints" / "4")
+  resumed = trainer.train_and_evaluate(config, str(root / "resumed"))
   return root, final, resumed
 
 
@@ -500,7 +509,14 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
   rng = np.random.default_rng(8)
   batch = {"image": jnp.asarray(rng.normal(size=(8, 8, 8, 1)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 3, 8), jnp.int32)}
-  state0 = steps.create_train_state(jax.random.key(0), model, frozen_tx, (1, 8, 8, 1), False)
+  # Drawn in numpy: flax's eager initialisers would compile each op of a one-image forward pass
+  # that no later call shares (the step is jitted, the reference gradient takes 8 images).
+  from tests.test_use_tools import random_variables  # pylint: disable=import-outside-toplevel
+  variables = random_variables(model, (1, 8, 8, 1), train=False)
+  state0 = steps.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=frozen_tx.init(variables["params"]),
+      ema_params=None, rng=jax.random.key(0), first_nonfinite_step=jnp.full((), -1, jnp.int32))
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=frozen_tx, schedule=schedule,
                                    num_classes=3, freeze_bn=True, trainable="head/.*"))
   state = state0

@@ -1,7 +1,6 @@
 """The training engine: sharding, FSDP, multi-process, resume, failures, optimizers."""
 
 import functools
-import logging
 import os
 import re
 import subprocess
@@ -53,22 +52,23 @@ def run_main(args, devices=1, timeout=300, env_extra=None, popen=False):
 # Whole runs in this process (8 simulated devices).
 # ---------------------------------------------------------------------------
 @pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
-def test_train_and_eval_on_8_devices(tmp_path, caplog):
+def test_train_and_eval_on_8_devices(digits_smoke_run):
   assert jax.device_count() == 8
-  caplog.set_level(logging.INFO)
-  final = trainer.train_and_evaluate(digits_config(), str(tmp_path))
+  workdir, _, final, messages = digits_smoke_run  # conftest.py: configs/digits.py:smoke
   # The console shows each logged step once (our progress line), not also clu's copy.
-  step_lines = [r.getMessage() for r in caplog.records if "loss" in r.getMessage()]
+  step_lines = [m for m in messages if "loss" in m]
   assert len([m for m in step_lines if re.search(r"\bstep 2\b|\[2\]", m)]) == 1, step_lines
   assert final["eval_count"] == 360  # padded last batch masked: every test image once
   assert 0.0 <= final["eval_top1"] <= final["eval_top5"] <= 1.0
-  metrics = read_metrics(tmp_path)
+  metrics = read_metrics(workdir)
   assert [m["step"] for m in metrics if "loss" in m] == [2, 4]
   assert all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
-  assert os.listdir(tmp_path / "checkpoints")
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+  assert os.listdir(workdir / "checkpoints")
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
 
 
+# Its data-parallel run compiles the plain smoke run's programs (logging is on the host).
+@pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
 def test_fsdp_matches_data_parallel(tmp_path):
   dp = digits_config(log_every_steps=1)
   fsdp = digits_config(log_every_steps=1, fsdp=True)
@@ -120,11 +120,12 @@ def test_missing_config_field(tmp_path):
 
 
 @pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
-def test_workdir_of_another_model_is_refused(tmp_path):
-  trainer.train_and_evaluate(digits_config(), str(tmp_path))
+def test_workdir_of_another_model_is_refused(digits_smoke_run, tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.copytree(digits_smoke_run.workdir, tmp_path / "run")  # a finished cifar_resnet20 run
   other = digits_config(**{"model.name": "cifar_resnet32"})
   with pytest.raises(CheckpointError, match="different model.*cifar_resnet20.*cifar_resnet32"):
-    trainer.train_and_evaluate(other, str(tmp_path))
+    trainer.train_and_evaluate(other, str(tmp_path / "run"))
 
 
 def test_config_arguments_are_typed_and_checked():

@@ -45,17 +45,39 @@ def _run(tool: str, args: list[str], capsys):
   return run_tool_here(tool, *args, capsys=capsys)
 
 
+def random_variables(module, input_shape, seed=0, **init_kwargs):
+  """Random variables of `module`'s shapes, drawn with numpy (flax's initialisers run eagerly
+  compile one program per operation: about 25 s of CPU for a cifar_resnet20): kernels
+  N(0, 1/fan_in), norm scales and variances one, biases and means zero. `init_kwargs` go to
+  `module.init` (e.g. train=False)."""
+  import functools  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  shapes = jax.eval_shape(functools.partial(module.init, **init_kwargs), jax.random.key(0),
+                          jnp.zeros(input_shape))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, leaf.dtype)
+    if name in ("bias", "mean"):
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = max(int(np.prod(leaf.shape[:-1])), 1)
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   """A converted-weights directory of a tiny random classifier, and a folder of images."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   from vision_jax.weights import io as weights_io  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("tools")
   module = models.create_model("cifar_resnet20", num_classes=10)
-  variables = module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  variables = random_variables(module, (1, 32, 32, 3))
   weights = weights_io.save_converted(str(root / "weights"), variables, "cifar_resnet20", 10)
   images = root / "images"
   images.mkdir()
@@ -92,13 +114,11 @@ def test_tools_skip_bad_images_refuse_overwrites_and_name_bad_dirs(converted, ca
 
 
 def test_evaluate_reports_the_accuracy_of_the_weights_on_digits(capsys, tmp_path):
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   from vision_jax.data import digits_dataset  # pylint: disable=import-outside-toplevel
   from vision_jax.weights import io as weights_io  # pylint: disable=import-outside-toplevel
   module = models.create_model("cifar_resnet20", num_classes=10)
-  variables = module.init(jax.random.key(1), jnp.zeros((1, 16, 16, 1)))
+  variables = random_variables(module, (1, 16, 16, 1), seed=1)
   weights = weights_io.save_converted(str(tmp_path / "w"), variables, "cifar_resnet20", 10)
   metrics_path, confusion_path = str(tmp_path / "m.json"), str(tmp_path / "c.png")
   # Names are checked before anything is loaded: a file name with a suffix the tool cannot write.
