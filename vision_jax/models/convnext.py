@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax.models.depthwise import DepthwiseConv
 from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
                                       remat_block)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
@@ -127,9 +128,8 @@ class ConvNeXtBlock(nn.Module):
     width = x.shape[-1]
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=_init)
-    y = nn.Conv(width, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=width,
-                dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_init,
-                name="conv_dw")(x)
+    y = DepthwiseConv(width, (7, 7), padding=((3, 3), (3, 3)), dtype=self.dtype,
+                      param_dtype=self.param_dtype, kernel_init=_init, name="conv_dw")(x)
     y = _layer_norm("norm", self.dtype, self.param_dtype)(y)
     y = dense(self.mlp_ratio * width, name="mlp_fc1")(y)
     y = nn.gelu(y, approximate=False)

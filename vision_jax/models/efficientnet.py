@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax.models.depthwise import DepthwiseConv
 from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
                                       remat_block)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
@@ -205,12 +206,15 @@ class MBConv(nn.Module):
     padding: 'same' (TensorFlow) or 'symmetric' (PyTorch k // 2).
     conv: convolution constructor (dtype, no bias already bound).
     norm: BatchNorm constructor (train mode, momentum, epsilon already bound).
+    depthwise: depthwise convolution constructor (dtype, no bias, init already bound);
+      `DepthwiseConv` has nn.Conv's parameters and picks the fast path per backend.
   """
 
   config: BlockConfig
   padding: str
   conv: ModuleDef
   norm: ModuleDef
+  depthwise: ModuleDef = DepthwiseConv
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -225,9 +229,8 @@ class MBConv(nn.Module):
       y = self.conv(mid, (1, 1), padding="VALID", name="conv_pw")(y)
       y = nn.swish(self.norm(name="bn1")(y))
     mid = y.shape[-1]
-    y = self.conv(mid, (cfg.kernel, cfg.kernel), strides=cfg.stride,
-                  padding=_conv_padding(self.padding, cfg.kernel), feature_group_count=mid,
-                  kernel_init=_depthwise_init, name=dw_name)(y)
+    y = self.depthwise(mid, (cfg.kernel, cfg.kernel), strides=cfg.stride,
+                       padding=_conv_padding(self.padding, cfg.kernel), name=dw_name)(y)
     y = nn.swish(self.norm(name=dw_bn)(y))
     y = SqueezeExcite(cfg.se_features, conv=self.conv, name="se")(y)
     y = self.conv(cfg.out_features, (1, 1), padding="VALID", name=proj_name)(y)
@@ -297,6 +300,8 @@ class EfficientNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, param_dtype=self.param_dtype)
+    depthwise = functools.partial(DepthwiseConv, use_bias=False, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, kernel_init=_depthwise_init)
 
     x = jnp.asarray(x, self.dtype)
     x = conv(round_channels(self.stem_width, self.width_mult), (3, 3), strides=2,
@@ -304,8 +309,8 @@ class EfficientNet(nn.Module):
     x = nn.swish(norm(name="bn1")(x))
     for cfg in block_configs(self.width_mult, self.depth_mult, self.drop_path_rate,
                              self.stages, self.stem_width):
-      x = block_cls(cfg, self.padding, conv, norm, name=f"blocks_{cfg.stage}_{cfg.index}")(
-          x, train)
+      x = block_cls(cfg, self.padding, conv, norm, depthwise,
+                    name=f"blocks_{cfg.stage}_{cfg.index}")(x, train)
     x = conv(round_channels(self.head_width, self.width_mult), (1, 1), padding="VALID",
              name="conv_head")(x)
     x = nn.swish(norm(name="bn2")(x))
