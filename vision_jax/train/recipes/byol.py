@@ -46,19 +46,9 @@ class BYOL(Recipe):
     if "byol" not in config:
       raise ConfigError("recipe='byol' needs a config.byol block (head, knn, linear); see "
                         "configs/byol_digits.py.")
-    if not 0.0 < float(config.ema_decay or 0.0) < 1.0:
-      raise ConfigError(
-          f"config.ema_decay={config.ema_decay!r}: recipe='byol' keeps its target network in the "
-          "EMA slot, and config.ema_decay is the target's base momentum; set it in (0, 1), e.g. "
-          "0.996 (the paper's).")
+    ssl_monitor.check_ema_teacher(config, self.name, "target network")
     ssl_monitor.check_pretraining(config, self.name)
-    if dataset is None:  # the config-only pass (config_check); the trainer passes the data
-      return
-    if getattr(dataset, "views", 1) != 2:
-      raise ConfigError(
-          "recipe='byol' needs two augmented views of every training image: set "
-          "config.data.views=2 (digits, with augment='simclr'), or put 'two_views' in "
-          "config.data.preprocess_train.")
+    ssl_monitor.check_two_views(dataset, self.name, "two augmented views")
 
   def build_model(self, config: Any, dataset: Any, dtype: Any):
     del dataset  # no classifier

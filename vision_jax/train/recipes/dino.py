@@ -68,19 +68,9 @@ class DINO(Recipe):
     momentum = block.get("center_momentum", 0.9)
     if not 0.0 <= float(momentum) < 1.0:
       raise ConfigError(f"config.dino.center_momentum={momentum!r}: must be in [0, 1).")
-    if not 0.0 < float(config.ema_decay or 0.0) < 1.0:
-      raise ConfigError(
-          f"config.ema_decay={config.ema_decay!r}: recipe='dino' keeps its teacher in the EMA "
-          "slot, and config.ema_decay is the teacher's base momentum; set it in (0, 1), e.g. "
-          "0.996 (the paper's).")
+    ssl_monitor.check_ema_teacher(config, self.name, "teacher")
     ssl_monitor.check_pretraining(config, self.name)
-    if dataset is None:  # the config-only pass (config_check); the trainer passes the data
-      return
-    if getattr(dataset, "views", 1) != 2:
-      raise ConfigError(
-          "recipe='dino' needs two global crops of every training image: set "
-          "config.data.views=2 (digits, with augment='simclr'), or put 'two_views' in "
-          "config.data.preprocess_train.")
+    ssl_monitor.check_two_views(dataset, self.name, "two global crops")
 
   def build_model(self, config: Any, dataset: Any, dtype: Any):
     del dataset  # no classifier

@@ -16,16 +16,13 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import jax
-
-from vision_jax import data as data_lib
 from vision_jax import models
 from vision_jax.config_base import SIMCLR_DEFAULTS
 from vision_jax.config_fields import FieldChecks
 from vision_jax.config_util import ConfigError
 from vision_jax.models.heads import ProjectionHead
-from vision_jax.train import sharding as sharding_lib
 from vision_jax.train import simclr as simclr_lib
+from vision_jax.train.recipes import ssl_monitor
 from vision_jax.train.recipes.base import Recipe, model_overrides, register_recipe
 from vision_jax.train.recipes.supervised import eval_params
 
@@ -38,19 +35,6 @@ def build_model(config: Any, dtype: Any) -> simclr_lib.SimCLRModel:
   return simclr_lib.SimCLRModel(encoder=encoder, head=ProjectionHead(
       hidden_dim=head["hidden_dim"],
       out_dim=int(head["out_dim"]), num_layers=int(head["num_layers"]), dtype=dtype))
-
-
-def memory_data_config(config: Any) -> Any:
-  """config.data for the kNN / linear-probe memory: the training split, eval preprocessing."""
-  memory = config.data.copy_and_resolve_references()
-  with memory.unlocked():
-    memory.eval_split = (config.simclr.get("memory_split", None)
-                         or config.data.get("train_split", None) or "train")
-    if "views" in memory:
-      memory.views = 1
-    if "mix" in memory:
-      memory.mix = None
-  return memory
 
 
 class SimCLR(Recipe):
@@ -92,20 +76,8 @@ class SimCLR(Recipe):
         temperature=float(config.simclr.temperature), ema_decay=float(config.ema_decay or 0.0))
 
   def make_eval(self, config: Any, dataset: Any, model, mesh, batch_size: int):
-    memory = data_lib.get_dataset(memory_data_config(config))
-    feature_fn = jax.jit(functools.partial(simclr_lib.feature_step, model=model),
-                         out_shardings=sharding_lib.replicated(mesh))
-
-    def run_eval(state, final: bool = False) -> dict[str, float]:
-      params = eval_params(state)
-      train = simclr_lib.extract_features(feature_fn, params, state.batch_stats, memory,
-                                          batch_size, mesh)
-      test = simclr_lib.extract_features(feature_fn, params, state.batch_stats, dataset,
-                                         batch_size, mesh)
-      return simclr_lib.representation_metrics(train, test, config.simclr, dataset.num_classes,
-                                               linear=final)
-
-    return run_eval
+    return ssl_monitor.make_representation_eval(config, config.simclr, dataset, model, mesh,
+                                                batch_size, params_of=eval_params)
 
 
 register_recipe(SimCLR())

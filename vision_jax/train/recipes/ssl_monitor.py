@@ -65,6 +65,23 @@ def make_representation_eval(config: Any, block: Any, dataset: Any, model: Any, 
   return run_eval
 
 
+def check_ema_teacher(config: Any, name: str, what: str) -> None:
+  """BYOL's target and DINO's teacher live in the EMA slot: config.ema_decay is their momentum."""
+  if not 0.0 < float(config.ema_decay or 0.0) < 1.0:
+    raise ConfigError(
+        f"config.ema_decay={config.ema_decay!r}: recipe='{name}' keeps its {what} in the EMA "
+        f"slot, and config.ema_decay is the {what.split()[0]}'s base momentum; set it in (0, 1), "
+        "e.g. 0.996 (the paper's).")
+
+
+def check_two_views(dataset: Any, name: str, what: str) -> None:
+  """The two-view recipes need the pipeline's pair of augmented images per example."""
+  if dataset is not None and getattr(dataset, "views", 1) != 2:
+    raise ConfigError(
+        f"recipe='{name}' needs {what} of every training image: set config.data.views=2 "
+        "(digits, with augment='simclr'), or put 'two_views' in config.data.preprocess_train.")
+
+
 def check_pretraining(config: Any, name: str) -> None:
   """ConfigErrors shared by the label-free recipes: options that only supervised runs use."""
   if int(config.grad_accum_steps) > 1:
