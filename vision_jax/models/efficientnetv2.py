@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vision_jax.models.depthwise import DepthwiseConv
 from vision_jax.models.efficientnet import (PADDINGS, BlockConfig, MBConv, SqueezeExcite,
                                             _conv_init, _conv_padding, round_channels)
 from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
@@ -278,6 +279,9 @@ class EfficientNetV2(nn.Module):
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, param_dtype=self.param_dtype)
+    # MBConv's depthwise conv: nn.Conv's parameters, the fast path per backend (models/depthwise).
+    depthwise = functools.partial(DepthwiseConv, use_bias=False, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, kernel_init=_conv_init)
 
     x = jnp.asarray(x, self.dtype)
     x = conv(scale_channels(self.stem_width, self.width_mult, self.round_limit), (3, 3),
@@ -285,7 +289,8 @@ class EfficientNetV2(nn.Module):
     x = nn.swish(norm(name="bn1")(x))
     for cfg in block_configs(self.stages, self.width_mult, self.depth_mult,
                              self.drop_path_rate, self.stem_width, self.round_limit):
-      x = block_classes[cfg.kind](cfg, self.padding, conv, norm,
+      extra = {"depthwise": depthwise} if cfg.kind == "mbconv" else {}
+      x = block_classes[cfg.kind](cfg, self.padding, conv, norm, **extra,
                                   name=f"blocks_{cfg.stage}_{cfg.index}")(x, train)
     x = conv(self.head_width, (1, 1), padding="VALID", name="conv_head")(x)
     x = nn.swish(norm(name="bn2")(x))

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vision_jax.models.depthwise import DepthwiseConv
 from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
                                       remat_block)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, \
@@ -401,8 +402,10 @@ class MbConvBlock(nn.Module):
     elif self.stride == 2:
       dw_stride = 2
     x = act(bn(name="norm1")(conv(mid, (1, 1), name="conv1_1x1")(x)))
-    x = conv(mid, (3, 3), strides=dw_stride, padding=_pad(s, dw_stride), feature_group_count=mid,
-             name="conv2_kxk")(x)
+    # nn.Conv(feature_group_count=mid)'s parameters, the fast path per backend (models/depthwise).
+    x = DepthwiseConv(mid, (3, 3), strides=dw_stride, padding=_pad(s, dw_stride), use_bias=False,
+                      dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_init,
+                      name="conv2_kxk")(x)
     se_width = int(s.se_ratio * (self.out_width if s.expand_output else mid))
     se = functools.partial(SqueezeExcite, se_width, s.se_act, dtype=self.dtype,
                            param_dtype=self.param_dtype)
