@@ -72,7 +72,9 @@ def test_headless_features_and_load_errors(atto):
   sd = timm_state_dict(atto)
   headless = {k: v for k, v in sd.items() if not k.startswith("head.fc.")}
   module, variables = from_timm("convnext_atto", headless)
-  out = jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, jnp.zeros((1, 32, 32, 3)))
+  # Only the shape is asserted: a trace does, a compile of the whole atto would add nothing.
+  out = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables,
+                       jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
   assert module.num_classes == 0 and out.shape == (1, 320)
   bad = dict(sd)
   del bad["stages.2.blocks.5.gamma"]

@@ -352,13 +352,20 @@ def test_integrated_gradients_completeness_shrinks_with_steps(digits):
   assert errors[64] < errors[8] / 4 and errors[64] < 0.05
 
 
+_ONE_BLOCK_A_STAGE = {
+    "maxvit": {"depths": (1, 1, 1, 1)}, "coatnet": {"depths": (1, 1, 1, 1)},
+    "resnet_v2": {"layers": (1, 1, 1, 1)}, "efficientnet": {"depth_mult": 0.1},
+    "efficientnetv2": {"depth_mult": 0.1}, "vit": {"depth": 1}, "vit_hybrid": {"depth": 1},
+}
+
+
 def test_every_family_has_a_default_layer_and_gives_maps():
   """Traced (not compiled) for one small variant per registered family."""
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   from vision_jax.explain import cam, layers  # pylint: disable=import-outside-toplevel
-  variants = {}
-  for name in models.list_models():
-    variants.setdefault(models.model_info(name).family, name)
+  from tests import pins  # pylint: disable=import-outside-toplevel
+  # The smallest of each family: the layer rule is the family module's, whatever the size.
+  variants = pins.smallest_per_family()
   variants["vit_hybrid"] = "vit_tiny_r_s16_p8_224"
   assert {"resnet", "resnet_v2", "efficientnet", "vit"} <= set(variants)
   x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
@@ -367,8 +374,9 @@ def test_every_family_has_a_default_layer_and_gives_maps():
     # ViTs, MaxViT and CoAtNet are built for their input size (position tables, windows).
     built_for_size = family.startswith("vit") or family in ("maxvit", "coatnet")
     overrides = {"img_size": 64} if built_for_size else {}
-    if family in ("maxvit", "coatnet"):  # the first registered is 24 blocks deep: one a stage
-      overrides["depths"] = (1, 1, 1, 1)
+    # The default layer is where the family's module ends its feature maps (or, for ViTs,
+    # its last block): one block a stage (one transformer block) keeps that place.
+    overrides.update(_ONE_BLOCK_A_STAGE.get(family, {}))
     module = models.create_model(name, num_classes=5, **overrides)
     variables = jax.eval_shape(lambda x, m=module: m.init(jax.random.key(0), x), x)
     layer = layers.resolve_layer(module, None, x.shape, x.dtype)

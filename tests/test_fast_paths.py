@@ -22,7 +22,7 @@ import pytest
 from vision_jax import config_check, models
 from vision_jax.config_util import ConfigError, load_config
 from vision_jax.explain import rollout
-from vision_jax.models import vit
+from vision_jax.models import efficientnet, vit
 from vision_jax.train import steps
 from vision_jax.train.recipes import simclr as simclr_recipe
 from vision_jax.train.recipes.base import model_overrides
@@ -157,19 +157,23 @@ def test_rollout_recomputes_the_weights_the_fused_attention_applies():
 
 _B = 5  # an odd batch: the leading dim tells activations from parameters among the residuals
 
+_B0_HEAD = efficientnet.B0_STAGES[:2]
+# One entry per distinct kind of rematerialised block, each model as small as holds one of
+# each (the ViT hybrid's blocks are resnet_v2's and vit's: it has no entry of its own).
 _REMAT_MODELS = {
     # Stochastic depth on: remat must replay the same random masks in the backward pass.
     "vit": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=2,
                                          drop_path_rate=0.1)),
-    "hybrid": ("vit_tiny_r_s16_p8_224", dict(img_size=32, depth=1, backbone_layers=(1,))),
     # One bottleneck (three convs and the projection) after the stem.
     "resnet": ("resnet50", dict(stage_sizes=(1,), widths=(8,), stem="cifar", stem_width=8,
                                 drop_path_rate=0.1)),
     "resnet_v2": ("resnetv2_50x1_bit", dict(layers=(1, 1), channels=(128, 256), stem_chs=32)),
     "convnext": ("convnext_atto", dict(depths=(1, 1), widths=(16, 32))),
-    "efficientnet": ("efficientnet_b0", dict(width_mult=0.25, depth_mult=0.25)),
-    # An MBConv, a CoAtNet transformer and a MaxViT block, with stochastic depth.
-    "maxxvit": ("maxvit_tiny_tf_224", dict(img_size=32, depths=(1, 1, 1, 1), dim_head=8,
+    # One MBConv without expansion, then a strided and a residual one (B0's first two rows).
+    "efficientnet": ("efficientnet_b0", dict(width_mult=0.25, stages=_B0_HEAD)),
+    # An MBConv, a CoAtNet transformer and a MaxViT block, with stochastic depth (the last
+    # stage is empty: a second MaxViT block would add no block kind).
+    "maxxvit": ("maxvit_tiny_tf_224", dict(img_size=32, depths=(1, 1, 1, 0), dim_head=8,
                                            embed_dims=(8, 8, 16, 16), stem_width=(8, 8),
                                            head_hidden_size=8, block_types=("C", "T", "M", "M"),
                                            drop_path_rate=0.1)),
