@@ -27,6 +27,21 @@ SIZE = 8
 OVERRIDES = {"stage_sizes": (1,), "widths": (4,), "stem_width": 4}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cheap_random_bits():
+  """JAX's 'rbg' generator while these tests run, its default (threefry) restored after.
+
+  The tool draws fresh parameters (sanity checks) and random pixel subsets (metrics);
+  XLA on the CPU takes seconds to compile threefry's rounds and a fraction of that for
+  'rbg'. Nothing here depends on which bits are drawn, only on their being drawn.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  previous = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")
+  yield
+  jax.config.update("jax_default_prng_impl", previous)
+
+
 @pytest.fixture(scope="module")
 def digits_weights(tmp_path_factory):
   """Converted weights of a one-block cifar_resnet20 for 8 px digits, and a folder of PNGs.
