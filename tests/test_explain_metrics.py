@@ -210,8 +210,10 @@ def test_faithfulness_correlation_matches_quantus_with_the_same_subsets(tiny):
   seeded = metrics.faithfulness_correlation(module, variables, images, maps, labels, runs=runs,
                                             subset_size=size)
   assert seeded.shape == (BATCH,) and np.all(np.abs(seeded) <= 1)
-  subsets = np.asarray(metrics.random_subsets(jax.random.key(0), 2, 144, 3, 36))
-  assert all(len(set(s)) == 36 for s in subsets.reshape(-1, 36))
+  # The draw behind it (the same shapes: no new programs) holds distinct pixels per subset.
+  subsets = np.asarray(metrics.random_subsets(jax.random.key(0), BATCH, SIZE * SIZE, runs, size))
+  assert subsets.shape == (BATCH, runs, size)
+  assert all(len(set(s)) == size for s in subsets.reshape(-1, size))
 
 
 def test_max_sensitivity_matches_quantus_with_the_same_noise(tiny):
