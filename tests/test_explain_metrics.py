@@ -65,15 +65,40 @@ def _torch_twin(variables):
   return Twin().eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cheap_random_bits():
+  """JAX's 'rbg' generator while these tests run, its default (threefry) restored after.
+
+  The sanity checks draw fresh parameters, faithfulness correlation its subsets and ROAD
+  its noise keys; XLA on the CPU takes seconds to compile threefry's rounds and a
+  fraction of that for 'rbg'. The comparisons with Quantus hand over numpy's draws; the
+  rest depends on the bits being drawn, not on which.
+  """
+  previous = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")
+  yield
+  jax.config.update("jax_default_prng_impl", previous)
+
+
 @pytest.fixture(scope="module")
 def tiny():
   module = TinyNet()
   rng = np.random.default_rng(0)
   images = rng.standard_normal((BATCH, SIZE, SIZE, 1)).astype(np.float32)
-  variables = module.init(jax.random.key(0), jnp.asarray(images))
-  # A larger head spreads the probabilities, so that perturbations move them visibly.
-  variables = jax.tree.map(lambda a: a, variables)
-  variables["params"]["head"]["kernel"] = variables["params"]["head"]["kernel"] * 8
+
+  draw = np.random.default_rng(101)  # weights whose predictions differ between images
+
+  def dense(fan_in, shape, scale=1.0):  # LeCun normal, as flax's default init
+    return (scale * draw.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+  # Drawn in numpy: `init` would compile a random-number program for nothing. A larger
+  # head spreads the probabilities, so that perturbations move them visibly.
+  variables = {"params": {
+      "conv1": {"kernel": dense(9, (3, 3, 1, 8)), "bias": dense(1, 8, 0.1)},
+      "conv2": {"kernel": dense(72, (3, 3, 8, 8)), "bias": dense(1, 8, 0.1)},
+      "head": {"kernel": dense(8, (8, 10), 8.0), "bias": dense(1, 10, 0.1)}}}
+  assert jax.tree.map(np.shape, variables) == jax.tree.map(
+      np.shape, jax.eval_shape(module.init, jax.random.key(0), images))
   twin = _torch_twin(variables)
   logits = np.asarray(module.apply(variables, images))
   with torch.no_grad():
@@ -185,8 +210,10 @@ def test_faithfulness_correlation_matches_quantus_with_the_same_subsets(tiny):
   seeded = metrics.faithfulness_correlation(module, variables, images, maps, labels, runs=runs,
                                             subset_size=size)
   assert seeded.shape == (BATCH,) and np.all(np.abs(seeded) <= 1)
-  subsets = np.asarray(metrics.random_subsets(jax.random.key(0), 2, 144, 3, 36))
-  assert all(len(set(s)) == 36 for s in subsets.reshape(-1, 36))
+  # The draw behind it (the same shapes: no new programs) holds distinct pixels per subset.
+  subsets = np.asarray(metrics.random_subsets(jax.random.key(0), BATCH, SIZE * SIZE, runs, size))
+  assert subsets.shape == (BATCH, runs, size)
+  assert all(len(set(s)) == size for s in subsets.reshape(-1, size))
 
 
 def test_max_sensitivity_matches_quantus_with_the_same_noise(tiny):

@@ -22,11 +22,35 @@ from tests.conftest import run_tool_here
 pytestmark = pytest.mark.xdist_group("explain_report")
 
 IMAGES = 3
+SIZE = 8
+# One basic block of 4 channels: top-level parameterised layers conv1, bn1, layer1_0, head.
+OVERRIDES = {"stage_sizes": (1,), "widths": (4,), "stem_width": 4}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cheap_random_bits():
+  """JAX's 'rbg' generator while these tests run, its default (threefry) restored after.
+
+  The tool draws fresh parameters (sanity checks) and random pixel subsets (metrics);
+  XLA on the CPU takes seconds to compile threefry's rounds and a fraction of that for
+  'rbg'. Nothing here depends on which bits are drawn, only on their being drawn.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  previous = jax.config.jax_default_prng_impl
+  jax.config.update("jax_default_prng_impl", "rbg")
+  yield
+  jax.config.update("jax_default_prng_impl", previous)
 
 
 @pytest.fixture(scope="module")
 def digits_weights(tmp_path_factory):
-  """Converted weights of a cifar_resnet20 for 16 px digits, and a folder of digit PNGs."""
+  """Converted weights of a one-block cifar_resnet20 for 8 px digits, and a folder of PNGs.
+
+  The report and the --metrics option do not depend on the model's depth or width: a
+  ResNet with one 4-channel block (stem conv, its BatchNorm, the block, the head) runs
+  every code path that cifar_resnet20 does, at a fraction of the compile time. Its
+  weights are drawn in numpy (`init` would compile a random-number program for nothing).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
@@ -34,20 +58,26 @@ def digits_weights(tmp_path_factory):
   from vision_jax.data import digits_dataset  # pylint: disable=import-outside-toplevel
   from vision_jax.weights import io as weights_io  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("report")
-  module = models.create_model("cifar_resnet20", num_classes=10)
-  variables = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
-  weights = weights_io.save_converted(str(root / "weights"), variables, "cifar_resnet20", 10)
-  # Read the PNGs at 16 px, whole, in [-1, 1]: the digits model's input.
+  module = models.create_model("cifar_resnet20", num_classes=10, **OVERRIDES)
+  shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x),
+                          jax.ShapeDtypeStruct((1, SIZE, SIZE, 3), jnp.float32))
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, s: (np.ones(s.shape, np.float32) if path[-1].key == "var" else
+                       0.5 * rng.standard_normal(s.shape).astype(np.float32)), shapes)
+  weights = weights_io.save_converted(str(root / "weights"), variables, "cifar_resnet20", 10,
+                                      overrides=OVERRIDES)
+  # Read the PNGs at 8 px, whole, in [-1, 1]: the digits model's input.
   meta_path = os.path.join(weights, weights_io.METADATA_FILE)
   with open(meta_path, encoding="utf-8") as f:
     meta = json.load(f)
-  meta["preprocess"] = {"input_size": 16, "crop_pct": 1.0, "interpolation": "bilinear",
+  meta["preprocess"] = {"input_size": SIZE, "crop_pct": 1.0, "interpolation": "bilinear",
                         "mean": [0.5] * 3, "std": [0.5] * 3}
   with open(meta_path, "w", encoding="utf-8") as f:
     json.dump(meta, f)
   folder = root / "images"
   folder.mkdir()
-  images, _ = digits_dataset(image_size=16).eval
+  images, _ = digits_dataset(image_size=SIZE).eval
   for i in range(IMAGES):
     pixels = np.round((np.asarray(images[i, ..., 0]) + 1) * 127.5).astype(np.uint8)
     Image.fromarray(pixels).save(folder / f"digit{i}.png")
@@ -108,7 +138,9 @@ def test_report_page_shows_maps_metrics_and_sanity_curves_in_a_browser(digits_we
     assert float(row[1]) == pytest.approx(saved["metrics"][row[0]]["deletion"], abs=5e-4)
   cascade = saved["sanity"][0]
   assert cascade["mode"] == "cascading" and cascade["steps"][:2] == ["original", "head"]
-  assert len(cascade["steps"]) == 13 and cascade["ssim"]["gradcam"][0] == 1.0
+  # Every parameterised layer is re-drawn, from the head down.
+  assert cascade["steps"] == ["original", "head", "layer1_0", "bn1", "conv1"]
+  assert cascade["ssim"]["gradcam"][0] == 1.0
   # The same file again is refused; a metric that needs boxes without them is one line.
   code, _, err = run_tool_here("explain_report", *args, capsys=capsys)
   assert code == 2 and "exists; pass --overwrite" in err
@@ -136,7 +168,7 @@ def test_explain_metrics_option_writes_the_table_and_needs_boxes_for_pointing(di
                                                                              capsys, tmp_path):
   weights, folder, _ = digits_weights
   boxes = tmp_path / "boxes.json"
-  boxes.write_text(json.dumps({f"digit{i}.png": [0, 0, 16, 8] for i in range(IMAGES)}))
+  boxes.write_text(json.dumps({f"digit{i}.png": [0, 0, SIZE, SIZE // 2] for i in range(IMAGES)}))
   code, _, err = run_tool_here("explain", "--weights", weights, folder, "--out",
                                str(tmp_path / "maps"), "--metrics", "pointing_game",
                                capsys=capsys)
