@@ -54,7 +54,7 @@ def train(config, workdir: str) -> float:
 
 
 def run_seed(seed: int, workdir: str, *, pretrain_epochs: int = 20, shots: int = 10,
-             finetune_steps: int = 100, lr: float = 0.05, pretrain_dir: str | None = None,
+             finetune_steps: int = 100, lr: float = 0.02, pretrain_dir: str | None = None,
              num_devices: int | None = None) -> dict[str, float]:
   """One repetition: pretraining on 0-4, then fine-tuning on 5-9 from scratch and from it.
 
@@ -98,7 +98,7 @@ def main() -> None:
                       "run there is reused, so fine-tuning variants can share them")
   parser.add_argument("--shots", type=int, default=10, help="training images per class of 5-9")
   parser.add_argument("--finetune_steps", type=int, default=100)
-  parser.add_argument("--lr", type=float, default=0.05, help="fine-tuning peak learning rate")
+  parser.add_argument("--lr", type=float, default=0.02, help="fine-tuning peak learning rate")
   args = parser.parse_args()
   start = time.time()
   results = run(args)

@@ -98,18 +98,13 @@ def test_digits_transfer_beats_scratch(tmp_path):
   experiment = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(experiment)
   top1 = experiment.run_seed(0, str(tmp_path), num_devices=1)
-  # Few-shot fine-tuning is chaotic: the CPU's instruction set, core count and device count
-  # change its float rounding, and single runs move by several points (experiments/README.md).
-  # Measured (one device), seeds 0-4: pretraining 99.4-100%; pretrained 85.9 +- 2.2%
-  # (83.9-89.4), scratch 76.1 +- 3.6% (70.0-78.9), pretrained - scratch 5.6 to 13.9 points.
-  # This seed under --xla_cpu_max_isa=AVX2 / SSE4_2: 85.0 vs 77.8 / 90.6 vs 77.8; on the
-  # machine of issue 15: 88.3 vs 78.9. The bounds sit below the worst case: 2.4 points for
-  # pretraining, 5.9 for the pretrained run, 5.6 for the gap (its worst seed and ISA).
-  # (The former 40-step version held at seed 0 only: gaps +37.2, -0.6, -7.2, +4.4, -0.6 points
-  # over seeds 0-4 on 8 devices.)
+  # Protocol of issue 29 (fine-tuning lr 0.02): measured over 5 seeds at every instruction-set
+  # level XLA accepts here, 1 and 2 cores, 1 and 8 devices (34 runs, experiments/README.md):
+  # pretraining 98.3-100%, pretrained 78.9-88.3%, scratch 41.7-53.3%, gap 30.6-42.2 points.
+  # Bounds below the worst case: pretraining 1.3 points, pretrained 8.9, gap 15.6.
   assert top1["pretrain_01234"] > 0.97, top1
-  assert top1["pretrained"] > 0.78, top1
-  assert top1["pretrained"] > top1["scratch"], top1
+  assert top1["pretrained"] > 0.70, top1
+  assert top1["pretrained"] - top1["scratch"] > 0.15, top1
 
 
 def test_match_encoder_nesting_both_ways():
