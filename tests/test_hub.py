@@ -275,13 +275,14 @@ def test_errors_unknown_tag_unimplemented_architecture_and_offline(hub_cache):
   # The trainer's config check says the same before any work (no workdir is created).
   from vision_jax import config_check  # pylint: disable=import-outside-toplevel
   from vision_jax.config_base import base_config  # pylint: disable=import-outside-toplevel
+  from vision_jax.config_fields import FieldChecks  # pylint: disable=import-outside-toplevel
   from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
   for init_from, expected in [("timm:convnext_tiny.fb_in22k", "hf download"),
                               ("timm:resnext50_32x4d.a1h_in1k", "not implemented")]:
     config = base_config()
     config.init_from = init_from
     with pytest.raises(ConfigError) as e:
-      config_check._check_init_from(config_check._Checks(config))  # pylint: disable=protected-access
+      config_check._check_init_from(FieldChecks(config))  # pylint: disable=protected-access
     assert expected in _one_line(e) and e.value.args[0].startswith("config.init_from=")
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from vision_jax import models
 from vision_jax.models import efficientnet
+from vision_jax.models import efficientnetv2
 
 from tests import pins
 
@@ -36,7 +37,20 @@ GRAD_STEP = {
     "vit_tiny_patch16_224": {"depth": 2},
     "vit_tiny_r_s16_p8_224": {"depth": 1},
     "convnext_atto": {"depths": (1, 1, 1, 1), "widths": (8, 8, 16, 16)},
+    # A fused (expanded) stage and a depthwise MBConv stage with SE.
+    "efficientnetv2_s": {"stages": (
+        efficientnetv2.StageSpec("fused", 1, 8, stride=2, expand=2),
+        efficientnetv2.StageSpec("mbconv", 1, 16, stride=2, expand=2, se_ratio=0.25)),
+                         "stem_width": 8, "head_width": 32},
+    # MBConv stages, then block and grid attention (MaxViT), or attention over the whole map
+    # (CoAtNet), at 64 px: 2x2 windows in every stage.
+    "maxvit_tiny_tf_224": {"embed_dims": (8, 8, 16, 16), "depths": (1, 1, 1, 1),
+                           "stem_width": (8, 8), "dim_head": 8, "head_hidden_size": 8},
+    "coatnet_0_rw_224": {"embed_dims": (8, 8, 16, 16), "depths": (1, 1, 1, 1),
+                         "stem_width": (8, 8), "dim_head": 8},
 }
+# Families whose stage layout needs a larger image than 32 px (windows of side image / 32).
+_SIZE_64 = ("maxvit", "coatnet")
 
 
 def tiny_setup(name, num_classes=10, **kw):
@@ -45,6 +59,8 @@ def tiny_setup(name, num_classes=10, **kw):
   if info.family == "vit":
     size = 64 if "_r" in name else 32
     return models.create_model(name, num_classes=num_classes, img_size=size, **kw), size
+  if info.family in _SIZE_64:
+    return models.create_model(name, num_classes=num_classes, img_size=64, **kw), 64
   return models.create_model(name, num_classes=num_classes, **kw), 32
 
 
@@ -70,6 +86,10 @@ def numpy_variables(module, size, seed=0):
 FORWARD_ELSEWHERE = {
     "vgg": "tests/test_vgg.py (every VGG has over 130M parameters; run there at 1/8 width)",
     "resnet_v2": "tests/test_resnet_v2.py (BiT R50x1 against timm at 64 px)",
+    "efficientnetv2": "tests/test_efficientnetv2.py (against timm, both padding styles, on a "
+                      "3-stage table)",
+    "maxvit": "tests/test_maxxvit.py (against timm at 1/4 width, 64 px)",
+    "coatnet": "tests/test_maxxvit.py (against timm at 1/4 width, 64 px)",
 }
 
 

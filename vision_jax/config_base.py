@@ -14,10 +14,11 @@ line, and `DURATION_DEFAULTS` says what an unset duration means.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
-
+if TYPE_CHECKING:
+  import ml_collections
 
 
 class Unset:
@@ -35,6 +36,12 @@ class Unset:
 
 
 placeholder = Unset
+
+
+def _ml_collections():
+  # Imported when a config is built: the constants below (DTYPES, the defaults) are read by
+  # tools that run where ml_collections is not installed (tools/accelerator_report.py).
+  return importlib.import_module("ml_collections")
 
 DURATION_UNITS = ("steps", "epochs", "examples")
 
@@ -143,7 +150,7 @@ RECIPE_BLOCKS: dict[str, dict[str, Any]] = {"simclr": SIMCLR_DEFAULTS}
 def fresh(value: Any) -> Any:
   """A default as a config stores it: a new placeholder for an `Unset`, copies of containers."""
   if isinstance(value, Unset):
-    return ml_collections.config_dict.placeholder(value.kind)
+    return _ml_collections().config_dict.placeholder(value.kind)
   if isinstance(value, dict):
     return {k: fresh(v) for k, v in value.items()}
   return value
@@ -154,7 +161,7 @@ def fresh_all(defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 def _duration_fields(prefix: str) -> dict[str, Any]:
-  return {f"{prefix}_{unit}": ml_collections.config_dict.placeholder(
+  return {f"{prefix}_{unit}": _ml_collections().config_dict.placeholder(
       float if unit == "epochs" else int) for unit in DURATION_UNITS}
 
 
@@ -164,14 +171,14 @@ def base_config() -> ml_collections.ConfigDict:
   `config.model`, `config.schedule` and `config.optimizer` exist with their
   defaults; `config.data` is the config's own (see docs/data.md).
   """
-  config = ml_collections.ConfigDict(fresh_all(TRAINER_DEFAULTS))
+  config = _ml_collections().ConfigDict(fresh_all(TRAINER_DEFAULTS))
   for prefix in DURATION_DEFAULTS:
     if prefix != "warmup":
       config.update(_duration_fields(prefix))
-  config.model = ml_collections.ConfigDict(fresh_all(MODEL_DEFAULTS))
-  config.schedule = ml_collections.ConfigDict(
+  config.model = _ml_collections().ConfigDict(fresh_all(MODEL_DEFAULTS))
+  config.schedule = _ml_collections().ConfigDict(
       {**fresh_all(SCHEDULE_DEFAULTS), **_duration_fields("warmup")})
-  config.optimizer = ml_collections.ConfigDict(fresh_all(OPTIMIZER_DEFAULTS))
+  config.optimizer = _ml_collections().ConfigDict(fresh_all(OPTIMIZER_DEFAULTS))
   return config
 
 
@@ -193,7 +200,7 @@ def with_defaults(config: Any) -> ml_collections.ConfigDict:
   a recipe can read its own block (`config.simclr`).
   """
   merged = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") \
-      else ml_collections.ConfigDict(config)
+      else _ml_collections().ConfigDict(config)
   with merged.unlocked():
     for key, value in TRAINER_DEFAULTS.items():
       if key not in merged:
@@ -204,7 +211,7 @@ def with_defaults(config: Any) -> ml_collections.ConfigDict:
       blocks.append((merged.recipe, RECIPE_BLOCKS[merged.recipe]))
     for block, defaults in blocks:
       if block not in merged or merged[block] is None:
-        merged[block] = ml_collections.ConfigDict()
+        merged[block] = _ml_collections().ConfigDict()
       _fill(merged[block], defaults)
   return merged
 

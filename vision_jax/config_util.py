@@ -7,9 +7,10 @@ import math
 import os
 import re
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ml_collections
+if TYPE_CHECKING:
+  import ml_collections
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       result[key] = True
       continue
     result[key] = _convert(key, value.strip(), default)
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  # (here: ConfigError and the duration helpers are used where ml_collections is absent)
   return ml_collections.ConfigDict(result)
 
 

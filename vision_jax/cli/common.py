@@ -38,21 +38,34 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
                       help="print the traceback behind an error (for bug reports)")
 
 
+# The exceptions that mean "the input is wrong" (not a bug), by module and name.
+_USER_ERRORS = (("vision_jax.config_util", "ConfigError"),
+                ("vision_jax.data.errors", "DatasetError"),
+                ("vision_jax.models.registry", "ModelError"),
+                ("vision_jax.train.checkpoint", "CheckpointError"),
+                ("vision_jax.weights.errors", "WeightLoadError"),
+                ("vision_jax.train.trainer", "NonFiniteLossError"))
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
-  """The exceptions that mean "the input is wrong" (not a bug): reported in one line."""
-  # pylint: disable=import-outside-toplevel
-  from vision_jax.config_util import ConfigError
-  from vision_jax.data.errors import DatasetError
-  from vision_jax.models import registry
-  from vision_jax.train.checkpoint import CheckpointError
-  from vision_jax.weights import WeightLoadError
-  types = [CommandLineError, ConfigError, DatasetError, CheckpointError, WeightLoadError]
-  if hasattr(registry, "ModelError"):
-    types.append(registry.ModelError)
-  trainer = sys.modules.get("vision_jax.train.trainer")
-  if trainer is not None and hasattr(trainer, "NonFiniteLossError"):
-    types.append(trainer.NonFiniteLossError)
+  """The exceptions that mean "the input is wrong" (not a bug): reported in one line.
+
+  Only modules already imported are asked: an error class whose module was never imported
+  cannot have been raised, and importing it here would pull in what a tool does not need
+  (orbax, ml_collections on an accelerator machine that lacks them).
+  """
+  types = [CommandLineError]
+  for module, name in _USER_ERRORS:
+    error = getattr(sys.modules.get(module), name, None)
+    if isinstance(error, type) and error not in types:
+      types.append(error)
   return tuple(types)
+
+
+def _is_usage_error(error: BaseException) -> bool:
+  config_error = getattr(sys.modules.get("vision_jax.config_util"), "ConfigError", None)
+  return isinstance(error, CommandLineError) or (
+      config_error is not None and isinstance(error, config_error))
 
 
 def error_line(error: BaseException | str) -> str:
@@ -85,8 +98,7 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
     if verbose:
       traceback.print_exc(file=sys.stderr)
     print(error_line(e), file=sys.stderr, flush=True)
-    from vision_jax.config_util import ConfigError  # pylint: disable=import-outside-toplevel
-    return EXIT_USAGE if isinstance(e, (CommandLineError, ConfigError)) else EXIT_FAILED
+    return EXIT_USAGE if _is_usage_error(e) else EXIT_FAILED
 
 
 def entry_point(main: Callable[[Sequence[str] | None], int]) -> Callable[[], None]:
