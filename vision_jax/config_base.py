@@ -43,6 +43,7 @@ def _ml_collections():
   # tools that run where ml_collections is not installed (tools/accelerator_report.py).
   return importlib.import_module("ml_collections")
 
+
 DURATION_UNITS = ("steps", "epochs", "examples")
 
 # The compute dtypes of config.dtype, by name (jnp.dtype(name) is the dtype). The

@@ -56,16 +56,20 @@ def user_error_types() -> tuple[type[BaseException], ...]:
   """
   types = [CommandLineError]
   for module, name in _USER_ERRORS:
-    error = getattr(sys.modules.get(module), name, None)
-    if isinstance(error, type) and error not in types:
+    error = _imported_class(module, name)
+    if error is not None and error not in types:
       types.append(error)
   return tuple(types)
 
 
+def _imported_class(module: str, name: str) -> type | None:
+  found = getattr(sys.modules.get(module), name, None)
+  return found if isinstance(found, type) else None
+
+
 def _is_usage_error(error: BaseException) -> bool:
-  config_error = getattr(sys.modules.get("vision_jax.config_util"), "ConfigError", None)
-  return isinstance(error, CommandLineError) or (
-      config_error is not None and isinstance(error, config_error))
+  usage = (CommandLineError, _imported_class("vision_jax.config_util", "ConfigError"))
+  return isinstance(error, tuple(t for t in usage if t is not None))
 
 
 def error_line(error: BaseException | str) -> str:
