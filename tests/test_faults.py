@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vision_jax import config_check, console, main
+from vision_jax import config_check, console, main, startup
 from vision_jax.config_util import ConfigError, load_config
 from vision_jax.data import DatasetError
 
@@ -185,7 +185,7 @@ NATIVE_NOISE = [  # what `import tensorflow` writes to descriptor 2 (twice), fro
 
 
 def test_native_start_up_lines_go_to_the_log_file_and_the_rest_stays(tmp_path, capfd, monkeypatch):
-  """The first import of a module named to `_QuietFirstImport` keeps absl's notice and native
+  """The first import of a module wrapped in `native_stderr_captured` keeps absl's notice and native
   INFO lines off the console (into run.log); a native warning and Python's output stay."""
   kept = ["W0000 00:00:1796397089.2    5204 gpu.cc:1] a native warning stays",
           "a line from Python stays"]
@@ -194,7 +194,8 @@ def test_native_start_up_lines_go_to_the_log_file_and_the_rest_stays(tmp_path, c
         f"print({kept[1]!r}, file=sys.stderr)\n")
   monkeypatch.syspath_prepend(str(tmp_path))
   monkeypatch.setattr(console, "startup_lines", [])
-  monkeypatch.setattr(sys, "meta_path", [console._QuietFirstImport(["noisy_native"]), *sys.meta_path])
+  hook = startup.FirstImportHook({"noisy_native": [console.native_stderr_captured]})
+  monkeypatch.setattr(sys, "meta_path", [hook, *sys.meta_path])
   import importlib.util  # pylint: disable=import-outside-toplevel
   console_text(capfd)
   try:

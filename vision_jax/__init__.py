@@ -6,12 +6,15 @@ stays light (no JAX, no TensorFlow).
 """
 
 from vision_jax import console as _console
+from vision_jax import startup as _startup
 
 __version__ = "0.1.0"
 
 # Before anything imports TensorFlow: its native start-up lines go to the log file, not the
 # console (see vision_jax/console.py; --verbose keeps them).
 _console.quiet_native_startup()
+# Nor does TensorFlow or TensorBoard load Keras, which nothing here uses (vision_jax/startup.py).
+_startup.defer_keras()
 
 
 def __getattr__(name: str):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.abc
 import logging
 import os
 import re
@@ -45,6 +44,8 @@ import sys
 import tempfile
 import time
 from typing import Iterator, Sequence
+
+from vision_jax import startup
 
 VERBOSE_ENV = "VISION_JAX_VERBOSE"
 LOG_FILE = "run.log"
@@ -112,43 +113,6 @@ def native_stderr_captured() -> Iterator[None]:
         data = data[os.write(2, data):]
 
 
-class _QuietFirstImport(importlib.abc.MetaPathFinder):
-  """Runs the first import of each named module inside `native_stderr_captured`.
-
-  It finds the module with the other finders, then wraps that one spec's
-  loader.exec_module; the module, its loader and its spec are otherwise the
-  ones Python would have used.
-  """
-
-  def __init__(self, names: Sequence[str]):
-    self._names = set(names)
-
-  def find_spec(self, fullname, path, target=None):
-    # Every lookup is answered (a library may probe with importlib.util.find_spec before
-    # importing); once imported, the module is found in sys.modules and no lookup comes.
-    if fullname not in self._names:
-      return None
-    for finder in sys.meta_path:
-      if finder is self or not hasattr(finder, "find_spec"):
-        continue
-      spec = finder.find_spec(fullname, path, target)
-      if spec is not None:
-        break
-    else:
-      return None
-    loader = spec.loader
-    if loader is None or not hasattr(loader, "exec_module"):
-      return spec
-    execute = loader.exec_module
-
-    def exec_module(module):
-      with native_stderr_captured():
-        execute(module)
-
-    loader.exec_module = exec_module  # this loader instance serves this one module
-    return spec
-
-
 def quiet_native_startup() -> None:
   """Keeps the native libraries' start-up INFO lines off the console (see the module doc).
 
@@ -158,9 +122,8 @@ def quiet_native_startup() -> None:
   if verbose_requested():
     return
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-  names = [n for n in _QUIET_IMPORTS if n not in sys.modules]
-  if names and not any(isinstance(f, _QuietFirstImport) for f in sys.meta_path):
-    sys.meta_path.insert(0, _QuietFirstImport(names))
+  for name in _QUIET_IMPORTS:
+    startup.wrap_first_import(name, native_stderr_captured)
 
 
 # ---------------------------------------------------------------------------
