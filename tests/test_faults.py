@@ -27,7 +27,7 @@ from vision_jax import config_check, console, main, startup
 from vision_jax.config_util import ConfigError, load_config
 from vision_jax.data import DatasetError
 
-from tests.conftest import ROOT  # noqa: E402  (the repository root)
+from tests.conftest import ROOT, xla_flags  # noqa: E402  (ROOT: the repository root)
 DIGITS = os.path.join(ROOT, "configs", "digits.py")
 TRANSFER = os.path.join(ROOT, "configs", "transfer.py")
 
@@ -671,8 +671,7 @@ def test_files_that_become_unreadable_mid_run_are_skipped_counted_and_named(tmp_
 def start_main(args, log_path, devices=2):
   """`python -m vision_jax.main ARGS` in the background, its console (stdout and stderr) in
   `log_path`."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             PYTHONPATH=ROOT,
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), PYTHONPATH=ROOT,
              # Compiled steps are shared through a cache: each restart skips the compilation.
              JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(log_path), "jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",

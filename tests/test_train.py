@@ -19,7 +19,7 @@ from vision_jax.data import DatasetError
 from vision_jax.train import optim, steps, trainer
 from vision_jax.train.checkpoint import CheckpointError
 
-from tests.conftest import ROOT  # noqa: E402  (the repository root)
+from tests.conftest import ROOT, xla_flags  # noqa: E402  (ROOT: the repository root)
 
 
 def config_file(name, arg="smoke", **changes):
@@ -39,8 +39,7 @@ def losses(workdir):
 
 
 def run_main(args, devices=1, timeout=300, env_extra=None, popen=False):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **(env_extra or {}))
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices), TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT, **(env_extra or {}))
   cmd = [sys.executable, "-m", "vision_jax.main"] + args
   if popen:
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
@@ -234,7 +233,9 @@ def test_cpu_initialisation_at_opt_level_1_is_bitwise_the_default(name, override
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   rng = jax.random.key(7)
   fast = steps.init_state(init, rng, replicated)
-  default = jax.jit(init, out_shardings=replicated)(rng)
+  # XLA's default level, explicitly: the tests' own XLA_FLAGS lower it (tests/conftest.py).
+  default = jax.jit(init, out_shardings=replicated).lower(rng).compile(
+      compiler_options={"xla_backend_optimization_level": 2})(rng)
 
   def leaves(state):
     return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
