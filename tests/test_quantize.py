@@ -17,7 +17,7 @@ def tiny():
   """A 3-block CIFAR ResNet with BatchNorm, and float32, int8 and QAT logits from one program."""
   module = models.create_model("cifar_resnet20", num_classes=10, stage_sizes=(1, 1, 1))
   images = jax.random.normal(jax.random.key(0), (64, 16, 16, 1))
-  variables = module.init(jax.random.key(1), images[:1])
+  variables = jax.jit(module.init)(jax.random.key(1), images[:1])  # eager: op by op, slower
   int8_module = quantize.int8_model(module)
   int8_variables = quantize.quantize_variables(int8_module, variables, images)
   qat_module = quantize.qat_model(module)
