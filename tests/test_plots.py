@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import tool_module
 from vision_jax import plots
+from vision_jax.eval import analysis
 
 
 
@@ -169,21 +170,21 @@ def test_confusion_matrix_counts_match_scikit_learn():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 5, 200)
   predictions = np.where(rng.random(200) < 0.7, labels, rng.integers(0, 5, 200))
-  matrix = plots.confusion_matrix(labels, predictions, num_classes=6)
+  matrix = analysis.confusion_matrix(labels, predictions, num_classes=6)
   assert matrix.shape == (6, 6) and matrix.dtype == np.int64
   np.testing.assert_array_equal(matrix, sk_confusion(labels, predictions, labels=range(6)))
   assert matrix.sum() == 200 and matrix[5].sum() == 0
-  np.testing.assert_array_equal(plots.confusion_matrix([0, 1, 1, 2], [0, 2, 1, 2]),
+  np.testing.assert_array_equal(analysis.confusion_matrix([0, 1, 1, 2], [0, 2, 1, 2]),
                                 [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
 
 
 def test_confusion_matrix_errors():
-  with pytest.raises(plots.PlotError, match="3 labels but 2 predictions"):
-    plots.confusion_matrix([0, 1, 2], [0, 1])
-  with pytest.raises(plots.PlotError, match="prediction 4 is outside"):
-    plots.confusion_matrix([0, 1], [0, 4], num_classes=3)
-  with pytest.raises(plots.PlotError, match="argmax"):
-    plots.confusion_matrix([0, 1], np.array([0.2, 0.9]))
+  with pytest.raises(analysis.AnalysisError, match="3 labels but 2 predictions"):
+    analysis.confusion_matrix([0, 1, 2], [0, 1])
+  with pytest.raises(analysis.AnalysisError, match="prediction 4 is outside"):
+    analysis.confusion_matrix([0, 1], [0, 4], num_classes=3)
+  with pytest.raises(analysis.AnalysisError, match="argmax"):
+    analysis.confusion_matrix([0, 1], np.array([0.2, 0.9]))
 
 
 def test_plot_confusion_matrix_writes_the_counts_and_the_accuracy(tmp_path):
@@ -238,7 +239,7 @@ def _nearest_centroid_accuracy(points, labels):
 @pytest.mark.parametrize("method", ["pca", "tsne"])
 def test_project_2d_keeps_separated_classes_apart(method):
   features, labels = _clusters()
-  points = plots.project_2d(features, method)
+  points = analysis.project_2d(features, method)
   assert points.shape == (60, 2)
   assert _nearest_centroid_accuracy(points, labels) == 1.0
   if method == "pca":  # the first component carries the most variance
@@ -246,10 +247,10 @@ def test_project_2d_keeps_separated_classes_apart(method):
 
 
 def test_project_2d_and_embedding_errors():
-  with pytest.raises(plots.PlotError, match="choose 'pca' or 'tsne'"):
-    plots.project_2d(np.zeros((5, 3)), "umap")
-  with pytest.raises(plots.PlotError, match="NaN or Inf"):
-    plots.project_2d(np.full((5, 3), np.nan))
+  with pytest.raises(analysis.AnalysisError, match="choose 'pca' or 'tsne'"):
+    analysis.project_2d(np.zeros((5, 3)), "umap")
+  with pytest.raises(analysis.AnalysisError, match="NaN or Inf"):
+    analysis.project_2d(np.full((5, 3), np.nan))
   with pytest.raises(plots.PlotError, match="5 feature rows but 4 labels"):
     plots.plot_embedding(np.zeros((5, 3)), [0, 1, 0, 1])
 

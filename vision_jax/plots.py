@@ -1,5 +1,9 @@
 """Pictures instead of log lines: training curves, confusion matrix, image grid, 2-D embedding.
 
+This module only draws. The numbers behind the pictures are computed elsewhere:
+the confusion matrix and the 2-D projection in `vision_jax.eval.analysis`, the
+metrics of a run by `vision_jax.train.metrics`.
+
 Every function builds and returns a `matplotlib.figure.Figure` drawn with the
 Agg canvas. No pyplot state is touched, so this works headless (CI, a TPU VM
 over SSH) and inside notebooks alike: a notebook shows the returned figure when
@@ -23,10 +27,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vision_jax.eval import analysis
 from vision_jax.train import metrics as metrics_lib
 
 
@@ -195,35 +200,6 @@ def training_curves(workdirs: str | Sequence[str], names: Sequence[str] | None =
   return fig
 
 
-def confusion_matrix(labels: Iterable[int], predictions: Iterable[int],
-                     num_classes: int | None = None) -> np.ndarray:
-  """Counts [true class, predicted class] as int64.
-
-  Raises:
-    PlotError: different lengths, or a class outside [0, num_classes).
-  """
-  labels = np.asarray(list(labels) if not hasattr(labels, "shape") else labels).reshape(-1)
-  predictions = np.asarray(
-      list(predictions) if not hasattr(predictions, "shape") else predictions).reshape(-1)
-  if labels.shape != predictions.shape:
-    raise PlotError(f"confusion_matrix: {labels.size} labels but {predictions.size} "
-                    "predictions; give one prediction per example.")
-  if labels.size and not (np.issubdtype(labels.dtype, np.integer)
-                          and np.issubdtype(predictions.dtype, np.integer)):
-    raise PlotError("confusion_matrix takes integer class indices; pass logits.argmax(-1), "
-                    "not logits or probabilities.")
-  if num_classes is None:
-    num_classes = int(max(labels.max(initial=-1), predictions.max(initial=-1))) + 1
-  for what, values in (("label", labels), ("prediction", predictions)):
-    bad = values[(values < 0) | (values >= num_classes)]
-    if bad.size:
-      raise PlotError(f"confusion_matrix: {what} {int(bad[0])} is outside [0, {num_classes}); "
-                      "pass the right num_classes.")
-  matrix = np.zeros((num_classes, num_classes), np.int64)
-  np.add.at(matrix, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
-  return matrix
-
-
 def plot_confusion_matrix(matrix: Any, class_names: Sequence[str] | None = None,
                           normalize: bool = False, title: str | None = None, dpi: int = 80):
   """The confusion matrix as a heat map (rows: true class, columns: predicted).
@@ -313,36 +289,6 @@ def image_grid(images: Any, titles: Sequence[str] | None = None,
   return fig
 
 
-def project_2d(features: Any, method: str = "pca", seed: int = 0) -> np.ndarray:
-  """[N, D] features -> [N, 2] points by PCA or t-SNE (scikit-learn).
-
-  Features are standardised first (zero mean, unit variance per dimension), so
-  that no single large feature dominates. t-SNE starts from the PCA points
-  (`init='pca'`) with a perplexity that fits small N.
-  """
-  x = np.asarray(features, np.float64)
-  if x.ndim != 2 or len(x) < 3:
-    raise PlotError(f"project_2d takes [N, D] features with N >= 3; got shape {x.shape}.")
-  if not np.isfinite(x).all():
-    raise PlotError("project_2d: the features contain NaN or Inf.")
-  x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-8)
-  if method == "pca":
-    from sklearn.decomposition import PCA  # pylint: disable=import-outside-toplevel
-    return PCA(n_components=2, random_state=seed).fit_transform(x)
-  if method == "tsne":
-    # pylint: disable=import-outside-toplevel
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
-    tsne = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
-                learning_rate="auto")
-    # On a few thousand points OpenMP threads cost more than they save, and on a busy
-    # machine they spin: 60 points took 5-24 s with them and 0.2 s on one thread here.
-    with threadpool_limits(limits=1 if len(x) <= 5000 else None, user_api="openmp"):
-      return tsne.fit_transform(x)
-  raise PlotError(f"method={method!r}; choose 'pca' or 'tsne'.")
-
-
 def plot_embedding(features: Any, labels: Any, class_names: Sequence[str] | None = None,
                    method: str = "pca", title: str | None = None, seed: int = 0,
                    ax: Any = None, dpi: int = 80):
@@ -356,7 +302,7 @@ def plot_embedding(features: Any, labels: Any, class_names: Sequence[str] | None
   features = np.asarray(features)
   if len(labels) != len(features):
     raise PlotError(f"{len(features)} feature rows but {len(labels)} labels.")
-  points = features if method == "none" else project_2d(features, method, seed)
+  points = features if method == "none" else analysis.project_2d(features, method, seed)
   if points.ndim != 2 or points.shape[1] != 2:
     raise PlotError(f"method='none' takes [N, 2] points; got shape {points.shape}.")
   classes = np.unique(labels)

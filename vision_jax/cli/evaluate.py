@@ -35,7 +35,7 @@ import sys
 import numpy as np
 
 from vision_jax.cli import common
-
+from vision_jax.eval import analysis
 
 
 def main(argv=None) -> int:
@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     mask = np.asarray(batch.get("mask", np.ones(len(batch["label"]), bool)), bool)
     logits = model.logits(batch["image"])[mask]
     labels = np.asarray(batch["label"])[mask]
-    np.add.at(confusion, (labels, logits.argmax(1)), 1)
+    confusion += analysis.confusion_matrix(labels, logits.argmax(1), num_classes)
     k = min(5, num_classes)
     top5 += int((np.argsort(-logits, axis=1)[:, :k] == labels[:, None]).any(1).sum())
   total = int(confusion.sum())
