@@ -153,3 +153,36 @@ def digits_smoke_run(tmp_path_factory):
     root.removeHandler(handler)
     root.setLevel(level)
   return SmokeRun(workdir, config, final, handler.messages)
+
+
+# --- the two tiers ---------------------------------------------------------------------------
+# The README's test command runs the quick tier: every unit, parity, error and smoke test,
+# within the 15 minutes a developer machine of 2 cores allows. Tests marked `slow` run whole
+# protocols: training to a golden accuracy, killing and starting processes, executing the
+# notebooks, sweeping every registered variant. Each covers a feature that also has a quick
+# test. They are deselected by default, run with `-m slow` (CI runs both tiers, .ci/run), and
+# run whenever a marker expression is given or a test is named by its node id.
+SLOW_COMMAND = "python3 -m pytest -n 2 --dist loadgroup -q -m slow"
+
+
+def _slow_deselected(config) -> bool:
+  """True when this run leaves the slow tier out: no -m expression and no test named by id."""
+  if config.option.markexpr:
+    return False
+  return not any("::" in str(arg) for arg in config.args)
+
+
+def pytest_collection_modifyitems(config, items):
+  if not _slow_deselected(config):
+    return
+  slow = [item for item in items if item.get_closest_marker("slow")]
+  if slow:
+    config.hook.pytest_deselected(items=slow)
+    items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+  if _slow_deselected(config) and not hasattr(config, "workerinput"):
+    terminalreporter.write_line(
+        "quick tier: the tests marked `slow` (golden accuracies, process kills, notebooks, "
+        f"whole-registry sweeps) were deselected; run them with `{SLOW_COMMAND}` (CI runs both)")

@@ -28,6 +28,7 @@ def tool_main(script):
 # ---------------------------------------------------------------------------
 # tools/benchmark.py --compare timm / flax
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_compare_timm_and_flax_from_the_command_line(capsys, monkeypatch):
   pytest.importorskip("timm")
   monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # what the tool sets
@@ -118,6 +119,7 @@ def without_training_only_packages(tmp_path):
   return env, str(blocker)
 
 
+@pytest.mark.slow
 def test_accelerator_report_smoke(tmp_path):
   pytest.importorskip("timm")
   env, blocker = without_training_only_packages(tmp_path)

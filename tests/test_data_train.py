@@ -15,6 +15,8 @@ from vision_jax.data import digits as digits_lib
 from vision_jax.train import trainer
 
 from tests.conftest import ROOT  # noqa: E402  (the repository root)
+from tests import jitted
+
 STEPS = 150
 # The embedded source's preprocessing, as an op string: upscale 8 -> 12 bilinearly, values in [-1, 1].
 DIGITS_PP = "decode(1)|resize(12)|value_range(-1, 1)"
@@ -44,6 +46,7 @@ def short_run_config(data: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return config
 
 
+@pytest.mark.slow
 def test_folder_of_digit_pngs_trains_like_the_embedded_digits(tmp_path):
   folder = str(tmp_path / "digits")
   write_digits_folder(folder)
@@ -72,8 +75,8 @@ def check_running_statistics(workdir: str, eval_top1: float) -> None:
   model = models.create_model("cifar_resnet20", num_classes=10)
   images, labels = digits_lib.digits_dataset(image_size=12).eval
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  running = np.mean(np.argmax(model.apply(variables, images, train=False), -1) == labels)
-  batch_mode, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  running = np.mean(np.argmax(jitted.apply(model, variables, images, train=False), -1) == labels)
+  batch_mode, _ = jitted.apply(model, variables, images, train=True, mutable=["batch_stats"])
   batch_acc = np.mean(np.argmax(batch_mode, -1) == labels)
   # The checkpointed running statistics give exactly the trainer's final evaluation.
   assert running == pytest.approx(eval_top1, abs=1e-6), (running, eval_top1)

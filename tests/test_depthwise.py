@@ -9,6 +9,7 @@ import pytest
 
 from vision_jax.models import depthwise
 from vision_jax.models.depthwise import DepthwiseConv
+from tests import jitted
 
 # (kernel, stride, padding): EfficientNet's TF 'SAME' (asymmetric when strided) and
 # PyTorch k // 2 at strides 1 and 2, ConvNeXt's 7x7 with 3 on every side.
@@ -34,7 +35,7 @@ def parity():
   for n, (kernel, stride, padding) in enumerate(CASES):
     use_bias = n % 2 == 0  # ConvNeXt's has a bias, EfficientNet's none
     _, reference = _modules(kernel, stride, padding, "xla", use_bias)
-    variables[n] = reference.init(jax.random.key(n), x)
+    variables[n] = jitted.init(reference, jax.random.key(n), x)
     out_shape = jax.eval_shape(reference.apply, variables[n], x).shape
     cotangents[n] = jax.random.normal(jax.random.key(100 + n), out_shape)
 
@@ -48,8 +49,8 @@ def parity():
         y, vjp = jax.vjp(lambda v, x, m=module: m.apply(v, x), variables[n], x)
         results[(n, name)] = (y, vjp(cotangents[n]))
       # The xla path is nn.Conv's own lax call: its values are checked, its gradient is XLA's.
-      results[(n, "xla")] = _modules(kernel, stride, padding, "xla", use_bias)[0].apply(
-          variables[n], x)
+      xla_module = _modules(kernel, stride, padding, "xla", use_bias)[0]
+      results[(n, "xla")] = xla_module.apply(variables[n], x)
     return results
 
   return jax.device_get(run(x, variables, cotangents))

@@ -11,6 +11,7 @@ from vision_jax import models
 from vision_jax.models import efficientnet
 from vision_jax.weights import WeightLoadError, from_timm
 from vision_jax.weights.timm import resolve
+from tests import jitted
 
 timm = pytest.importorskip("timm")
 torch = pytest.importorskip("torch")
@@ -176,11 +177,11 @@ def test_from_timm_wrong_variant(timm_b0_state_dict):
 def test_num_classes_zero_gives_pooled_features(tiny_variables):
   variables = {"params": {k: v for k, v in tiny_variables["params"].items() if k != "head"},
                "batch_stats": tiny_variables["batch_stats"]}
-  features = _tiny(num_classes=0).apply(variables, _images(), train=False)
+  features = jitted.apply(_tiny(num_classes=0), variables, _images(), train=False)
   assert features.shape == (4, 64)
   # The classifier of the full model is a Dense on exactly these features.
   head = tiny_variables["params"]["head"]
-  logits = _tiny().apply(tiny_variables, _images(), train=False)
+  logits = jitted.apply(_tiny(), tiny_variables, _images(), train=False)
   np.testing.assert_allclose(features @ head["kernel"] + head["bias"], logits, rtol=1e-5, atol=1e-5)
   # Registered variants: round(1280 * width) features.
   x = jax.ShapeDtypeStruct((2, SMALL, SMALL, 3), jnp.float32)
@@ -197,13 +198,13 @@ def test_bfloat16_compute_float32_params_and_logits(tiny_variables):
   shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, train=False),
                           jax.ShapeDtypeStruct((2, SMALL, SMALL, 3), jnp.float32))
   assert {l.dtype for l in jax.tree_util.tree_leaves(shapes)} == {jnp.dtype(jnp.float32)}
-  logits, state = module.apply(tiny_variables, _images(), train=False,
+  logits, state = jitted.apply(module, tiny_variables, _images(), train=False,
                                capture_intermediates=True, mutable=["intermediates"])
   assert logits.dtype == jnp.float32
   inter = state["intermediates"]
   for layer in ("conv_stem", "blocks_0_0", "blocks_1_2", "conv_head"):
     assert inter[layer]["__call__"][0].dtype == jnp.bfloat16, layer
-  reference = _tiny().apply(tiny_variables, _images(), train=False)
+  reference = jitted.apply(_tiny(), tiny_variables, _images(), train=False)
   assert float(jnp.max(jnp.abs(logits - reference))) < 0.05 * float(jnp.max(jnp.abs(reference)))
 
 
@@ -211,7 +212,7 @@ def test_dropout_and_drop_path_only_in_training(tiny_variables):
   x = _images()
   def run(train, rng=None, **rates):
     rngs = {"dropout": rng} if rng is not None else {}
-    out = _tiny(**rates).apply(tiny_variables, x, train=train, rngs=rngs,
+    out = jitted.apply(_tiny(**rates), tiny_variables, x, train=train, rngs=rngs,
                                mutable=["batch_stats"] if train else False)
     return out[0] if train else out
 
@@ -232,7 +233,7 @@ def test_dropout_and_drop_path_only_in_training(tiny_variables):
 
 
 def test_train_updates_batch_stats(tiny_variables):
-  _, state = _tiny().apply(tiny_variables, _images(), train=True, mutable=["batch_stats"],
+  _, state = jitted.apply(_tiny(), tiny_variables, _images(), train=True, mutable=["batch_stats"],
                            rngs={"dropout": jax.random.key(0)})
   before = tiny_variables["batch_stats"]["blocks_1_0"]["bn2"]["mean"]
   after = state["batch_stats"]["blocks_1_0"]["bn2"]["mean"]

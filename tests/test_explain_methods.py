@@ -23,6 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 from tests.timm_parity import randomize_norms, relative_error, timm_state_dict  # noqa: E402
 from vision_jax import explain  # noqa: E402
 from vision_jax.weights import from_timm  # noqa: E402
+from tests import jitted
 
 pytestmark = pytest.mark.xdist_group("explain")
 
@@ -137,7 +138,7 @@ def test_occlusion_matches_captum(small):
   from captum.attr import Occlusion  # pylint: disable=import-outside-toplevel
   model, module, variables, x, tensor = small
   with torch.no_grad():
-    same = relative_error(np.asarray(module.apply(variables, x)), model(tensor).numpy())
+    same = relative_error(np.asarray(jitted.apply(module, variables, x)), model(tensor).numpy())
   assert same < 1e-5, same
   targets = [2, 5]
   # (32 - 8) / 5 is not whole: the last row of windows sticks out and is cut (Captum's rule).

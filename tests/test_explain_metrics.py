@@ -22,6 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from vision_jax import explain  # noqa: E402
 from vision_jax.explain import metrics, sanity  # noqa: E402
+from tests import jitted
 
 pytestmark = pytest.mark.xdist_group("explain_metrics")
 
@@ -100,7 +101,7 @@ def tiny():
   assert jax.tree.map(np.shape, variables) == jax.tree.map(
       np.shape, jax.eval_shape(module.init, jax.random.key(0), images))
   twin = _torch_twin(variables)
-  logits = np.asarray(module.apply(variables, images))
+  logits = np.asarray(jitted.apply(module, variables, images))
   with torch.no_grad():
     ref = twin(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
   np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
@@ -131,7 +132,7 @@ def test_deletion_and_insertion_curves_match_quantus_pixel_flipping(tiny):
   error = np.abs(ours.scores[:, 1:] - ref).max()
   print(f"deletion curve vs Quantus PixelFlipping: max abs error {error:.1e}")
   assert error < 1e-5
-  probabilities = np.asarray(jax.nn.softmax(module.apply(variables, images)))
+  probabilities = np.asarray(jax.nn.softmax(jitted.apply(module, variables, images)))
   np.testing.assert_allclose(ours.scores[:, 0], probabilities[np.arange(BATCH), labels],
                              rtol=1e-5)
   np.testing.assert_allclose(ours.auc, np.trapezoid(ours.scores, dx=1 / steps, axis=1),

@@ -27,6 +27,7 @@ from vision_jax.train import steps
 from vision_jax.train.recipes import simclr as simclr_recipe
 from vision_jax.train.recipes.base import model_overrides
 from vision_jax.train.recipes.supervised import Supervised
+from tests import jitted
 
 
 def _normal(shape, dtype=jnp.float32, seed=0, loc=0.0):
@@ -100,23 +101,23 @@ def test_fused_attention_equals_explicit_attention_and_float64():
 
 def test_vit_fused_and_explicit_paths_agree_and_attention_dropout_is_explicit(monkeypatch):
   variables = _vit_variables()
-  fused = _vit().apply(variables, _X32, train=False)
-  explicit = _vit(attention_impl="explicit").apply(variables, _X32, train=False)
+  fused = jitted.apply(_vit(), variables, _X32, train=False)
+  explicit = jitted.apply(_vit(attention_impl="explicit"), variables, _X32, train=False)
   np.testing.assert_allclose(fused, explicit, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(_vit(attention_impl="xla").apply(variables, _X32, train=False),
+  np.testing.assert_allclose(jitted.apply(_vit(attention_impl="xla"), variables, _X32, train=False),
                              fused, rtol=1e-6, atol=1e-7)
   calls = []
   real = vit.explicit_attention
   monkeypatch.setattr(vit, "explicit_attention",
                       lambda *a, **k: calls.append(1) or real(*a, **k))
   dropping = _vit(attn_drop_rate=0.5)
-  np.testing.assert_allclose(dropping.apply(variables, _X32, train=False), fused, rtol=1e-6)
+  np.testing.assert_allclose(jitted.apply(dropping, variables, _X32, train=False), fused, rtol=1e-6)
   assert not calls  # evaluation takes the fused path
-  dropped = dropping.apply(variables, _X32, train=True, rngs={"dropout": jax.random.key(1)})
+  dropped = jitted.apply(dropping, variables, _X32, train=True, rngs={"dropout": jax.random.key(1)})
   assert len(calls) == 2 and not np.allclose(dropped, fused)  # one per block, dropout acted
   with pytest.raises(ValueError, match=r"attention_impl must be one of \('auto', 'xla', "
                      r"'cudnn', 'explicit'\), got 'flash'"):
-    _vit(attention_impl="flash").apply(variables, _X32, train=False)
+    jitted.apply(_vit(attention_impl="flash"), variables, _X32, train=False)
 
 
 def test_auto_attention_asks_for_cudnn_only_where_it_can_run(monkeypatch):
@@ -140,7 +141,7 @@ def test_auto_attention_asks_for_cudnn_only_where_it_can_run(monkeypatch):
 def test_rollout_recomputes_the_weights_the_fused_attention_applies():
   module, variables = _vit(), _vit_variables()
   maps = rollout.attention_maps(module, variables, _X32)
-  _, state = module.apply(variables, _X32, train=False, capture_intermediates=True,
+  _, state = jitted.apply(module, variables, _X32, train=False, capture_intermediates=True,
                           mutable=["intermediates"])
   for i, weights in enumerate(maps):
     attn = state["intermediates"][f"blocks_{i}"]["attn"]
@@ -256,7 +257,7 @@ def test_compiled_memory_shrinks_with_remat():
 def test_remat_value_is_checked():
   with pytest.raises(ValueError, match=r"ResNet: remat must be one of \('none', 'block', "
                      r"'full'\), got 'half'"):
-    _remat_model("resnet", "half").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    jitted.init(_remat_model("resnet", "half"), jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
 
 
 def test_config_remat_reaches_the_model_and_bad_values_are_config_errors():
@@ -300,7 +301,7 @@ def test_norm_statistics_are_float32_for_bf16_inputs():
   mean64, var64 = x64.mean(0), x64.var(0)
 
   bn = nn.BatchNorm(use_running_average=False, momentum=0.0, epsilon=1e-5, dtype=jnp.bfloat16)
-  y, state = bn.apply(bn.init(jax.random.key(0), x), x, mutable=["batch_stats"])
+  y, state = jitted.apply(bn, jitted.init(bn, jax.random.key(0), x), x, mutable=["batch_stats"])
   stats = state["batch_stats"]
   assert y.dtype == jnp.bfloat16
   assert stats["mean"].dtype == stats["var"].dtype == jnp.float32
@@ -316,7 +317,7 @@ def test_norm_statistics_are_float32_for_bf16_inputs():
   # LayerNorm / GroupNorm: no running statistics; the output, rounded to bf16 once, shows it.
   tokens = x.reshape(256, 16, 8).transpose(0, 2, 1).reshape(-1, 16)  # 16 features per row
   ln = nn.LayerNorm(dtype=jnp.bfloat16)
-  y = ln.apply(ln.init(jax.random.key(0), tokens), tokens)
+  y = jitted.apply(ln, jitted.init(ln, jax.random.key(0), tokens), tokens)
   t64 = np.asarray(tokens, np.float64)
   ln_ref = (t64 - t64.mean(-1, keepdims=True)) / np.sqrt(t64.var(-1, keepdims=True) + 1e-6)
   assert y.dtype == jnp.bfloat16
@@ -326,7 +327,7 @@ def test_norm_statistics_are_float32_for_bf16_inputs():
   y_bf = (t64 - bf_mean[:, None]) / np.sqrt(np.maximum(bf_var, 0.0)[:, None] + 1e-6)
   assert np.max(np.abs(y_bf - ln_ref)) > 10 * 2e-2
   gn = nn.GroupNorm(num_groups=2, dtype=jnp.bfloat16)
-  y = gn.apply(gn.init(jax.random.key(0), x), x)
+  y = jitted.apply(gn, jitted.init(gn, jax.random.key(0), x), x)
   g64 = np.asarray(x, np.float64).reshape(256, 16, 2, 4)
   ref = (g64 - g64.mean((1, 3), keepdims=True)) / np.sqrt(g64.var((1, 3), keepdims=True) + 1e-6)
   assert y.dtype == jnp.bfloat16

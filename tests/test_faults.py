@@ -706,6 +706,7 @@ def wait_for(condition, process, timeout=300):
   return False
 
 
+@pytest.mark.slow
 def test_sigterm_and_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_path):
   """SIGTERM (a preemption notice) saves and exits 0; SIGKILL at any moment loses at most the
   steps since the last save; either way the resumed run ends bitwise where an uninterrupted

@@ -21,6 +21,7 @@ from vision_jax import models
 from vision_jax.models import maxxvit
 from vision_jax.train import optim
 from vision_jax.weights import WeightLoadError, from_timm
+from tests import jitted
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -106,8 +107,8 @@ def test_bias_tables_resample_as_timm_resizes_them(tf_layout):
   with torch.no_grad():
     ref_module.relative_position_bias_table.copy_(torch.from_numpy(ref_table))
     ref = ref_module.get_bias().numpy().reshape(1, heads, dst * dst, dst * dst)
-  ours = maxxvit.RelativePositionBias(dst, src, heads, tf_layout).apply(
-      {"params": {"relative_position_bias_table": table}})
+  ours = jitted.apply(maxxvit.RelativePositionBias(dst, src, heads, tf_layout),
+                      {"params": {"relative_position_bias_table": table}})
   assert ours.shape == ref.shape == (1, heads, dst * dst, dst * dst)
   assert relative_error(np.asarray(ours), ref) < 1e-6
 

@@ -82,6 +82,7 @@ def test_smoke_injection_and_error_report(tmp_path):
   assert tool.parse_assignment(" EPOCHS = 60 ") == ("EPOCHS", "60")
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("notebooks")
 def test_every_notebook_runs_in_smoke_mode():
   tool = _tool()

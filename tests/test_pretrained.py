@@ -87,6 +87,7 @@ def test_init_from_another_workdir(tmp_path):
     trainer.train_and_evaluate(digits_config(init_from=str(tmp_path / "nope")), str(tmp_path / "x"))
 
 
+@pytest.mark.slow
 def test_digits_transfer_beats_scratch(tmp_path):
   """Seed 0 of the offline transfer check (experiments/digits_transfer.py), on one device:
   0-4 pretraining beats scratch on 10-shot 5-9 after the same 100 fine-tuning steps."""

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("qwix")
 
 from vision_jax import models, quantize  # noqa: E402
+from tests import jitted
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,8 @@ def tiny():
 
   @jax.jit
   def logits(variables, int8_variables, images):
-    return (module.apply(variables, images), int8_module.apply(int8_variables, images),
-            qat_module.apply(variables, images))
+    return (jitted.apply(module, variables, images), jitted.apply(int8_module, int8_variables, images),
+            jitted.apply(qat_module, variables, images))
 
   fp32, int8, qat = jax.device_get(logits(variables, int8_variables, images))
   return {"module": module, "variables": variables, "int8_variables": int8_variables,

@@ -10,6 +10,7 @@ from tests.timm_parity import compare_with_timm, relative_error, timm_state_dict
 from vision_jax import models
 from vision_jax.models import resnet
 from vision_jax.weights import WeightLoadError, from_timm
+from tests import jitted
 
 
 def _count(tree) -> int:
@@ -190,12 +191,12 @@ def test_num_classes_zero_gives_pooled_features():
   x = _images(32)
   variables = _random_variables(module, 32)
   assert "head" not in variables["params"]
-  features = module.apply(variables, x, train=False)
+  features = jitted.apply(module, variables, x, train=False)
   assert features.shape == (2, 512) and features.dtype == jnp.float32
   # The same features feed the classifier of the 1000-class model.
   full = models.create_model("resnet18")
   head = {"kernel": jnp.ones((512, 1000)), "bias": jnp.zeros((1000,))}
-  logits = full.apply({**variables, "params": {**variables["params"], "head": head}}, x,
+  logits = jitted.apply(full, {**variables, "params": {**variables["params"], "head": head}}, x,
                       train=False)
   np.testing.assert_allclose(logits[:, 0], features.sum(-1), rtol=1e-5)
   # Bottleneck width, without allocating ResNet-50.
@@ -210,16 +211,16 @@ def test_bfloat16_computation_float32_params_and_logits():
   assert all(v.dtype == jnp.float32 for v in jax.tree_util.tree_leaves(_abstract_init(module, 32)))
   x = _images(32)
   variables = _random_variables(module, 32)
-  logits, state = module.apply(variables, x, train=False, capture_intermediates=True,
+  logits, state = jitted.apply(module, variables, x, train=False, capture_intermediates=True,
                                mutable=["intermediates"])
   assert logits.dtype == jnp.float32 and logits.shape == (2, 10)
   inter = state["intermediates"]
   assert inter["conv1"]["__call__"][0].dtype == jnp.bfloat16
   assert inter["layer3_2"]["__call__"][0].dtype == jnp.bfloat16
-  ref = models.create_model("cifar_resnet20", num_classes=10).apply(variables, x, train=False)
+  ref = jitted.apply(models.create_model("cifar_resnet20", num_classes=10), variables, x, train=False)
   assert relative_error(logits, ref) < 0.05
   # Training mode in bf16 keeps the running statistics in float32.
-  _, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+  _, updates = jitted.apply(module, variables, x, train=True, mutable=["batch_stats"])
   assert all(v.dtype == jnp.float32 for v in jax.tree_util.tree_leaves(updates))
 
 
@@ -227,7 +228,7 @@ def test_train_mode_updates_batch_stats_with_momentum():
   module = models.create_model("cifar_resnet20", num_classes=10, bn_momentum=0.8)
   x = _images(32)
   variables = _random_variables(module, 32)
-  _, state = module.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"],
+  _, state = jitted.apply(module, variables, x, train=True, mutable=["batch_stats", "intermediates"],
                           capture_intermediates=True)
   stem = state["intermediates"]["conv1"]["__call__"][0]
   # flax convention: new = momentum * old + (1 - momentum) * batch statistic.
@@ -238,9 +239,9 @@ def test_train_mode_updates_batch_stats_with_momentum():
   np.testing.assert_allclose(new["var"], 0.8 * old["var"] + 0.2 * jnp.var(stem, axis=(0, 1, 2)),
                              rtol=1e-4, atol=1e-6)
   # Eval mode uses the running statistics: other statistics, other output.
-  out = module.apply(variables, x, train=False)
+  out = jitted.apply(module, variables, x, train=False)
   moved = {**variables, "batch_stats": state["batch_stats"]}
-  assert not np.allclose(out, module.apply(moved, x, train=False))
+  assert not np.allclose(out, jitted.apply(module, moved, x, train=False))
 
 
 def test_zero_init_last_bn():
@@ -263,14 +264,14 @@ def test_dropout_and_drop_path_only_in_training_with_rng(field):
   # Random (non-zero) last-BN scales: with zero-initialised ones every branch is 0 and
   # dropping it would change nothing.
   variables = _random_variables(plain, 32)
-  np.testing.assert_array_equal(dropped.apply(variables, x, train=False),
-                                plain.apply(variables, x, train=False))
-  ref, _ = plain.apply(variables, x, train=True, mutable=["batch_stats"])
-  out, _ = dropped.apply(variables, x, train=True, mutable=["batch_stats"],
+  np.testing.assert_array_equal(jitted.apply(dropped, variables, x, train=False),
+                                jitted.apply(plain, variables, x, train=False))
+  ref, _ = jitted.apply(plain, variables, x, train=True, mutable=["batch_stats"])
+  out, _ = jitted.apply(dropped, variables, x, train=True, mutable=["batch_stats"],
                          rngs={"dropout": jax.random.key(3)})
   assert not np.allclose(out, ref)
   with pytest.raises(Exception, match="dropout"):
-    dropped.apply(variables, x, train=True, mutable=["batch_stats"])
+    jitted.apply(dropped, variables, x, train=True, mutable=["batch_stats"])
 
 
 def test_drop_path_rates_increase_linearly_as_in_timm():

@@ -19,6 +19,7 @@ from vision_jax.models.resnet_v2 import ResNetV2
 from vision_jax.weights import WeightLoadError, from_timm
 from vision_jax.weights.timm import timm_family
 from vision_jax.weights.timm_resnet_v2 import resnet_v2_leaf_key
+from tests import jitted
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -103,7 +104,7 @@ def test_hybrid_backbone_parity(timm_name, layers, size):
   x = np.random.default_rng(seed).standard_normal((2, size, size, 3)).astype(np.float32)
   with torch.no_grad():
     ref = backbone(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
-  ours = np.asarray(module.apply(variables, jnp.asarray(x), train=False))
+  ours = np.asarray(jitted.apply(module, variables, jnp.asarray(x), train=False))
   floor = _noise_floor(backbone, x)
   assert ours.shape == ref.shape
   assert relative_error(ours, ref) < max(1e-4, 10 * floor), (relative_error(ours, ref), floor)

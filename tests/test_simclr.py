@@ -19,6 +19,7 @@ from vision_jax.train import optim, sharding, simclr, steps
 from vision_jax.train.checkpoint import Checkpointer
 
 from tests.conftest import ROOT  # noqa: E402  (the repository root)
+from tests import jitted
 
 
 # ---------------------------------------------------------------------------
@@ -215,12 +216,12 @@ def test_lars_matches_numpy_reference():
 # ---------------------------------------------------------------------------
 def test_projection_head_layout():
   head = ProjectionHead(hidden_dim=None, out_dim=8, num_layers=3, dtype=jnp.bfloat16)
-  variables = head.init(jax.random.key(0), jnp.ones((4, 12)), train=False)
+  variables = jitted.init(head, jax.random.key(0), jnp.ones((4, 12)), train=False)
   shapes = jax.tree_util.tree_map(jnp.shape, variables["params"])
   assert shapes == {"dense_0": {"kernel": (12, 12)}, "bn_0": {"scale": (12,), "bias": (12,)},
                     "dense_1": {"kernel": (12, 12)}, "bn_1": {"scale": (12,), "bias": (12,)},
                     "dense_2": {"kernel": (12, 8)}, "bn_2": {"scale": (8,)}}
-  out, _ = head.apply(variables, jnp.ones((4, 12)), train=True, mutable=["batch_stats"])
+  out, _ = jitted.apply(head, variables, jnp.ones((4, 12)), train=True, mutable=["batch_stats"])
   assert out.shape == (4, 8) and out.dtype == jnp.float32
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables["params"]))
 
@@ -233,13 +234,13 @@ def test_simclr_model_features_and_projections():
   variables = random_variables(model, (1, 8, 8, 3), train=False)
   assert set(variables["params"]) == {"encoder", "head"}
   images = jnp.asarray(np.random.default_rng(4).normal(size=(5, 8, 8, 3)), jnp.float32)
-  z = model.apply(variables, images, train=False)
-  h = model.apply(variables, images, train=False, features_only=True)
+  z = jitted.apply(model, variables, images, train=False)
+  h = jitted.apply(model, variables, images, train=False, features_only=True)
   assert z.shape == (5, 8) and h.shape == (5, 8) and h.dtype == jnp.float32
-  np.testing.assert_allclose(model.apply(variables, images, method="features"), h)
+  np.testing.assert_allclose(jitted.apply(model, variables, images, method="features"), h)
   np.testing.assert_allclose(
       simclr.simclr_features(variables["params"], variables["batch_stats"], images, model=model), h)
-  encoder_only = model.encoder.apply({"params": variables["params"]["encoder"],
+  encoder_only = jitted.apply(model.encoder, {"params": variables["params"]["encoder"],
                                       "batch_stats": variables["batch_stats"]["encoder"]},
                                      images, train=False)
   np.testing.assert_allclose(h, encoder_only, rtol=1e-6)
@@ -556,6 +557,7 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
 # ---------------------------------------------------------------------------
 # 8. The offline SimCLR check at CI size (full size: experiments/simclr_digits.py, 5 seeds).
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_simclr_digits_beats_random_encoder(tmp_path):
   """Label-free pretraining (5 epochs at batch 128 on one device, instead of 100 at 256)
   against the same linear probe and kNN on a randomly initialised encoder."""

@@ -16,6 +16,7 @@ from vision_jax import models
 from vision_jax.config_util import ConfigError
 from vision_jax.train import byol, dino, mae, optim, steps
 from vision_jax.train.pretrained import match_encoder_nesting
+from tests import jitted
 
 TINY_RESNET = {"stage_sizes": (1, 1, 1), "widths": (4, 8, 8), "stem_width": 4}
 TINY_VIT = {"img_size": 8, "patch_size": 4, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 16}
@@ -163,8 +164,8 @@ def test_mae_encoder_is_our_vit_and_loads_into_the_classifier():
 
   @jax.jit
   def both(variables):
-    return (encoder.apply(variables, images), vit.apply(variables, images),
-            encoder.apply(variables, images, ids_keep=keep))
+    return (jitted.apply(encoder, variables, images), jitted.apply(vit, variables, images),
+            jitted.apply(encoder, variables, images, ids_keep=keep))
   tokens, features, visible = both(vit_vars)
   # Unmasked, the encoder computes the classifier's features with the classifier's weights.
   np.testing.assert_allclose(tokens[:, 0], features, rtol=1e-6, atol=1e-6)

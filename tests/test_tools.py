@@ -6,6 +6,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tests import jitted
 
 
 
@@ -29,7 +30,7 @@ def test_convert_timm_safetensors_then_load(tmp_path, run_tool):
   assert meta["info"]["input_size"] == 224 and meta["num_params"] > 11_000_000
   module = models.create_model("resnet18", num_classes=7)
   x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
-  ours = module.apply(variables, jnp.asarray(x), train=False)
+  ours = jitted.apply(module, variables, jnp.asarray(x), train=False)
   with torch.no_grad():
     ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   assert relative_error(ours, ref) < 1e-4

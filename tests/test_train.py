@@ -176,6 +176,7 @@ def test_cli_errors_are_clear(tmp_path):
 # ---------------------------------------------------------------------------
 # Processes: two processes against one (SIGTERM and SIGKILL + resume: test_faults.py).
 # ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   flags = ["--config=configs/digits.py:smoke", "--config.total_steps=3", "--config.log_every_steps=1"]
   # The one-host reference runs in this process, on 4 of its 8 devices.

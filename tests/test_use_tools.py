@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import run_tool_here, tool_module
 from vision_jax.data import eval_preprocess
+from tests import jitted
 
 
 
@@ -131,7 +132,7 @@ def test_evaluate_reports_the_accuracy_of_the_weights_on_digits(capsys, tmp_path
   assert code == 0, err
   metrics = json.load(open(metrics_path, encoding="utf-8"))
   images, labels = digits_dataset(image_size=16).eval
-  predicted = np.asarray(module.apply(variables, images)).argmax(1)
+  predicted = np.asarray(jitted.apply(module, variables, images)).argmax(1)
   assert metrics["count"] == len(labels) == 360
   assert metrics["top1"] == pytest.approx(np.mean(predicted == labels))
   per_class = [np.mean(predicted[labels == c] == c) for c in range(10)]

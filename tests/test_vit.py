@@ -14,6 +14,7 @@ from vision_jax import models
 from vision_jax.models import vit
 from vision_jax.weights import WeightLoadError, from_timm
 from vision_jax.weights import timm_vit
+from tests import jitted
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -128,7 +129,7 @@ def test_dynamic_img_size_resamples_position_embedding_as_timm():
   assert tokens.shape == (2, 5 + 9, 384)
   assert relative_error(pooled, ref) < 1e-5
   with pytest.raises(ValueError, match="dynamic_img_size=True"):
-    from_timm(tag, timm_state_dict(model))[0].apply(variables, x)
+    jitted.apply(from_timm(tag, timm_state_dict(model))[0], variables, x)
 
 
 def test_avg_pool_with_fc_norm_matches_timm():
@@ -147,7 +148,7 @@ def test_avg_pool_with_fc_norm_matches_timm():
   ours = jax.jit(lambda v, x: module.apply(v, x))(variables, jnp.asarray(x))
   assert relative_error(ours, ref) < _TOL
   with pytest.raises(ValueError, match="global_pool"):
-    _tiny(global_pool="max").init(jax.random.key(0), _X)
+    jitted.init(_tiny(global_pool="max"), jax.random.key(0), _X)
 
 
 def test_self_supervised_tags_load_by_name(tmp_path, monkeypatch):
@@ -170,7 +171,7 @@ def test_self_supervised_tags_load_by_name(tmp_path, monkeypatch):
       [0.485, 0.456, 0.406], 1.0)
   with torch.no_grad():
     ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-  ours = loaded.module.apply(loaded.variables, jnp.asarray(x))
+  ours = jitted.apply(loaded.module, loaded.variables, jnp.asarray(x))
   assert relative_error(ours, ref) < 1e-5
 
 
@@ -283,7 +284,7 @@ def test_from_timm_headless_checkpoint_gives_features():
   sd = {k: v for k, v in _timm_state_dict("vit_tiny_patch16_224", 32, 1).items()
         if not k.startswith("head.")}
   module, variables = from_timm("vit_tiny_patch16_224", sd)
-  out = module.apply(variables, jnp.zeros((1, 32, 32, 3)), train=False)
+  out = jitted.apply(module, variables, jnp.zeros((1, 32, 32, 3)), train=False)
   assert module.num_classes == 0 and out.shape == (1, 192)
 
 
@@ -298,7 +299,7 @@ _X = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.f
 
 @functools.lru_cache(maxsize=None)
 def _tiny_variables():
-  return _tiny().init(jax.random.key(0), _X, train=False)
+  return jitted.init(_tiny(), jax.random.key(0), _X, train=False)
 
 
 def test_img_size_sets_the_position_grid_and_input_size():
@@ -306,15 +307,15 @@ def test_img_size_sets_the_position_grid_and_input_size():
   assert variables["params"]["pos_embed"].shape == (1, 1 + 2 * 2, 192)
   assert set(variables) == {"params"}
   with pytest.raises(ValueError, match="img_size=64"):
-    _tiny().apply(variables, jnp.zeros((1, 64, 64, 3)), train=False)
+    jitted.apply(_tiny(), variables, jnp.zeros((1, 64, 64, 3)), train=False)
   hybrid = models.create_model("vit_base_r50_s16_224", img_size=64)
   assert hybrid.grid_size == 4
   assert _abstract_init(hybrid, 64)["params"]["pos_embed"].shape == (1, 17, 768)
 
 
 def test_num_classes_zero_gives_pooled_features():
-  variables = _tiny(num_classes=0).init(jax.random.key(0), _X, train=False)
-  out = _tiny(num_classes=0).apply(variables, _X, train=False)
+  variables = jitted.init(_tiny(num_classes=0), jax.random.key(0), _X, train=False)
+  out = jitted.apply(_tiny(num_classes=0), variables, _X, train=False)
   assert out.shape == (2, 192)
   hybrid = models.create_model("vit_small_r26_s32_224", num_classes=0)
   features = jax.eval_shape(
@@ -325,16 +326,16 @@ def test_num_classes_zero_gives_pooled_features():
 
 def test_bfloat16_computation_float32_params_and_logits():
   model = _tiny(dtype=jnp.bfloat16)
-  variables = model.init(jax.random.key(0), _X, train=False)
+  variables = jitted.init(model, jax.random.key(0), _X, train=False)
   assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
-  logits = model.apply(variables, _X, train=False)
+  logits = jitted.apply(model, variables, _X, train=False)
   assert logits.dtype == jnp.float32
-  ref = _tiny().apply(variables, _X, train=False)
+  ref = jitted.apply(_tiny(), variables, _X, train=False)
   assert 0 < relative_error(logits, ref) < 0.1  # computed in bf16, yet close to fp32
-  features = _tiny(num_classes=0, dtype=jnp.bfloat16).apply(variables, _X, train=False)
+  features = jitted.apply(_tiny(num_classes=0, dtype=jnp.bfloat16), variables, _X, train=False)
   assert features.dtype == jnp.bfloat16
   # Every intermediate Dense / LayerNorm output is bf16.
-  _, state = model.apply(variables, _X, train=False, capture_intermediates=True,
+  _, state = jitted.apply(model, variables, _X, train=False, capture_intermediates=True,
                          mutable=["intermediates"])
   inner = {k: v for k, v in state["intermediates"].items() if k != "__call__"}  # not the logits
   assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(inner)} == {jnp.dtype(jnp.bfloat16)}
@@ -345,17 +346,17 @@ def test_bfloat16_computation_float32_params_and_logits():
     dict(proj_drop_rate=0.5), dict(pos_drop_rate=0.5)])
 def test_dropout_and_drop_path_only_in_training(rates):
   variables = _tiny_variables()
-  ref = _tiny().apply(variables, _X, train=False)
+  ref = jitted.apply(_tiny(), variables, _X, train=False)
   model = _tiny(**rates)
-  np.testing.assert_array_equal(model.apply(variables, _X, train=False), ref)
+  np.testing.assert_array_equal(jitted.apply(model, variables, _X, train=False), ref)
   rngs = {"dropout": jax.random.key(3)}
-  out = model.apply(variables, _X, train=True, rngs=rngs)
+  out = jitted.apply(model, variables, _X, train=True, rngs=rngs)
   assert not np.allclose(out, ref)
-  np.testing.assert_array_equal(model.apply(variables, _X, train=True, rngs=rngs), out)
+  np.testing.assert_array_equal(jitted.apply(model, variables, _X, train=True, rngs=rngs), out)
   with pytest.raises(Exception):
-    model.apply(variables, _X, train=True)  # needs the 'dropout' rng
+    jitted.apply(model, variables, _X, train=True)  # needs the 'dropout' rng
   # Without any rate, train=True is deterministic and needs no rng.
-  np.testing.assert_allclose(_tiny().apply(variables, _X, train=True), ref, rtol=1e-6)
+  np.testing.assert_allclose(jitted.apply(_tiny(), variables, _X, train=True), ref, rtol=1e-6)
 
 
 def test_drop_path_rate_rises_linearly_over_blocks():
@@ -368,7 +369,7 @@ def test_drop_path_rate_rises_linearly_over_blocks():
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
-    model.init(jax.random.key(0), _X, train=False)
+    jitted.init(model, jax.random.key(0), _X, train=False)
   np.testing.assert_allclose(rates, [0.0, 0.1, 0.2])
 
 
@@ -405,7 +406,7 @@ def test_resample_pos_embed_loads_weights_at_a_new_resolution():
   big = models.create_model("vit_tiny_patch16_224", img_size=64, depth=2)
   grid = big.grid_size
   params = dict(variables["params"], pos_embed=vit.resample_pos_embed(pe, grid))
-  out = big.apply({"params": params}, jnp.zeros((1, 64, 64, 3)), train=False)
+  out = jitted.apply(big, {"params": params}, jnp.zeros((1, 64, 64, 3)), train=False)
   assert out.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(out)))
   with pytest.raises(ValueError, match="square"):
     vit.resample_pos_embed(pe[:, :4], 3)

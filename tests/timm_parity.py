@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from tests import jitted
 
 
 def randomize_norms(model, seed: int = 0) -> None:
@@ -56,5 +57,5 @@ def compare_with_timm(timm_name: str, image_size: int, seed: int = 0, batch: int
   with torch.no_grad():
     ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   module, variables = from_timm(timm_name, timm_state_dict(model))
-  ours = np.asarray(module.apply(variables, jnp.asarray(x), train=False))
+  ours = np.asarray(jitted.apply(module, variables, jnp.asarray(x), train=False))
   return relative_error(ours, ref), ours, ref
