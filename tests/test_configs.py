@@ -141,6 +141,7 @@ FULL_RUNS = [("transfer", "smoke"), ("simclr_digits", "smoke"),
              ("transfer", "smoke,model=convnext_atto")]
 
 
+@pytest.mark.slow  # whole runs; every config is validated and traced in the quick tier above
 @pytest.mark.parametrize("name,arg", FULL_RUNS, ids=[f"{n}:{a}" for n, a in FULL_RUNS])
 def test_config_smoke_run(name, arg, tmp_path):
   from vision_jax.train import trainer  # pylint: disable=import-outside-toplevel

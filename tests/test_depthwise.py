@@ -26,6 +26,10 @@ def _modules(kernel, stride, padding, impl, use_bias):
   return ours, reference
 
 
+# The module fixture below is built once, by one worker, for every test of this file.
+pytestmark = pytest.mark.xdist_group("depthwise")
+
+
 @pytest.fixture(scope="module")
 def parity():
   """Every case, both paths and the reference: outputs and gradients from one compiled program."""

@@ -10,7 +10,10 @@ import pytest
 pytest.importorskip("qwix")
 
 from vision_jax import models, quantize  # noqa: E402
-from tests import jitted
+
+
+# The module fixture below is built once, by one worker, for every test of this file.
+pytestmark = pytest.mark.xdist_group("quantize")
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +28,8 @@ def tiny():
 
   @jax.jit
   def logits(variables, int8_variables, images):
-    return (jitted.apply(module, variables, images), jitted.apply(int8_module, int8_variables, images),
-            jitted.apply(qat_module, variables, images))
+    return (module.apply(variables, images), int8_module.apply(int8_variables, images),
+            qat_module.apply(variables, images))
 
   fp32, int8, qat = jax.device_get(logits(variables, int8_variables, images))
   return {"module": module, "variables": variables, "int8_variables": int8_variables,

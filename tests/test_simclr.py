@@ -148,6 +148,7 @@ def _run_steps(num_devices, batches, model, tx, schedule, temperature):
   return jax.device_get(state), losses
 
 
+@pytest.mark.slow  # the sharded step is checked for the supervised recipe in the quick tier
 def test_train_step_on_8_devices_matches_1_device():
   """Same losses and parameters whatever the device count: negatives and BN stats are global."""
   rng = np.random.default_rng(2)
@@ -446,6 +447,7 @@ def simclr_runs(tmp_path_factory):
 
 
 # Both tests read the runs of the module fixture: one worker builds it once.
+@pytest.mark.slow  # whole runs with a resume; the recipe's step is checked in the quick tier
 @pytest.mark.xdist_group("simclr_runs")
 def test_simclr_recipe_runs_and_resumes_exactly(simclr_runs):
   tmp_path, final, resumed = simclr_runs
@@ -481,6 +483,7 @@ def test_simclr_config_errors(tmp_path, changes, match):
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
+@pytest.mark.slow  # reads the runs above; the probe itself is tests/test_probes.py's
 @pytest.mark.xdist_group("simclr_runs")
 def test_linear_probe_from_a_simclr_workdir(simclr_runs, tmp_path):
   """stage=linear loads the encoder (not the projection head) and trains only the classifier:

@@ -265,6 +265,7 @@ def recipe_config(name, **changes):
   return config
 
 
+@pytest.mark.slow  # whole runs with a resume; each recipe's step is checked in the quick tier
 @pytest.mark.xdist_group("ssl_recipes")
 @pytest.mark.parametrize("name", ["dino", "mae", "byol"])
 def test_recipe_runs_and_resumes_exactly(name, tmp_path):
