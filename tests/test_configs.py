@@ -138,7 +138,12 @@ def test_config_checks_and_traces_a_step(name, arg, tmp_path, image_folder):
 # per recipe and data source: the tracing check above covers the rest. The default digits
 # run is test_train.py's, with the same compiled programs.
 FULL_RUNS = [("transfer", "smoke"), ("simclr_digits", "smoke"),
-             ("transfer", "smoke,model=convnext_atto")]
+             ("transfer", "smoke,model=convnext_atto"),
+             # The families of the hybrids issue (24): a transfer smoke run of each.
+             ("transfer", "smoke,model=maxvit_tiny_tf_224"),
+             ("transfer", "smoke,model=coatnet_0_rw_224"),
+             ("transfer", "smoke,model=efficientnetv2_s"),
+             ("transfer", "smoke,model=convnextv2_atto")]
 
 
 @pytest.mark.slow  # whole runs; every config is validated and traced in the quick tier above

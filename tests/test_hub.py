@@ -412,6 +412,7 @@ def test_photograph_parity_and_predict_top5_equal_timm(hub_cache, tmp_path, caps
   assert meta["preprocess"]["from"] == "config.json"
 
 
+@pytest.mark.slow  # a whole transfer run; loading by tag is checked per family in the quick tier
 def test_fine_tune_from_a_tag_loads_the_weights_and_trains(hub_cache, tmp_path, caplog):
   from PIL import Image  # pylint: disable=import-outside-toplevel
   from vision_jax.config_util import load_config  # pylint: disable=import-outside-toplevel

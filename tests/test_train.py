@@ -67,6 +67,8 @@ def test_train_and_eval_on_8_devices(digits_smoke_run):
 
 
 # Its data-parallel run compiles the plain smoke run's programs (logging is on the host).
+# Two whole runs compared: slow tier; how FSDP shards is test_fsdp_shards_large_parameters.
+@pytest.mark.slow
 @pytest.mark.xdist_group("digits_smoke")  # shares compiled programs: see conftest.py
 def test_fsdp_matches_data_parallel(tmp_path):
   dp = digits_config(log_every_steps=1)
