@@ -30,6 +30,7 @@ import optax  # noqa: E402
 from vision_jax import models  # noqa: E402
 from vision_jax.data import digits_dataset  # noqa: E402
 from vision_jax.explain import metrics, sanity  # noqa: E402
+from vision_jax.forward import eval_apply  # noqa: E402
 
 METHODS = {"gradcam": {}, "gradcam++": {}, "saliency": {},
            "ig": {"steps": 16, "black_value": -1.0, "channel_reduce": "abs_sum"},
@@ -83,7 +84,7 @@ def main() -> None:
   start = time.time()
   module, variables = train(None, 100)
   images, labels = digits_dataset(image_size=16).eval
-  accuracy = np.mean(np.asarray(jax.jit(module.apply)(variables, images)).argmax(1) == labels)
+  accuracy = np.mean(np.asarray(eval_apply(module, variables, images)).argmax(1) == labels)
   print(f"test top-1 {accuracy:.3f}", flush=True)
   fns = {m: sanity.method_fn(m, **o) for m, o in METHODS.items()}
   if not args.skip_metrics:

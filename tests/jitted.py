@@ -7,6 +7,8 @@ on its own (one XLA compile per operation and shape): an EfficientNet-B0 forward
 `init(module, rng, *args, **kwargs)` are `module.apply` and `module.init` under
 `jax.jit`: array arguments, `rngs` and the variables are traced; every other keyword
 (train, mutable, capture_intermediates, method, ...) is fixed at trace time.
+A plain evaluation call, `apply(module, variables, x, train=False)`, goes through
+the package's own `vision_jax.forward.eval_apply`, which compiles once per module.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+
+from vision_jax.forward import eval_apply
 
 
 def _split(kwargs: dict[str, Any]):
@@ -30,6 +34,8 @@ def _split(kwargs: dict[str, Any]):
 def apply(module, variables, *args, **kwargs):
   """`module.apply(variables, *args, **kwargs)`, traced and compiled as one program."""
   traced, fixed = _split(kwargs)
+  if len(args) == 1 and not traced and fixed == {"train": False}:
+    return eval_apply(module, variables, args[0])
   return jax.jit(lambda v, a, t: module.apply(v, *a, **t, **fixed))(variables, args, traced)
 
 

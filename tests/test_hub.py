@@ -102,15 +102,9 @@ def hub_cache(tmp_path_factory):
     yield models, root
 
 
-_JIT = {}
-
-
 def _logits(module, variables, x):
-  import jax  # pylint: disable=import-outside-toplevel
-  fn = _JIT.get(module)
-  if fn is None:
-    fn = _JIT[module] = jax.jit(lambda v, x: module.apply(v, x, train=False))
-  return np.asarray(fn(variables, x))
+  from vision_jax.forward import eval_apply  # pylint: disable=import-outside-toplevel
+  return np.asarray(eval_apply(module, variables, x))
 
 
 def _torch_logits(model, x):
