@@ -65,7 +65,7 @@ def timm_b0_state_dict():
 # --- parity with timm -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("timm_name,size", [
-    ("tf_efficientnet_b0", 65),  # odd sizes: TF SAME pads the strided convs asymmetrically
+    ("tf_efficientnet_b0", 64),  # even sizes: SAME pads strided convs (0, 1), k // 2 would not
     ("efficientnet_b0", 64),     # PyTorch-style symmetric padding, BN eps 1e-5
     ("tf_efficientnet_b1", 33),  # depth 1.1: a residual in the expansion-free first stage
 ])

@@ -103,8 +103,9 @@ class DropPath(nn.Module):
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
-  """Mean over the spatial axes of an NHWC tensor, accumulated in float32."""
-  return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
+  """Mean over the spatial axes of an NHWC tensor, accumulated in at least float32."""
+  acc = jnp.promote_types(x.dtype, jnp.float32)  # float32 for bf16, float64 stays float64
+  return jnp.mean(x.astype(acc), axis=(1, 2)).astype(x.dtype)
 
 
 def classifier_head(features: jax.Array, num_classes: int, dtype: Any,
