@@ -360,31 +360,64 @@ _ONE_BLOCK_A_STAGE = {
 }
 
 
-def test_every_family_has_a_default_layer_and_gives_maps():
-  """Traced (not compiled) for one small variant per registered family."""
+def test_every_family_gives_maps_metrics_and_sanity_steps():
+  """Traced (not compiled) for one small variant per registered family: its default CAM
+  layer and maps, the jitted cores of the perturbation metrics, and the sanity checks'
+  layer order and randomisation. Their numbers are tested on small models elsewhere
+  (tests/test_explain_metrics.py); here, that no family breaks them."""
   from vision_jax import models  # pylint: disable=import-outside-toplevel
-  from vision_jax.explain import cam, layers  # pylint: disable=import-outside-toplevel
+  from vision_jax.explain import cam, layers, metrics, sanity  # pylint: disable=import-outside-toplevel
   from tests import pins  # pylint: disable=import-outside-toplevel
   # The smallest of each family: the layer rule is the family module's, whatever the size.
   variants = pins.smallest_per_family()
   variants["vit_hybrid"] = "vit_tiny_r_s16_p8_224"
-  assert {"resnet", "resnet_v2", "efficientnet", "vit"} <= set(variants)
-  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-  targets = jnp.zeros(2, jnp.int32)
+  assert {"resnet", "resnet_v2", "efficientnet", "vit", "maxvit", "coatnet"} <= set(variants)
+  n, side = 2, 64
+  x = jax.ShapeDtypeStruct((n, side, side, 3), jnp.float32)
+  targets = jnp.zeros(n, jnp.int32)
+  counts = (0, side * side // 2, side * side)  # deletion/insertion and ROAD points
+  subsets = jax.ShapeDtypeStruct((n, 3, 16), jnp.int32)  # faithfulness: 3 runs of 16 pixels
   for family, name in sorted(variants.items()):
     # ViTs, MaxViT and CoAtNet are built for their input size (position tables, windows).
     built_for_size = family.startswith("vit") or family in ("maxvit", "coatnet")
-    overrides = {"img_size": 64} if built_for_size else {}
+    overrides = {"img_size": side} if built_for_size else {}
     # The default layer is where the family's module ends its feature maps (or, for ViTs,
     # its last block): one block a stage (one transformer block) keeps that place.
     overrides.update(_ONE_BLOCK_A_STAGE.get(family, {}))
     module = models.create_model(name, num_classes=5, **overrides)
     variables = jax.eval_shape(lambda x, m=module: m.init(jax.random.key(0), x), x)
     layer = layers.resolve_layer(module, None, x.shape, x.dtype)
-    maps, _ = jax.eval_shape(
-        lambda v, x, m=module, l=layer: cam._cams(m, v, x, targets, l), variables, x)
+    found = {}
+
+    def trace(v, images, subsets, m=module, l=layer, found=found):
+      maps, _ = cam._cams(m, v, images, targets, l)
+      ranks = metrics._ranks(jax.image.resize(maps["gradcam"], images.shape[:3], "bilinear"))
+      baseline = metrics.make_baseline(images, 0.0)
+      curve = metrics._flip_curve(m, v, images, baseline, ranks, targets, counts,
+                                  jnp.bool_(True), True)
+      road = metrics._road(m, v, images, ranks, targets, jax.random.key(0), jnp.float32(0.01),
+                           counts)
+      drops = metrics._subset_drops(m, v, images, baseline, subsets, targets, True)
+      # Sanity: the top-down order of the parameterised layers, and the top one randomised.
+      found["order"] = sanity.layer_order(m, v, images)
+      fresh = sanity.fresh_parameters(m, images, seed=1)
+      randomised = sanity.randomise_layers(m, v, images, found["order"][-1:], fresh=fresh)
+      again, _ = cam._cams(m, randomised, images, targets, l)
+      return maps, curve, road, drops, again
+
+    maps, curve, road, drops, again = jax.eval_shape(trace, variables, x, subsets)
     h, w = layer.map_shape
-    assert maps["gradcam"].shape == (2, h, w) and h > 1 and w > 1, (name, layer)
+    assert maps["gradcam"].shape == (n, h, w) and h > 1 and w > 1, (name, layer)
+    assert curve.shape == (n, len(counts)) and drops.shape == (n, 3), name
+    assert road[0].shape == road[1].shape == (n, len(counts)), name
+    assert again["gradcam"].shape == (n, h, w), name
+    order = found["order"]
+    # Every parameterised top-level layer, once, the classifier last (randomised first).
+    assert sorted(order) == sorted(variables["params"]) and order[-1] == "head", (name, order)
+    assert len(order) >= 3, (name, order)
+    # The top module's own parameters (a ViT's tokens) embed the input: randomised last.
+    own = [k for k in order if not isinstance(variables["params"][k], dict)]
+    assert order[:len(own)] == own, (name, order)
     if family.startswith("vit"):
       rollout = jax.eval_shape(
           lambda v, x, m=module: explain.rollout._rollout(m, v, x, "mean"), variables, x)

@@ -122,7 +122,10 @@ def spearman(a: Any, b: Any, *, absolute: bool = True) -> np.ndarray:
 
 
 def layer_order(module: nn.Module, variables: Any, images: Any) -> list[str]:
-  """Top-level parameterised submodules in the order the forward pass calls them."""
+  """Top-level parameter names in the order the forward pass uses them.
+
+  The top module's own parameters (a ViT's cls_token, pos_embed) come first.
+  """
   images = common.check_images(images)[:1]
   _, state = module.apply(variables, images, train=False, capture_intermediates=True,
                           mutable=["intermediates"])
@@ -130,7 +133,11 @@ def layer_order(module: nn.Module, variables: Any, images: Any) -> list[str]:
   # The intermediates dict is filled as the modules return, so a block's entry
   # follows its children's; the first time a top-level name appears is its place.
   order = [name for name in state["intermediates"] if name in params]
-  return order + [name for name in params if name not in order]
+  # Parameters held by the top module itself (a ViT's cls_token and pos_embed) are
+  # used where the input is embedded: they go first, so that a top-down
+  # randomisation reaches them last, not before the classifier.
+  own = [name for name in params if name not in order and not isinstance(params[name], Mapping)]
+  return own + order + [name for name in params if name not in order and name not in own]
 
 
 def fresh_parameters(module: nn.Module, images: Any, seed: int = 0) -> Any:
