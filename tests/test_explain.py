@@ -362,8 +362,9 @@ _ONE_BLOCK_A_STAGE = {
 
 def test_every_family_gives_maps_metrics_and_sanity_steps():
   """Traced (not compiled) for one small variant per registered family: its default CAM
-  layer and maps, the jitted cores of the perturbation metrics, and the sanity checks'
-  layer order and randomisation. Their numbers are tested on small models elsewhere
+  layer and maps (the gradient CAMs; Eigen-CAM, whose layer-output forward Score-CAM
+  shares), the jitted cores of the perturbation metrics, and the sanity checks' layer
+  order and randomisation. Their numbers are tested on small models elsewhere
   (tests/test_explain_metrics.py); here, that no family breaks them."""
   from vision_jax import models  # pylint: disable=import-outside-toplevel
   from vision_jax.explain import cam, layers, metrics, sanity  # pylint: disable=import-outside-toplevel
@@ -391,6 +392,7 @@ def test_every_family_gives_maps_metrics_and_sanity_steps():
 
     def trace(v, images, subsets, m=module, l=layer, found=found):
       maps, _ = cam._cams(m, v, images, targets, l)
+      maps["eigencam"] = cam._eigen_cam(m, v, images, targets, l)[0]
       ranks = metrics._ranks(jax.image.resize(maps["gradcam"], images.shape[:3], "bilinear"))
       baseline = metrics.make_baseline(images, 0.0)
       curve = metrics._flip_curve(m, v, images, baseline, ranks, targets, counts,
@@ -408,6 +410,7 @@ def test_every_family_gives_maps_metrics_and_sanity_steps():
     maps, curve, road, drops, again = jax.eval_shape(trace, variables, x, subsets)
     h, w = layer.map_shape
     assert maps["gradcam"].shape == (n, h, w) and h > 1 and w > 1, (name, layer)
+    assert {k: v.shape for k, v in maps.items()} == {k: (n, h, w) for k in maps}, name
     assert curve.shape == (n, len(counts)) and drops.shape == (n, 3), name
     assert road[0].shape == road[1].shape == (n, len(counts)), name
     assert again["gradcam"].shape == (n, h, w), name
