@@ -3,8 +3,9 @@ r"""DINO on the embedded digits: label-free self-distillation, then kNN and line
   python -m vision_jax.main --config=configs/dino_digits.py --workdir=/tmp/dino_digits
 
 Pretraining never reads a label. Each training digit gives two global crops
-(`digits.simclr_view`, 16x16, as the SimCLR digits config); the digits source
-has no local crops, so this run is DINO without multi-crop. Encoder:
+(`digits.simclr_view`, 16x16, as the SimCLR digits config) and, as DINO's
+multi-crop, `local_crops` (4) local crops of 8x8 covering 5%-40% of the digit
+(`config.data.local_crops`; 0 turns them off). Encoder:
 cifar_resnet20 (64 features); head: DINOHead 3 layers, hidden 256, bottleneck
 64, 1024 prototypes; teacher = EMA of the student, momentum 0.99 -> 1 (cosine);
 student temperature 0.1, teacher 0.04 -> 0.07 over 10 epochs, center momentum
@@ -15,7 +16,7 @@ split and of the 360 test digits; weighted kNN every `eval_every` and, at the
 end, a linear probe (`train/simclr.linear_eval`). The run reports knn_top1 and
 linear_top1.
 
-Arguments: smoke, epochs, model, batch_size, lr.
+Arguments: smoke, epochs, model, batch_size, lr, local_crops.
 """
 
 import ml_collections
@@ -25,12 +26,14 @@ from vision_jax.config_util import parse_arg, shrink_for_smoke
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, smoke=False, epochs=0, model="cifar_resnet20", batch_size=256, lr=0.0)
+  arg = parse_arg(arg, smoke=False, epochs=0, model="cifar_resnet20", batch_size=256, lr=0.0,
+                  local_crops=4)
   config = base_config()
   config.recipe = "dino"
   config.model.update({"name": arg.model, "overrides": {}})
   config.data = ml_collections.ConfigDict(
-      {"name": "digits", "image_size": 16, "augment": "simclr", "views": 2})
+      {"name": "digits", "image_size": 16, "augment": "simclr", "views": 2,
+       "local_crops": arg.local_crops, "local_image_size": 8, "local_scale": (0.05, 0.4)})
   config.batch_size = arg.batch_size
   config.eval_batch_size = 360
   config.total_epochs = arg.epochs or 100

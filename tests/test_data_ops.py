@@ -40,6 +40,9 @@ CASES = {
     "gaussian_blur(1.0)": (IMAGE, (40, 48, 3), tf.float32, (0, 255)),
     "solarize(1.0)": (IMAGE, (40, 48, 3), tf.float32, (0, 255)),
     "two_views|random_crop(24)|flip_lr": (IMAGE, (2, 24, 24, 3), tf.uint8, (0, 255)),
+    # DINO's multi-crop: "local" [3, 12, 12, 3] float32 from the image before two_views.
+    "two_views|random_crop(24)|local_crops(3)|random_crop(12)|flip_lr":
+        (IMAGE, (2, 24, 24, 3), tf.uint8, (0, 255)),
 }
 
 
@@ -62,7 +65,7 @@ def test_every_registered_op_is_covered():
 def test_op_eager_equals_tf_data(spec):
   image, shape, dtype, (lo, hi) = CASES[spec]
   eager, graph = run_both(spec, image)
-  assert sorted(eager) == ["image", "label"]
+  assert sorted(eager) == ["image", "label"] + (["local"] if "local_crops" in spec else [])
   for key in eager:
     np.testing.assert_array_equal(eager[key], graph[key], err_msg=f"{spec}: {key}")
   out = eager["image"]
@@ -74,7 +77,8 @@ def test_op_eager_equals_tf_data(spec):
 
 RANDOM_SPECS = ["random_crop(24)", "inception_crop(24)", "flip_lr", "randaugment(2, 10)",
                 "autoaugment", "color_jitter(1.0)", "random_grayscale(0.5)", "gaussian_blur(0.5)",
-                "solarize(0.5)", "two_views|random_crop(24)"]
+                "solarize(0.5)", "two_views|random_crop(24)",
+                "two_views|random_crop(24)|local_crops(2)|random_crop(12)"]
 
 
 @pytest.mark.parametrize("spec", RANDOM_SPECS)
@@ -88,6 +92,26 @@ def test_random_ops_follow_the_seed(spec):
   assert len(distinct) >= 2, f"{spec}: 8 seeds gave one output"
   if spec.startswith("two_views"):
     assert not np.array_equal(outs[0][0], outs[0][1]) or not np.array_equal(outs[1][0], outs[1][1])
+
+
+def test_local_crops_start_from_the_image_before_two_views():
+  spec = "two_views|random_crop(24)|local_crops(3)|random_crop(12)|flip_lr"
+  eager, graph = run_both(spec, IMAGE)
+  np.testing.assert_array_equal(eager["local"], graph["local"])
+  local = eager["local"]
+  assert local.shape == (3, 12, 12, 3) and local.dtype == np.float32
+  # Each local crop is a 12x12 window of the original 40x48 image (maybe mirrored), not of a
+  # 24x24 global view, and the three are drawn independently.
+  windows = {IMAGE[y:y + 12, x:x + 12].tobytes() for y in range(29) for x in range(37)}
+  for crop in local.astype(np.uint8):
+    assert crop.tobytes() in windows or crop[:, ::-1].tobytes() in windows
+  assert len({c.tobytes() for c in local}) == 3
+  # Adding local crops leaves the global views as they were: the seeds are kept apart.
+  plain = run_both("two_views|random_crop(24)", IMAGE)[0]["image"]
+  np.testing.assert_array_equal(eager["image"], plain)
+  fn = ops.get_preprocess_fn(spec)
+  assert (fn.views, fn.local_views) == (2, 3)
+  assert ops.get_preprocess_fn("two_views|flip_lr").local_views == 0
 
 
 def test_fused_decode_and_crop_matches_decode_then_crop():
@@ -183,6 +207,10 @@ def test_parser_accepts_literals_and_keywords():
     ("onehot()", "missing a required argument: 'depth'"),
     ("autoaugment('v9')", "policy must be one of"),
     ("decode|two_views|two_views", "more than once"),
+    ("decode|local_crops(2)|two_views", "local_crops must come after two_views"),
+    ("decode|flip_lr|local_crops(2)", "local_crops must come after two_views"),
+    ("decode|two_views|local_crops(0)|flip_lr", "a number of crops >= 1, got 0"),
+    ("decode|two_views|local_crops(2)|local_crops(2)", "local_crops appears more than once"),
 ])
 def test_bad_strings_raise_clear_errors(spec, message):
   with pytest.raises(PreprocessError, match=message):

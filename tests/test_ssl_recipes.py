@@ -305,10 +305,33 @@ def test_recipe_runs_and_resumes_exactly(name, tmp_path):
                               a["params"]["encoder"]["conv1"]["kernel"])
 
 
+def test_dino_digits_config_gives_local_crops():
+  """configs/dino_digits.py: two 16 px global crops and four 8 px local ones per digit, each a
+  pure function of (seed, step, example), so a resumed run sees the same crops."""
+  from vision_jax import data  # pylint: disable=import-outside-toplevel
+  config = recipe_config("dino")
+  dataset = data.get_dataset(config.data)
+  assert (dataset.views, dataset.local_views) == (2, 4)
+  batches = dataset.train_iterator(8, seed=3)
+  first, second = next(batches), next(batches)
+  assert first["image"].shape == (8, 2, 16, 16, 1) and first["local"].shape == (8, 4, 8, 8, 1)
+  assert first["local"].dtype == np.float32 and -1.5 < first["local"].mean() < 1.0
+  # Local crops differ from each other (random windows of the same digit).
+  assert not np.allclose(first["local"][:, 0], first["local"][:, 1])
+  resumed = next(dataset.train_iterator(8, seed=3, start_step=1))
+  for key in ("image", "local", "label"):
+    np.testing.assert_array_equal(resumed[key], second[key])
+  with pytest.raises(data.DatasetError, match="need augment='simclr' and views=2"):
+    data.digits_dataset(image_size=16, local_crops=2)
+
+
 @pytest.mark.parametrize("name, changes, match", [
     ("dino", {"ema_decay": 0.0}, r"config.ema_decay=0.0: recipe='dino' keeps its teacher"),
-    ("dino", {"data.views": 1}, "two global crops"),
+    ("dino", {"data.views": 1, "data.local_crops": 0}, "two global crops"),
     ("dino", {"dino.teacher_temp": 0.0}, r"config.dino.teacher_temp=0.0: must be a number > 0"),
+    ("dino", {"data.local_scale": (0.5, 0.1)}, r"config.data.local_scale=\(0.5, 0.1\)"),
+    ("byol", {"data.local_crops": 2}, "recipe='byol' does not train on local crops"),
+    ("simclr", {"data.local_crops": 2}, "recipe='simclr' does not train on local crops"),
     ("byol", {"ema_decay": 0.0}, r"recipe='byol' keeps its target network"),
     ("byol", {"grad_accum_steps": 2}, "grad_accum_steps > 1 is not available with recipe='byol'"),
     ("byol", {"freeze_bn": True}, "freeze_bn does not apply to recipe='byol'"),

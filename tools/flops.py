@@ -27,7 +27,12 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   size = args.image_size or info.input_size
-  f = count_flops(args.model, image_size=size, train=args.train)
+  # Models built for one input size (ViTs, MaxViT, CoAtNet: position tables, windows) are
+  # built for the asked size; the others take any.
+  fields = models.create_model(args.model).__dataclass_fields__
+  sized = size != info.input_size and "img_size" in fields
+  f = count_flops(args.model, image_size=size, train=args.train,
+                  **({"img_size": size} if sized else {}))
   print(json.dumps({"model": args.model, "image_size": size, "train": args.train,
                     "gflops_per_image": round(f / 1e9, 4)}))
   return 0

@@ -239,6 +239,15 @@ def _check_data(c: FieldChecks) -> None:
   c.positive_int("data.num_train")
   c.positive_int("data.num_eval")
   c.choice("data.views", (1, 2))
+  c.non_negative_int("data.local_crops", what=" (DINO's local crops per image, digits; "
+                     "op strings use local_crops(n))")
+  c.positive_int("data.local_image_size")
+  scale = c.value("data.local_scale")
+  if scale is not None and (not isinstance(scale, (tuple, list)) or len(scale) != 2
+                            or not all(is_number(v) for v in scale)
+                            or not 0 < scale[0] <= scale[1] <= 1):
+    c.fail("data.local_scale", scale, "must be a pair (low, high) with 0 < low <= high <= 1, the "
+           "share of the image's area a local crop covers")
   c.number("data.max_bad_fraction", 0.0, 1.0, what=" (the share of a split that may become "
            "unreadable before the run stops)")
   # pylint: disable=import-outside-toplevel

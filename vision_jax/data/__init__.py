@@ -32,7 +32,7 @@ from absl import logging
 
 from vision_jax.data import balance as balance_lib
 from vision_jax.data.arrays import ArrayDataset, synthetic_dataset
-from vision_jax.data.digits import digits_dataset
+from vision_jax.data.digits import LOCAL_SCALE, digits_dataset
 from vision_jax.data.errors import DataCheckError, DatasetError, PreprocessError
 from vision_jax.data.eval_preprocess import eval_preprocess  # noqa: F401
 
@@ -67,7 +67,11 @@ def get_dataset(data_config: Any) -> Any:
                              classes=data_config.get("classes", None),
                              train_per_class=data_config.get("train_per_class", None),
                              augment=data_config.get("augment", "shift"),
-                             views=data_config.get("views", 1))
+                             views=data_config.get("views", 1),
+                             local_crops=data_config.get("local_crops", 0) or 0,
+                             local_image_size=data_config.get("local_image_size", None),
+                             local_scale=tuple(data_config.get("local_scale", None)
+                                               or LOCAL_SCALE))
   elif name == "synthetic":
     dataset = synthetic_dataset(image_size=data_config.get("image_size", 224),
                                 num_classes=data_config.get("num_classes", 1000),

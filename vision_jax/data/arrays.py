@@ -26,12 +26,15 @@ class ArrayDataset:
     train: (images, labels) of the training split.
     eval: (images, labels) of the evaluation split.
     num_classes: number of classes.
-    preprocess_train: (images, rngs) -> float32 NHWC batch; rngs holds one
+    preprocess_train: (images, rngs) -> float32 NHWC batch, or a dict of arrays
+      with it under "image" (and e.g. DINO's local crops under "local"); rngs holds one
       Generator per example, seeded by (seed, epoch, example index), so that an
       example's augmentation does not depend on the batch or process it lands in.
     preprocess_eval: same, called with rngs None (deterministic).
     views: augmented views per training example (2: batch['image'] is
       [N, 2, H, W, C], for SimCLR); evaluation batches always hold one.
+    local_views: DINO local crops per training example (batch['local'] is
+      [N, local_views, h, w, C]); 0 for none.
     balance: 'sample' draws each epoch's examples with replacement, each with a
       probability proportional to 1 / (its class's count) (`data.balance`);
       anything else uses a permutation of the split.
@@ -44,6 +47,7 @@ class ArrayDataset:
   preprocess_eval: Preprocess
   views: int = 1
   balance: str = "none"
+  local_views: int = 0
 
   @property
   def num_train(self) -> int:
@@ -74,7 +78,11 @@ class ArrayDataset:
       start = offset * global_batch + process_index * local
       index = order[start:start + local]
       rngs = [np.random.default_rng([seed, epoch, int(i)]) for i in index]
-      yield {"image": self.preprocess_train(images[index], rngs), "label": labels[index]}
+      processed = self.preprocess_train(images[index], rngs)
+      # A preprocess may give more than the image (DINO's local crops: {"image", "local"}).
+      batch = dict(processed) if isinstance(processed, dict) else {"image": processed}
+      batch["label"] = labels[index]
+      yield batch
       step += 1
 
   def eval_iterator(self, global_batch: int, process_index: int = 0,

@@ -54,14 +54,18 @@ def crop_resize_matrices(starts: np.ndarray, sizes: np.ndarray, src: int, dst: i
   return m
 
 
+# DINO's local crops cover 5-40% of the image (its `local_crops_scale`, Caron et al. 2021).
+LOCAL_SCALE = (0.05, 0.4)
+
+
 def simclr_view(images: np.ndarray, rngs, image_size: int, *, min_scale: float = 0.4,
-                jitter: float = 0.4, jitter_prob: float = 0.8, noise: float = 0.1,
+                max_scale: float = 1.0, jitter: float = 0.4, jitter_prob: float = 0.8, noise: float = 0.1,
                 erase_prob: float = 0.5) -> np.ndarray:
   """One SimCLR-style random view of each raw digit, as float32 [N, image_size, image_size, 1].
 
   The greyscale analogue of SimCLR's ImageNet chain (there is no colour to
   jitter and a flipped digit is another symbol, so neither flips nor hue are used):
-  1. random resized crop: area scale in [min_scale, 1], aspect ratio in
+  1. random resized crop: area scale in [min_scale, max_scale], aspect ratio in
      [3/4, 4/3], bilinear resample of the 8x8 original to image_size;
   2. with probability jitter_prob, brightness and contrast jitter of strength
      `jitter` (factors in [1 - jitter, 1 + jitter]);
@@ -81,7 +85,7 @@ def simclr_view(images: np.ndarray, rngs, image_size: int, *, min_scale: float =
   # 12 uniform draws per example; draw 7 is unused (the pixel noise comes from the generator
   # afterwards) and kept so that a given seed still gives the same views.
   draws = np.stack([rng.random(12) for rng in rngs]) if n else np.zeros((0, 12))
-  area = min_scale + (1.0 - min_scale) * draws[:, 0]
+  area = min_scale + (max_scale - min_scale) * draws[:, 0]
   log_ratio = np.log(3 / 4) + (np.log(4 / 3) - np.log(3 / 4)) * draws[:, 1]
   ratio = np.exp(log_ratio)
   height = np.clip(src * np.sqrt(area / ratio), 1.0, src)
@@ -119,7 +123,8 @@ def simclr_view(images: np.ndarray, rngs, image_size: int, *, min_scale: float =
 def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = "train",
                    eval_split: str = "test", classes=None,
                    train_per_class: int | None = None, augment: str = "shift",
-                   views: int = 1) -> ArrayDataset:
+                   views: int = 1, local_crops: int = 0, local_image_size: int | None = None,
+                   local_scale: tuple[float, float] = LOCAL_SCALE) -> ArrayDataset:
   """The embedded digits, upscaled bilinearly to `image_size` with values in [-1, 1].
 
   Training augmentation (`augment`): "shift" moves each training image by up to
@@ -127,7 +132,10 @@ def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = 
   "simclr" draws a SimCLR-style view instead (random resized crop, brightness
   and contrast jitter, pixel noise, random erasing: `digits.simclr_view`).
   `views=2` returns two independent augmentations of every training image,
-  batch['image'] being [N, 2, H, W, 1] (for SimCLR); evaluation is unchanged. `classes` keeps only those
+  batch['image'] being [N, 2, H, W, 1] (for SimCLR); evaluation is unchanged.
+  `local_crops=n` (with augment='simclr' and views=2) adds DINO's multi-crop:
+  batch['local'] [N, n, h, h, 1], views whose crop covers `local_scale` of the
+  digit's area, at `local_image_size` (default half of image_size). `classes` keeps only those
   digits, relabelled 0..len(classes)-1 in the given order (both splits);
   `train_per_class` keeps the first n training images of each kept class (a
   fixed few-shot subset, for transfer experiments).
@@ -162,6 +170,14 @@ def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = 
                        "(supervised) and 'simclr' (contrastive views).")
   if views not in (1, 2):
     raise DatasetError(f"config.data.views={views!r}: use 1, or 2 for SimCLR pairs.")
+  if local_crops and (augment != "simclr" or views != 2):
+    raise DatasetError(f"config.data.local_crops={local_crops}: local crops are DINO's "
+                       "multi-crop; they need augment='simclr' and views=2 (the global crops).")
+  lo, hi = local_scale
+  if not 0 < lo <= hi <= 1:
+    raise DatasetError(f"config.data.local_scale={tuple(local_scale)!r}: need 0 < low <= high "
+                       "<= 1 (fractions of the digit's area).")
+  local_image_size = local_image_size or max(1, image_size // 2)
   raw_train = train
   # A plain bilinear resize of the whole 8x8 image (half-pixel centres).
   m = crop_resize_matrices(np.zeros(1), np.full(1, 8.0), 8, image_size)[0]
@@ -198,8 +214,13 @@ def digits_dataset(image_size: int = 32, max_shift: int = 0, train_split: str = 
     if views == 1 or rngs is None:
       return one_view(images, rngs)
     # Each example's generator continues its stream, so the second view differs from the first.
-    return np.stack([one_view(images, rngs), one_view(images, rngs)], axis=1)
+    pair = np.stack([one_view(images, rngs), one_view(images, rngs)], axis=1)
+    if not local_crops:
+      return pair
+    local = np.stack([simclr_view(images, rngs, local_image_size, min_scale=lo, max_scale=hi)
+                      for _ in range(local_crops)], axis=1)
+    return {"image": pair, "local": local}
 
   return ArrayDataset(train=train, eval=evaluation, num_classes=num_classes,
                       preprocess_train=preprocess_train, preprocess_eval=lambda x, rng: x,
-                      views=views)
+                      views=views, local_views=local_crops)

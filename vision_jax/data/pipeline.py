@@ -109,6 +109,11 @@ class TfDataset:
     return self.preprocess_train.views
 
   @property
+  def local_views(self) -> int:
+    """DINO local crops per training example: n when preprocess_train holds `local_crops(n)`."""
+    return self.preprocess_train.local_views
+
+  @property
   def num_eval(self) -> int:
     return self.source.num_examples(self.eval_split)
 
@@ -197,18 +202,13 @@ class TfDataset:
     step = int(start_step)
     while True:
       ds = self.train_dataset(global_batch, seed, step, process_index, process_count)
-      iterator = iter(ds.as_numpy_iterator())
-      while True:
-        try:
-          batch = next(iterator)
-        except StopIteration:
-          return
-        except tf.errors.OpError as e:
-          if self.source.exclude_unreadable(self.train_split):
-            break  # rebuilt without them, from the step that was not yielded yet
-          raise DatasetError(self.source.explain_failure(self.train_split, e)) from None
-        yield batch
-        step += 1
+      try:
+        for batch in self._numpy(ds, self.train_split, rebuild=True):
+          yield batch
+          step += 1
+      except _Rebuild:
+        continue  # rebuilt without them, from the step that was not yielded yet
+      return
 
   # -------------------------------------------------------------------------
   # Evaluation.
@@ -259,7 +259,13 @@ class TfDataset:
       batch["mask"] = np.zeros(local, bool)
       yield batch
 
-  def _numpy(self, ds: tf.data.Dataset, split: str) -> Iterator[Batch]:
+  def _numpy(self, ds: tf.data.Dataset, split: str, rebuild: bool = False) -> Iterator[Batch]:
+    """The batches of `ds` (read from `split`) as numpy; a failed read raises a DatasetError.
+
+    With `rebuild`, a read that failed on files which became unreadable leaves them out
+    of the source (`Source.exclude_unreadable`) and raises `_Rebuild` instead, for the
+    caller to make the stream again.
+    """
     iterator = iter(ds.as_numpy_iterator())
     while True:
       try:
@@ -267,8 +273,14 @@ class TfDataset:
       except StopIteration:
         return
       except tf.errors.OpError as e:
+        if rebuild and self.source.exclude_unreadable(split):
+          raise _Rebuild from None
         raise DatasetError(self.source.explain_failure(split, e)) from None
       yield batch
+
+
+class _Rebuild(Exception):
+  """Raised by `TfDataset._numpy`: unreadable files were left out, rebuild the stream."""
 
 
 def _parallelism(field: str, value: int | None) -> int:

@@ -221,7 +221,7 @@ def check_config(config: Any) -> dict[str, Any]:
   would give.
 
   Returns:
-    {'num_params', 'total_steps', 'train_batch', 'eval_batch', 'metrics'}: the
+    {'num_params', 'total_steps', 'train_batch', 'local_batch', 'eval_batch', 'metrics'}: the
     parameter count, the run length in steps, the shapes of the image batches and
     the names of the step's metrics.
   """
@@ -239,6 +239,7 @@ def check_config(config: Any) -> dict[str, Any]:
       run.abstract_state.params))
   return {"num_params": num_params, "total_steps": run.steps["total"],
           "train_batch": tuple(np.shape(train["image"])),
+          "local_batch": tuple(np.shape(train["local"])) if "local" in train else None,
           "eval_batch": tuple(np.shape(evaluation["image"])), "metrics": sorted(metrics)}
 
 

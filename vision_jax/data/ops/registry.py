@@ -42,6 +42,8 @@ Op = Callable[[Features, tf.Tensor], Features]
 
 # Ops after `two_views` run once per view; these offsets keep the views' seeds apart.
 _VIEW_SEED_OFFSET = 1 << 20
+# ... and these the local crops' (after `local_crops(n)`).
+_LOCAL_SEED_OFFSET = 2 << 20
 DEFAULT_OUTPUTS = ("image", "label")
 
 
@@ -160,6 +162,7 @@ class Preprocess:
     calls: the parsed calls.
     random: whether any op draws from the seed.
     views: 2 if the chain contains `two_views`, else 1.
+    local_views: n if the chain contains `local_crops(n)` (after `two_views`), else 0.
   """
 
   def __init__(self, spec: str, outputs: Sequence[str] | None = DEFAULT_OUTPUTS):
@@ -173,17 +176,37 @@ class Preprocess:
     self.spec = spec
     self.calls = parse(spec)
     names = [c.name for c in self.calls]
-    if names.count("two_views") > 1:
-      raise PreprocessError(f"two_views appears more than once in {spec!r}.")
+    for marker in ("two_views", "local_crops"):
+      if names.count(marker) > 1:
+        raise PreprocessError(f"{marker} appears more than once in {spec!r}.")
     split = names.index("two_views") if "two_views" in names else len(names)
+    local = names.index("local_crops") if "local_crops" in names else len(names)
+    if local < split:
+      raise PreprocessError(f"local_crops must come after two_views in {spec!r}: the ops "
+                            "between them make the two global crops, those after it the local ones.")
     # Random ops are numbered in order and that number is folded into the seed,
     # so deterministic ops (decode, resize...) can be added without changing the
     # augmentation: "decode|inception_crop(224)" crops like "inception_crop(224)".
     self._before = self._numbered(self.calls[:split])
-    self._after = self._numbered(self.calls[split + 1:]) if split < len(names) else []
+    self._after = self._numbered(self.calls[split + 1:local]) if split < len(names) else []
+    self._local = self._numbered(self.calls[local + 1:]) if local < len(names) else []
     self.views = 2 if split < len(names) else 1
+    self.local_views = (self._local_count(self.calls[local], spec) if local < len(names)
+                        else 0)
     self.random = any(op_info(n).random for n in names)
-    self._outputs = None if (names and names[-1] == "keep") else outputs
+    if names and names[-1] == "keep":
+      self._outputs = None
+    elif outputs is not None and self.local_views:
+      self._outputs = tuple(outputs) + ("local",)
+    else:
+      self._outputs = outputs
+
+  @staticmethod
+  def _local_count(call: OpCall, spec: str) -> int:
+    count = build_op(call).count
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+      raise PreprocessError(f"local_crops needs a number of crops >= 1, got {count!r} in {spec!r}.")
+    return count
 
   @staticmethod
   def _numbered(calls: Sequence[OpCall]) -> list[tuple[int, Op]]:
@@ -201,7 +224,8 @@ class Preprocess:
       seed: shape [2] integer tensor; None uses a fixed seed (for evaluation).
 
     Returns:
-      The processed features. With `two_views`, "image" is [2, H, W, C].
+      The processed features. With `two_views`, "image" is [2, H, W, C]; with
+      `local_crops(n)`, "local" is [n, h, w, C] float32 as well.
     """
     seed = tf.constant([0, 0], tf.int64) if seed is None else tf.convert_to_tensor(seed)
     features = dict(features)
@@ -215,8 +239,19 @@ class Preprocess:
         for i, op in self._after:
           view = op(view, tf.random.experimental.stateless_fold_in(view_seed, i))
         views.append(view)
+      shared = features
       features = dict(views[0])
       features["image"] = tf.stack([views[0]["image"], views[1]["image"]])
+      if self.local_views:
+        # Local crops start again from the features before the split, not from a global view.
+        crops = []
+        for v in range(self.local_views):
+          view_seed = tf.random.experimental.stateless_fold_in(seed, _LOCAL_SEED_OFFSET + v)
+          view = dict(shared)
+          for i, op in self._local:
+            view = op(view, tf.random.experimental.stateless_fold_in(view_seed, i))
+          crops.append(tf.cast(view["image"], tf.float32))
+        features["local"] = tf.stack(crops)
     if self._outputs is not None:
       features = {k: features[k] for k in self._outputs if k in features}
     return features

@@ -141,6 +141,24 @@ def solarize(prob: float = 0.2, threshold: float = 128.0):
   return op
 
 
+@register("local_crops", on=None, random=True)
+def local_crops(count: int):
+  """DINO's multi-crop (Caron et al. 2021): the ops after it run `count` times on the
+  features as they were before `two_views`, giving "local" [count, h, w, C]::
+
+    decode|two_views|inception_crop(224, area_min=0.32)|...|
+      local_crops(10)|inception_crop(96, area_min=0.05, area_max=0.32)|...
+
+  The ops between `two_views` and `local_crops` make the two global crops.
+  """
+
+  def op(features, seed):
+    raise RuntimeError("local_crops is handled by the chain (Preprocess); it is not an op.")
+
+  op.count = count
+  return op
+
+
 @register("two_views", on=None, random=True)
 def two_views():
   """Marks where the chain splits: the ops after it run twice, "image" becomes [2, H, W, C]."""

@@ -8,7 +8,8 @@ The model is `dino.DINOModel`: the registered `config.model.name` built with
 the checkpoint and a resumed run continues bit for bit.
 Step: `dino.dino_train_step`. Data: two global crops per image
 (batch['image'], config.data.views=2 or `two_views` in preprocess_train) and,
-when the data gives them, local crops (batch['local']).
+when the data gives them, multi-crop's local crops (batch['local']:
+config.data.local_crops=n on the digits, `local_crops(n)` in an op string).
 Evaluation: the teacher's encoder features, kNN at every eval and a linear
 probe at the final one (`ssl_monitor`).
 
@@ -70,7 +71,7 @@ class DINO(Recipe):
       raise ConfigError(f"config.dino.center_momentum={momentum!r}: must be in [0, 1).")
     ssl_monitor.check_ema_teacher(config, self.name, "teacher")
     ssl_monitor.check_pretraining(config, self.name)
-    ssl_monitor.check_two_views(dataset, self.name, "two global crops")
+    ssl_monitor.check_two_views(dataset, self.name, "two global crops", local_crops=True)
 
   def build_model(self, config: Any, dataset: Any, dtype: Any):
     del dataset  # no classifier

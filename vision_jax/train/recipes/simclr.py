@@ -65,6 +65,7 @@ class SimCLR(Recipe):
           "config.data.views=2 (digits, with augment='simclr'), or put 'two_views' in "
           "config.data.preprocess_train (e.g. 'decode|two_views|inception_crop(224)|flip_lr|"
           "color_jitter(1.0)|random_grayscale(0.2)|value_range(0,1)').")
+    ssl_monitor.refuse_local_crops(dataset, self.name)
 
   def build_model(self, config: Any, dataset: Any, dtype: Any):
     del dataset  # no classifier: the number of classes does not matter

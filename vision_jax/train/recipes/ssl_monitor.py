@@ -29,6 +29,8 @@ def memory_data_config(config: Any, block: Any) -> Any:
                          or config.data.get("train_split", None) or "train")
     if "views" in memory:
       memory.views = 1
+    if "local_crops" in memory:  # DINO's multi-crop is for training only
+      memory.local_crops = 0
     if "mix" in memory:
       memory.mix = None
   return memory
@@ -74,12 +76,27 @@ def check_ema_teacher(config: Any, name: str, what: str) -> None:
         "e.g. 0.996 (the paper's).")
 
 
-def check_two_views(dataset: Any, name: str, what: str) -> None:
-  """The two-view recipes need the pipeline's pair of augmented images per example."""
+def check_two_views(dataset: Any, name: str, what: str, local_crops: bool = False) -> None:
+  """The two-view recipes need the pipeline's pair of augmented images per example.
+
+  Only DINO (`local_crops=True`) trains on multi-crop's local crops; the others
+  would drop them silently, so they refuse them.
+  """
   if dataset is not None and getattr(dataset, "views", 1) != 2:
     raise ConfigError(
         f"recipe='{name}' needs {what} of every training image: set config.data.views=2 "
         "(digits, with augment='simclr'), or put 'two_views' in config.data.preprocess_train.")
+  if not local_crops:
+    refuse_local_crops(dataset, name)
+
+
+def refuse_local_crops(dataset: Any, name: str) -> None:
+  """ConfigError when the data gives DINO's local crops to a recipe that would ignore them."""
+  if dataset is not None and getattr(dataset, "local_views", 0):
+    raise ConfigError(
+        f"recipe='{name}' does not train on local crops (DINO's multi-crop): remove "
+        "config.data.local_crops, or local_crops(n) and the ops after it from "
+        "config.data.preprocess_train.")
 
 
 def check_pretraining(config: Any, name: str) -> None:
