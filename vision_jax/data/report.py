@@ -436,6 +436,11 @@ def findings(report: dict[str, Any], mode: str = "error",
   def add(code, severity, message):
     out.append({"code": code, "severity": severity, "message": message})
 
+  def warn_if_any(code, items, message):
+    # `message(items)` is only built for a non-empty `items`: several messages name items[0].
+    if items:
+      add(code, "warning", message(items))
+
   classes = report["classes"]
   train_name, eval_name = report["train_split"], report["eval_split"]
   splits = report["splits"]
@@ -482,38 +487,30 @@ def findings(report: dict[str, Any], mode: str = "error",
           f"{section['unknown_label_examples']} example(s) of split {name!r} have labels outside "
           f"the {len(classes)} classes of the model (0..{len(classes) - 1}); fix the labels or "
           "config.data.label_key.")
-    if section["problem_files"]:
-      bad = section["problem_files"]
-      add("undecodable_files", "warning",
-          f"{len(bad)} file(s) of split {name!r} cannot be used and are skipped: "
-          + _names(f"{b['name']} ({b['problem']})" for b in bad))
+    warn_if_any("undecodable_files", section["problem_files"], lambda bad: (
+        f"{len(bad)} file(s) of split {name!r} cannot be used and are skipped: "
+        + _names(f"{b['name']} ({b['problem']})" for b in bad)))
     image_like = [p for p in section["skipped_files"]
                   if os.path.splitext(p)[1].lower() in IMAGE_LIKE_EXTENSIONS]
-    if image_like:
-      add("skipped_extensions", "warning",
-          f"{len(image_like)} image file(s) of split {name!r} are skipped for their extension "
-          f"(only {'/'.join(READ_EXTENSIONS)} are read): {_names(image_like)}; convert them.")
+    warn_if_any("skipped_extensions", image_like, lambda found: (
+        f"{len(found)} image file(s) of split {name!r} are skipped for their extension "
+        f"(only {'/'.join(READ_EXTENSIONS)} are read): {_names(found)}; convert them."))
     odd = {m: n for m, n in section["modes"].items() if m not in COMMON_MODES}
-    if odd:
-      add("colour_modes", "warning",
-          f"Split {name!r} has images in colour modes {odd}; they are decoded to RGB (or grey "
-          "with decode(1)); check that their colours survive (CMYK and 16-bit images may not).")
+    warn_if_any("colour_modes", odd, lambda modes: (
+        f"Split {name!r} has images in colour modes {modes}; they are decoded to RGB (or grey "
+        "with decode(1)); check that their colours survive (CMYK and 16-bit images may not)."))
     tiny = section["sizes"].get("under_half_the_input", 0)
     if tiny and tiny * 2 >= section["examples"]:
       add("small_images", "warning",
           f"{tiny} of {section['examples']} images of split {name!r} have a shorter side under "
           f"half the model's input ({report['expected_input']} px): they are upscaled and hold "
           "little detail; a model or input size nearer theirs may do better.")
-    if section["duplicate_groups"]:
-      groups = section["duplicate_groups"]
-      add("duplicates_within_split", "warning",
-          f"Split {name!r} holds {len(groups)} group(s) of identical files, e.g. "
-          f"{_names(groups[0])}.")
-    if section["conflicting_label_groups"]:
-      groups = section["conflicting_label_groups"]
-      add("conflicting_labels", "warning",
-          f"{len(groups)} identical file(s) of split {name!r} sit in different classes, e.g. "
-          f"{_names(groups[0])}; remove the wrong copies.")
+    warn_if_any("duplicates_within_split", section["duplicate_groups"], lambda groups: (
+        f"Split {name!r} holds {len(groups)} group(s) of identical files, e.g. "
+        f"{_names(groups[0])}."))
+    warn_if_any("conflicting_labels", section["conflicting_label_groups"], lambda groups: (
+        f"{len(groups)} identical file(s) of split {name!r} sit in different classes, e.g. "
+        f"{_names(groups[0])}; remove the wrong copies."))
   if train is not None and train["imbalance_ratio"] and train["imbalance_ratio"] >= IMBALANCE_RATIO:
     counts = {c: n for c, n in train["class_counts"].items() if n > 0}
     small, large = min(counts, key=counts.get), max(counts, key=counts.get)

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vision_jax.explain import common
-from vision_jax.explain.gradients import make_baseline
+# The straight-line IG's input checks, endpoint scores and maps serve the guided path unchanged.
+from vision_jax.explain.gradients import _endpoints, _maps, _prepare, make_baseline
 from vision_jax.explain.layers import ExplainError
 
 # Relative tolerance of "the path has reached this step's L1 target" in float32.
@@ -41,11 +41,8 @@ L1_TOLERANCE = 1e-6
 class GuidedIG(NamedTuple):
   """What `guided_integrated_gradients(..., full_output=True)` returns.
 
-  Attributes:
-    maps: [N, H, W] channel-reduced attributions (or normalised maps).
-    attributions: [N, H, W, C] per-input-value attributions.
-    score_difference: [N] y_c(input) - y_c(baseline), which they should sum to.
-    targets: [N] the classes explained.
+  The fields of `IntegratedGradients`, which documents them, less `completeness_error`:
+  the attributions along a guided path only sum to about `score_difference`.
   """
 
   maps: jax.Array
@@ -94,11 +91,7 @@ def _select_and_move(x, attr, gradient, inputs, baseline, alpha_min, alpha_max, 
 @functools.partial(jax.jit, static_argnames=("module", "steps", "fraction"))
 def _guided(module: nn.Module, variables: Any, images: jax.Array, baseline: jax.Array,
             targets: jax.Array, steps: int, fraction: float, max_dist: jax.Array):
-  logits = module.apply(variables, images, train=False)
-  targets = common.resolve_targets(logits, targets)
-  one_hot = jax.nn.one_hot(targets, logits.shape[-1])
-  base_logits = module.apply(variables, baseline, train=False)
-  difference = jnp.sum((logits - base_logits) * one_hot, axis=-1)
+  targets, one_hot, difference = _endpoints(module, variables, images, baseline, targets)
   gradient_fn = jax.grad(lambda x: jnp.sum(module.apply(variables, x, train=False) * one_hot))
 
   n = images.shape[0]
@@ -157,15 +150,11 @@ def guided_integrated_gradients(module: nn.Module, variables: Any, images: Any,
     raise ExplainError(f"fraction must be in (0, 1], got {fraction!r}.")
   if not 0.0 <= max_dist <= 1.0:
     raise ExplainError(f"max_dist must be in [0, 1], got {max_dist!r}.")
-  images = common.check_images(images)
-  num_classes = common.num_classes_of(module, variables, images)
-  target_array = common.check_targets(targets, images.shape[0], num_classes)
+  images, target_array = _prepare(module, variables, images, targets)
   base = make_baseline(images, baseline, black_value, blur_sigma)
   attributions, difference, used = _guided(module, variables, images, base, target_array,
                                            int(steps), float(fraction), jnp.float32(max_dist))
-  maps = common.reduce_channels(attributions, channel_reduce)
-  if upsample:
-    maps = common.minmax_normalise(maps)
+  maps = _maps(attributions, channel_reduce, upsample)
   if full_output:
     return GuidedIG(maps, attributions, difference, used)
   return maps

@@ -63,6 +63,7 @@ from vision_jax.weights.core import (NoCounterpart, Path, Slot, WeightLoadError,
 _FAMILIES = ("vit", "resnet_v2")
 _BIT_PREFIX = "resnet/"
 _BLOCK = re.compile(r"stages_(\d+)_blocks_(\d+)")
+_LAYER = re.compile(r"(conv|norm)([123])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +151,28 @@ def _vit_slot(collection: str, path: Path, num_heads: int) -> NpzSlot:
   raise NoCounterpart(path)
 
 
+def _resnet_unit(path: Path, modules: Path) -> tuple[int, int, Path, re.Match | None]:
+  """Where a leaf sits in a ResNetV2 block, in the 1-based numbering of the .npz keys.
+
+  Args:
+    path: the leaf's path, for the error.
+    modules: the path without the leaf, starting at the `stages_{s}_blocks_{u}` block.
+
+  Returns:
+    (stage s + 1, unit u + 1, the modules inside the block, the match of a lone
+    'conv{i}' / 'norm{i}' module (kind, i) or None).
+
+  Raises:
+    NoCounterpart: `modules` does not start at a block.
+  """
+  block = _BLOCK.fullmatch(modules[0]) if modules else None
+  if block is None:
+    raise NoCounterpart(path)
+  inner = modules[1:]
+  layer = _LAYER.fullmatch(inner[0]) if len(inner) == 1 else None
+  return int(block[1]) + 1, int(block[2]) + 1, inner, layer
+
+
 def _hybrid_backbone_slot(path: Path) -> NpzSlot:
   """The Slot of one leaf of a hybrid's ResNetV2 backbone (path inside the backbone)."""
   modules, leaf = _split(path)
@@ -157,16 +180,12 @@ def _hybrid_backbone_slot(path: Path) -> NpzSlot:
     return _same("conv_root/kernel")
   if modules == ("stem", "norm") and leaf in ("scale", "bias"):
     return _same(f"gn_root/{leaf}")
-  block = _BLOCK.fullmatch(modules[0]) if modules else None
-  if block is None:
-    raise NoCounterpart(path)
-  unit = f"block{int(block[1]) + 1}/unit{int(block[2]) + 1}/"
-  inner = modules[1:]
+  stage, index, inner, layer = _resnet_unit(path, modules)
+  unit = f"block{stage}/unit{index}/"
   if inner == ("downsample", "conv") and leaf == "kernel":
     return _same(f"{unit}conv_proj/kernel")
   if inner == ("downsample", "norm") and leaf in ("scale", "bias"):
     return _same(f"{unit}gn_proj/{leaf}")
-  layer = re.fullmatch(r"(conv|norm)([123])", inner[0]) if len(inner) == 1 else None
   if layer and layer[1] == "conv" and leaf == "kernel":
     return _same(f"{unit}conv{layer[2]}/kernel")
   if layer and layer[1] == "norm" and leaf in ("scale", "bias"):
@@ -190,14 +209,10 @@ def _bit_slot(collection: str, path: Path) -> NpzSlot:
       return _reshaped(f"{p}head/conv2d/kernel", lambda s: (1, 1) + tuple(s))
     if leaf == "bias":
       return _same(f"{p}head/conv2d/bias")
-  block = _BLOCK.fullmatch(modules[0]) if modules else None
-  if block is None:
-    raise NoCounterpart(path)
-  unit = f"{p}block{int(block[1]) + 1}/unit{int(block[2]) + 1:02d}/"
-  inner = modules[1:]
+  stage, index, inner, layer = _resnet_unit(path, modules)
+  unit = f"{p}block{stage}/unit{index:02d}/"
   if inner == ("downsample", "conv") and leaf == "kernel":
     return _same(f"{unit}a/proj/standardized_conv2d/kernel")
-  layer = re.fullmatch(r"(conv|norm)([123])", inner[0]) if len(inner) == 1 else None
   if layer:
     sub = "abc"[int(layer[2]) - 1]
     if layer[1] == "conv" and leaf == "kernel":
