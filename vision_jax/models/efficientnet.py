@@ -21,15 +21,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vision_jax.models.depthwise import DepthwiseConv
-from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
-                                      remat_block)
+from vision_jax.models.layers import (DropPath, PooledConvNet, check_remat, remat_block,
+                                      setting_field)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
 
 ModuleDef = Callable[..., nn.Module]
@@ -192,7 +192,30 @@ class SqueezeExcite(nn.Module):
     return x * nn.sigmoid(s)
 
 
-class MBConv(nn.Module):
+class BlockBase(nn.Module):
+  """The fields every EfficientNet(V2) block takes, and the residual they all end with.
+
+  Attributes:
+    config: the block's scaled settings.
+    padding: 'same' (TensorFlow) or 'symmetric' (PyTorch k // 2).
+    conv: convolution constructor (dtype, no bias already bound).
+    norm: BatchNorm constructor (train mode, momentum, epsilon already bound).
+  """
+
+  config: BlockConfig
+  padding: str
+  conv: ModuleDef
+  norm: ModuleDef
+
+  def residual(self, x: jax.Array, y: jax.Array, train: bool) -> jax.Array:
+    """The block's output `y`, plus its input (after drop-connect) when the shape is kept."""
+    cfg = self.config
+    if cfg.stride == 1 and cfg.in_features == cfg.out_features:
+      y = DropPath(cfg.drop_path_rate)(y, deterministic=not train) + x
+    return y
+
+
+class MBConv(BlockBase):
   """Inverted residual with squeeze-excite; without expansion when `expand == 1`.
 
   With expansion: 1x1 expand (`conv_pw`, `bn1`), depthwise (`conv_dw`, `bn2`),
@@ -202,18 +225,11 @@ class MBConv(nn.Module):
   keeps the shape.
 
   Attributes:
-    config: the block's scaled settings.
-    padding: 'same' (TensorFlow) or 'symmetric' (PyTorch k // 2).
-    conv: convolution constructor (dtype, no bias already bound).
-    norm: BatchNorm constructor (train mode, momentum, epsilon already bound).
     depthwise: depthwise convolution constructor (dtype, no bias, init already bound);
       `DepthwiseConv` has nn.Conv's parameters and picks the fast path per backend.
+    config, padding, conv, norm: see `BlockBase`.
   """
 
-  config: BlockConfig
-  padding: str
-  conv: ModuleDef
-  norm: ModuleDef
   depthwise: ModuleDef = DepthwiseConv
 
   @nn.compact
@@ -235,13 +251,73 @@ class MBConv(nn.Module):
     y = SqueezeExcite(cfg.se_features, conv=self.conv, name="se")(y)
     y = self.conv(cfg.out_features, (1, 1), padding="VALID", name=proj_name)(y)
     y = self.norm(name=proj_bn)(y)  # linear bottleneck: no activation
-    if cfg.stride == 1 and cfg.in_features == cfg.out_features:
-      y = DropPath(cfg.drop_path_rate)(y, deterministic=not train)
-      y = y + x
-    return y
+    return self.residual(x, y, train)
 
 
-class EfficientNet(nn.Module):
+class EfficientNetBase(PooledConvNet):
+  """The part of EfficientNet and EfficientNetV2 around their blocks, with their defaults.
+
+  A 3x3 stride-2 stem (`conv_stem`, `bn1`, swish), the blocks, a 1x1 head
+  convolution (`conv_head`, `bn2`, swish), then `PooledConvNet`'s pooling and
+  classifier. A subclass sets `depthwise_init` and defines `stem_features`,
+  `head_features` and `blocks`.
+
+  Attributes:
+    padding: 'same' for TensorFlow SAME padding (timm's tf_efficientnet*),
+      'symmetric' for PyTorch-style k // 2 padding (timm's efficientnet*).
+    bn_momentum: running-statistics decay in flax convention (the reference's 0.99).
+    bn_epsilon: BatchNorm epsilon (1e-3 in TensorFlow, 1e-5 in timm's PyTorch nets).
+    drop_rate: dropout on the pooled features, before the classifier.
+    drop_path_rate: drop-connect (stochastic depth) of the residual branches;
+      block i of n gets drop_path_rate * i / n, as in the reference.
+    num_classes, dtype, param_dtype, remat: see `layers.PooledConvNet`.
+  """
+
+  # The init of the MBConv depthwise kernels; a subclass sets it as a staticmethod, so that
+  # neither Python nor flax binds it as a method of the module.
+  depthwise_init: ClassVar[Callable[..., jax.Array]]
+
+  # The TensorFlow reference's values, in place of PooledConvNet's PyTorch-style defaults.
+  bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
+  drop_rate: float = 0.2
+  drop_path_rate: float = 0.2
+  padding: str = setting_field("same")
+
+  def forward_features(self, x: jax.Array, train: bool) -> jax.Array:
+    owner = type(self).__name__
+    if self.padding not in PADDINGS:
+      raise ValueError(f"{owner}: padding must be one of {PADDINGS}, got {self.padding!r}.")
+    check_remat(self.remat, owner)
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+                             param_dtype=self.param_dtype, kernel_init=_conv_init)
+    norm = self.batch_norm_layer(train)
+    depthwise = functools.partial(DepthwiseConv, use_bias=False, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, kernel_init=self.depthwise_init)
+
+    x = jnp.asarray(x, self.dtype)
+    x = conv(self.stem_features(), (3, 3), strides=2, padding=_conv_padding(self.padding, 3),
+             name="conv_stem")(x)
+    x = nn.swish(norm(name="bn1")(x))
+    x = self.blocks(x, train, conv, norm, depthwise)
+    x = conv(self.head_features(), (1, 1), padding="VALID", name="conv_head")(x)
+    return nn.swish(norm(name="bn2")(x))
+
+  def stem_features(self) -> int:
+    """Output channels of the stem convolution."""
+    raise NotImplementedError
+
+  def head_features(self) -> int:
+    """Output channels of the head convolution: the pooled features."""
+    raise NotImplementedError
+
+  def blocks(self, x: jax.Array, train: bool, conv: ModuleDef, norm: ModuleDef,
+             depthwise: ModuleDef) -> jax.Array:
+    """Runs the blocks between stem and head (named `blocks_{stage}_{block}`)."""
+    raise NotImplementedError
+
+
+class EfficientNet(EfficientNetBase):
   """EfficientNet: scaled B0 of MBConv blocks with squeeze-excite and swish.
 
   Attributes:
@@ -250,74 +326,33 @@ class EfficientNet(nn.Module):
     stages: the unscaled stage table (B0's by default).
     stem_width: unscaled channels of the 3x3 stride-2 stem convolution.
     head_width: unscaled channels of the final 1x1 convolution.
-    num_classes: classifier size; 0 returns the pooled features.
-    dtype: compute dtype.
-    param_dtype: dtype of every parameter.
-    padding: 'same' for TensorFlow SAME padding (timm's tf_efficientnet_*),
-      'symmetric' for PyTorch-style k // 2 padding (timm's efficientnet_*).
-    bn_momentum: running-statistics decay in flax convention (the reference's 0.99).
-    bn_epsilon: BatchNorm epsilon (1e-3 in TensorFlow, 1e-5 in timm's PyTorch nets).
-    drop_rate: dropout on the pooled features, before the classifier.
-    drop_path_rate: drop-connect of the residual branches; block i of n gets
-      drop_path_rate * i / n.
-    remat: 'none', 'block' or 'full': rematerialise every MBConv block in the
-      backward pass (see `layers.REMAT_CHOICES`); parameters are unchanged.
+    padding, bn_momentum, bn_epsilon, drop_rate, drop_path_rate, num_classes, dtype,
+      param_dtype, remat: see `EfficientNetBase` (remat applies to every MBConv block).
   """
+
+  # TF reference init of a depthwise kernel (see `_depthwise_init`).
+  depthwise_init = staticmethod(_depthwise_init)
 
   width_mult: float = 1.0
   depth_mult: float = 1.0
   stages: Sequence[StageSpec] = B0_STAGES
   stem_width: int = 32
   head_width: int = 1280
-  num_classes: int = 1000
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  padding: str = "same"
-  bn_momentum: float = 0.99
-  bn_epsilon: float = 1e-3
-  drop_rate: float = 0.2
-  drop_path_rate: float = 0.2
-  remat: str = "none"
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Logits (float32) of NHWC images, or pooled features when num_classes == 0.
+  def stem_features(self) -> int:
+    return round_channels(self.stem_width, self.width_mult)
 
-    Args:
-      x: images, (batch, height, width, 3).
-      train: use batch statistics (pass mutable=['batch_stats']) and enable
-        dropout / drop-connect (needs the 'dropout' rng when their rates are > 0).
+  def head_features(self) -> int:
+    return round_channels(self.head_width, self.width_mult)
 
-    Returns:
-      (batch, num_classes) float32 logits, or (batch, features) pooled features.
-    """
-    if self.padding not in PADDINGS:
-      raise ValueError(f"EfficientNet: padding must be one of {PADDINGS}, got {self.padding!r}.")
-    check_remat(self.remat, "EfficientNet")
+  def blocks(self, x: jax.Array, train: bool, conv: ModuleDef, norm: ModuleDef,
+             depthwise: ModuleDef) -> jax.Array:
     block_cls = remat_block(MBConv, self.remat)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype, kernel_init=_conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
-    depthwise = functools.partial(DepthwiseConv, use_bias=False, dtype=self.dtype,
-                                  param_dtype=self.param_dtype, kernel_init=_depthwise_init)
-
-    x = jnp.asarray(x, self.dtype)
-    x = conv(round_channels(self.stem_width, self.width_mult), (3, 3), strides=2,
-             padding=_conv_padding(self.padding, 3), name="conv_stem")(x)
-    x = nn.swish(norm(name="bn1")(x))
     for cfg in block_configs(self.width_mult, self.depth_mult, self.drop_path_rate,
                              self.stages, self.stem_width):
       x = block_cls(cfg, self.padding, conv, norm, depthwise,
                     name=f"blocks_{cfg.stage}_{cfg.index}")(x, train)
-    x = conv(round_channels(self.head_width, self.width_mult), (1, 1), padding="VALID",
-             name="conv_head")(x)
-    x = nn.swish(norm(name="bn2")(x))
-
-    x = global_avg_pool(x)
-    x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-    return classifier_head(x, self.num_classes, self.dtype)
+    return x
 
 
 _PAPER = ("EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks "

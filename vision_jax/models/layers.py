@@ -45,9 +45,11 @@ either way, so checkpoints and pretrained weights load in both):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+from flax.linen import kw_only_dataclasses
 import jax
 import jax.numpy as jnp
 
@@ -119,3 +121,101 @@ def classifier_head(features: jax.Array, num_classes: int, dtype: Any,
     return features
   logits = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, name=name)(features)
   return logits.astype(jnp.float32)
+
+
+def setting_field(default: Any) -> Any:
+  """A field of a base module that flax places after the fields its subclasses declare.
+
+  flax moves keyword-only fields behind the subclass's own ones, in the
+  constructor and in `dataclasses.fields`, so a base class can hold defaulted
+  settings while a subclass still starts with fields that have no default
+  (ResNet's `stage_sizes`) and keeps its positional arguments first.
+  """
+  return kw_only_dataclasses.field(default=default, kw_only=True)
+
+
+class BatchNormClassifier(nn.Module):
+  """The settings every BatchNorm CNN classifier of this package takes (VGG, ResNet, EfficientNet).
+
+  A subclass declares its architecture fields; these settings follow them in
+  the constructor. A family with other defaults declares the field again with
+  its own default.
+
+  Attributes:
+    num_classes: classifier size; 0 returns the features the classifier would see.
+    dtype: compute dtype.
+    param_dtype: dtype of the convolution and BatchNorm parameters (the
+      classifier's are always float32).
+    bn_momentum: running-statistics decay, flax convention (0.9 is PyTorch's 0.1).
+    bn_epsilon: BatchNorm epsilon.
+    drop_rate: dropout on the features, before the classifier.
+  """
+
+  num_classes: int = setting_field(1000)
+  dtype: Any = setting_field(jnp.float32)
+  param_dtype: Any = setting_field(jnp.float32)
+  bn_momentum: float = setting_field(0.9)
+  bn_epsilon: float = setting_field(1e-5)
+  drop_rate: float = setting_field(0.0)
+
+  @nn.nowrap
+  def batch_norm_layer(self, train: bool) -> Callable[..., nn.Module]:
+    """The model's BatchNorm constructor: batch statistics when training, running ones otherwise."""
+    return functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                             dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+class PooledConvNet(BatchNormClassifier):
+  """A BatchNorm CNN whose last feature map is average-pooled into the classifier.
+
+  The subclass defines `forward_features`; `__call__` adds the pooling, the
+  dropout and the classifier (`head`), so every such model has the same head
+  and the same call.
+
+  Attributes:
+    drop_path_rate: stochastic depth of the residual branches; how it grows
+      over the blocks is the subclass's (see its docstring).
+    remat: 'none', 'block' or 'full': rematerialise every residual block in the
+      backward pass (see `REMAT_CHOICES`); parameters are unchanged.
+    num_classes, dtype, param_dtype, bn_momentum, bn_epsilon, drop_rate: see
+      `BatchNormClassifier`.
+  """
+
+  drop_path_rate: float = setting_field(0.0)
+  remat: str = setting_field("none")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Logits (float32) of NHWC images, or pooled features when num_classes == 0.
+
+    Args:
+      x: images, (batch, height, width, 3).
+      train: use batch statistics (pass mutable=['batch_stats']) and enable
+        dropout / stochastic depth (needs the 'dropout' rng when their rates are > 0).
+
+    Returns:
+      (batch, num_classes) float32 logits, or (batch, features) pooled features.
+    """
+    x = self.forward_features(x, train)
+    x = global_avg_pool(x)
+    x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
+    return classifier_head(x, self.num_classes, self.dtype)
+
+  def forward_features(self, x: jax.Array, train: bool) -> jax.Array:
+    """The last feature map, (batch, height, width, features), of images `x`.
+
+    Called by `__call__` only (it creates the model's layers): a subclass
+    checks its settings, casts `x` to `dtype` and runs stem and stages.
+    """
+    raise NotImplementedError(f"{type(self).__name__} must define forward_features.")
+
+
+def field_values(module: nn.Module, cls: type[nn.Module]) -> dict[str, Any]:
+  """`module`'s values of the dataclass fields of `cls` (one of its classes), by name.
+
+  The settings to build a sub-module, or another subclass of `cls`, with the same
+  configuration; flax's own `parent` and `name` are left out.
+  """
+  return {name: getattr(module, name) for name in cls.__dataclass_fields__
+          if name not in ("parent", "name")}

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vision_jax.models.depthwise import DepthwiseConv
-from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
-                                      remat_block)
+from vision_jax.models.layers import (DropPath, check_remat, classifier_head, field_values,
+                                      global_avg_pool, remat_block)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, \
     INCEPTION_STD, ModelInfo, register_model
 from vision_jax.models.resnet import drop_path_rates
@@ -353,6 +353,19 @@ def _avg_pool2(x: jax.Array) -> jax.Array:
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
+def _pooled_shortcut(x: jax.Array, out_width: int, use_bias: bool, dtype: Any,
+                     param_dtype: Any) -> jax.Array:
+  """The shortcut of a striding block: 2x2 average pooling, then a 1x1 conv if the width changes.
+
+  timm's Downsample2d; the conv is `shortcut_expand` of the calling (compact) module.
+  """
+  x = _avg_pool2(x)
+  if x.shape[-1] == out_width:
+    return x
+  return nn.Conv(out_width, (1, 1), use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                 kernel_init=_init, name="shortcut_expand")(x)
+
+
 def _pad(style: Style, stride: int) -> Any:
   # timm's 'same' is TF's asymmetric SAME only where it strides; symmetric otherwise.
   return "SAME" if style.tf_padding and stride > 1 else ((1, 1), (1, 1))
@@ -367,15 +380,29 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 # Blocks.
 
 
-class MbConvBlock(nn.Module):
-  """Pre-norm inverted bottleneck: 1x1 expand, depthwise 3x3, squeeze-excite, 1x1 project."""
+class _Block(nn.Module):
+  """The settings every MaxViT / CoAtNet block takes, by keyword (`MaxxVit` passes them so).
 
-  out_width: int
-  stride: int
+  Attributes:
+    style: the variant's `Style`.
+    drop_path_rate: stochastic depth of every residual branch.
+    dtype: compute dtype.
+    param_dtype: parameter dtype.
+  """
+
+  # Keyword-only, so that each block's own fields, which have no defaults, stay positional.
+  _: dataclasses.KW_ONLY
   style: Style
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+
+
+class MbConvBlock(_Block):
+  """Pre-norm inverted bottleneck: 1x1 expand, depthwise 3x3, squeeze-excite, 1x1 project."""
+
+  out_width: int
+  stride: int
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -389,10 +416,8 @@ class MbConvBlock(nn.Module):
                            epsilon=s.conv_eps, dtype=self.dtype, param_dtype=jnp.float32)
     shortcut = x
     if self.stride == 2:
-      shortcut = _avg_pool2(x)
-      if in_width != self.out_width:
-        shortcut = conv(self.out_width, (1, 1), use_bias=s.conv_output_bias,
-                        name="shortcut_expand")(shortcut)
+      shortcut = _pooled_shortcut(x, self.out_width, s.conv_output_bias, self.dtype,
+                                  self.param_dtype)
     x = bn(name="pre_norm")(x)
     if s.pre_norm_act:
       x = act(x)
@@ -434,44 +459,70 @@ class SqueezeExcite(nn.Module):
     return x * jax.nn.sigmoid(s)[:, None, None, :]
 
 
-class TransformerBlock(nn.Module):
+class _AttentionBlock(_Block):
+  """A block with attention ('T', 'M'): `_Block`'s settings and the attention and MLP pair.
+
+  Attributes:
+    dim_head: width of each attention head.
+    attention_impl: 'auto', 'xla', 'cudnn' or 'explicit' (see `attend`).
+  """
+
+  _: dataclasses.KW_ONLY
+  dim_head: int
+  attention_impl: str = "auto"
+
+  def _attn_norm(self, name: str, train: bool) -> nn.Module:
+    return _norm(self.style.attn_norm, self.style.attn_eps, train, self.dtype, name)
+
+  def _attention_then_mlp(self, shortcut: jax.Array, tokens: jax.Array,
+                          merge: Callable[[jax.Array], jax.Array], out_width: int,
+                          attn_width: int, window: int, table_window: int,
+                          train: bool) -> jax.Array:
+    """x = shortcut + drop(merge(attn(tokens))), then x + drop(mlp(norm2(x))).
+
+    Args:
+      shortcut: the attention branch's residual, (B, H, W, out_width).
+      tokens: the normed input grouped for attention, (groups, window^2, width).
+      merge: puts the attention output back into `shortcut`'s layout.
+      out_width: attention output width.
+      attn_width: width of q, k and v.
+      window: side of the token window the attention runs over.
+      table_window: side the relative position table is stored for.
+      train: stochastic depth (and BatchNorm statistics in 'batchnorm' styles).
+    """
+    s = self.style
+    drop = functools.partial(DropPath(self.drop_path_rate), deterministic=not train)
+    y = Attention(out_width, attn_width, self.dim_head, window, table_window, s.head_first,
+                  s.rel_pos_tf, self.attention_impl, self.dtype, self.param_dtype,
+                  name="attn")(tokens)
+    x = shortcut + drop(merge(y))
+    return x + drop(Mlp(s.attn_act, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="mlp")(self._attn_norm("norm2", train)(x)))
+
+
+class TransformerBlock(_AttentionBlock):
   """CoAtNet's 'T' block: attention over the whole feature map, then an MLP."""
 
   out_width: int
   stride: int
-  style: Style
-  dim_head: int
   table_side: int
-  drop_path_rate: float = 0.0
-  attention_impl: str = "auto"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    s = self.style
     in_width = x.shape[-1]
-    norm = functools.partial(_norm, s.attn_norm, s.attn_eps, train, self.dtype)
-    drop = functools.partial(DropPath(self.drop_path_rate), deterministic=not train)
     if self.stride == 2:
-      shortcut = _avg_pool2(x)
-      if in_width != self.out_width:
-        shortcut = nn.Conv(self.out_width, (1, 1), use_bias=s.shortcut_bias, dtype=self.dtype,
-                           param_dtype=self.param_dtype, kernel_init=_init,
-                           name="shortcut_expand")(shortcut)
-      y = _avg_pool2(norm("norm1_norm")(x))
+      shortcut = _pooled_shortcut(x, self.out_width, self.style.shortcut_bias, self.dtype,
+                                  self.param_dtype)
+      y = _avg_pool2(self._attn_norm("norm1_norm", train)(x))
     else:
-      shortcut, y = x, norm("norm1")(x)
+      shortcut, y = x, self._attn_norm("norm1", train)(x)
     batch, h, w, _ = y.shape
     if h != w:
       raise ValueError(f"CoAtNet attention needs a square feature map, got {h}x{w}.")
-    attn_width = self.out_width if s.expand_first else in_width
-    y = Attention(self.out_width, attn_width, self.dim_head, h, self.table_side, s.head_first,
-                  s.rel_pos_tf, self.attention_impl, self.dtype, self.param_dtype,
-                  name="attn")(y.reshape(batch, h * w, -1))
-    x = shortcut + drop(y.reshape(batch, h, w, -1))
-    return x + drop(Mlp(s.attn_act, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="mlp")(norm("norm2")(x)))
+    attn_width = self.out_width if self.style.expand_first else in_width
+    return self._attention_then_mlp(shortcut, y.reshape(batch, h * w, -1),
+                                    lambda t: t.reshape(batch, h, w, -1), self.out_width,
+                                    attn_width, h, self.table_side, train)
 
 
 def _partition(x: jax.Array, p: int, grid: bool) -> jax.Array:
@@ -493,61 +544,41 @@ def _unpartition(x: jax.Array, p: int, grid: bool, shape: Sequence[int]) -> jax.
   return x.reshape(b, h, w, c)
 
 
-class PartitionAttention(nn.Module):
+class PartitionAttention(_AttentionBlock):
   """MaxViT's block ('block') or grid ('grid') attention with its MLP, channels last."""
 
   grid: bool
   window: int
   table_window: int
-  style: Style
-  dim_head: int
-  drop_path_rate: float = 0.0
-  attention_impl: str = "auto"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    s = self.style
-    width = x.shape[-1]
-    norm = functools.partial(_norm, s.attn_norm, s.attn_eps, train, self.dtype)
-    drop = functools.partial(DropPath(self.drop_path_rate), deterministic=not train)
-    y = _partition(norm("norm1")(x), self.window, self.grid)
-    y = Attention(width, width, self.dim_head, self.window, self.table_window, s.head_first,
-                  s.rel_pos_tf, self.attention_impl, self.dtype, self.param_dtype,
-                  name="attn")(y)
-    x = x + drop(_unpartition(y, self.window, self.grid, x.shape))
-    return x + drop(Mlp(s.attn_act, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="mlp")(norm("norm2")(x)))
+    tokens = _partition(self._attn_norm("norm1", train)(x), self.window, self.grid)
+    merge = functools.partial(_unpartition, p=self.window, grid=self.grid, shape=x.shape)
+    return self._attention_then_mlp(x, tokens, merge, x.shape[-1], x.shape[-1], self.window,
+                                    self.table_window, train)
 
 
-class MaxVitBlock(nn.Module):
+class MaxVitBlock(_AttentionBlock):
   """MBConv, then block attention, then grid attention (each with its MLP)."""
 
   out_width: int
   stride: int
-  style: Style
-  dim_head: int
   window: int
   table_window: int
-  drop_path_rate: float = 0.0
-  attention_impl: str = "auto"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = MbConvBlock(self.out_width, self.stride, self.style, self.drop_path_rate, self.dtype,
-                    self.param_dtype, name="conv")(x, train)
+    x = MbConvBlock(self.out_width, self.stride, name="conv",
+                    **field_values(self, _Block))(x, train)
     _, h, w, _ = x.shape
     if h % self.window or w % self.window:
       raise ValueError(f"MaxViT: a {h}x{w} feature map does not split into {self.window}x"
                        f"{self.window} windows; give an image whose side is a multiple of "
                        f"{32 * self.window} (or set window_size).")
     for name, grid in (("attn_block", False), ("attn_grid", True)):
-      x = PartitionAttention(grid, self.window, self.table_window, self.style, self.dim_head,
-                             self.drop_path_rate, self.attention_impl, self.dtype,
-                             self.param_dtype, name=name)(x, train)
+      x = PartitionAttention(grid, self.window, self.table_window,
+                             **field_values(self, _AttentionBlock), name=name)(x, train)
     return x
 
 

@@ -15,14 +15,14 @@ channels; their shortcuts are 1x1 projections wherever the shape changes
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
-                                      remat_block)
+from vision_jax.models.layers import (DropPath, PooledConvNet, check_remat, remat_block,
+                                      setting_field)
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -34,12 +34,16 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 ModuleDef = Callable[..., nn.Module]
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with a residual connection (ResNet-18/34, CIFAR ResNets).
+class ResidualBlock(nn.Module):
+  """What the basic and the bottleneck block share: their fields and the residual merge.
+
+  A subclass sets `expansion` (its output channels over `features`) and builds
+  its branch in `__call__`, ending with `merge`.
 
   Attributes:
-    features: output channels of the block.
-    strides: stride of the first 3x3 convolution (and of the projection).
+    features: width of the block's 3x3 convolutions; the block outputs
+      `expansion` times as many channels.
+    strides: stride of the block's strided 3x3 convolution (and of the projection).
     conv: convolution constructor (dtype, init and bias already bound).
     norm: BatchNorm constructor (train mode, momentum, epsilon already bound).
     drop_path_rate: stochastic-depth rate of the residual branch.
@@ -47,7 +51,7 @@ class BasicBlock(nn.Module):
       block begins as the identity (Goyal et al.).
   """
 
-  expansion: ClassVar[int] = 1
+  expansion: ClassVar[int]
 
   features: int
   strides: int
@@ -55,55 +59,49 @@ class BasicBlock(nn.Module):
   norm: ModuleDef
   drop_path_rate: float = 0.0
   zero_init_last_bn: bool = True
+
+  def merge(self, x: jax.Array, branch: jax.Array, last_bn: str, train: bool) -> jax.Array:
+    """relu(shortcut(x) + drop_path(BN(branch))), the BN named `last_bn`."""
+    init = nn.initializers.zeros if self.zero_init_last_bn else nn.initializers.ones
+    y = self.norm(name=last_bn, scale_init=init)(branch)
+    y = DropPath(self.drop_path_rate)(y, deterministic=not train)
+    shortcut = _shortcut(x, self.features * self.expansion, self.strides, self.conv, self.norm)
+    return nn.relu(y + shortcut)
+
+
+class BasicBlock(ResidualBlock):
+  """Two 3x3 convolutions with a residual connection (ResNet-18/34, CIFAR ResNets).
+
+  The first convolution carries the stride. Attributes: see `ResidualBlock`.
+  """
+
+  expansion: ClassVar[int] = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     y = self.conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), 1, padding=((1, 1), (1, 1)), name="conv2")(y)
-    y = self.norm(name="bn2", scale_init=_last_scale_init(self.zero_init_last_bn))(y)
-    y = DropPath(self.drop_path_rate)(y, deterministic=not train)
-    shortcut = _shortcut(x, self.features, self.strides, self.conv, self.norm)
-    return nn.relu(y + shortcut)
+    return self.merge(x, y, "bn2", train)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
   """1x1 reduce, 3x3 (strided, v1.5), 1x1 expand by 4 (ResNet-50 and deeper).
 
-  Attributes:
-    features: width of the 3x3 convolution; the block outputs 4x as many channels.
-    strides: stride of the 3x3 convolution (and of the projection).
-    conv: convolution constructor (dtype, init and bias already bound).
-    norm: BatchNorm constructor (train mode, momentum, epsilon already bound).
-    drop_path_rate: stochastic-depth rate of the residual branch.
-    zero_init_last_bn: start the branch's last BN scale at zero.
+  Attributes: see `ResidualBlock`.
   """
 
   expansion: ClassVar[int] = 4
 
-  features: int
-  strides: int
-  conv: ModuleDef
-  norm: ModuleDef
-  drop_path_rate: float = 0.0
-  zero_init_last_bn: bool = True
-
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    out_features = self.features * self.expansion
     y = self.conv(self.features, (1, 1), 1, padding=((0, 0), (0, 0)), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
     y = self.conv(self.features, (3, 3), self.strides, padding=((1, 1), (1, 1)), name="conv2")(y)
     y = nn.relu(self.norm(name="bn2")(y))
-    y = self.conv(out_features, (1, 1), 1, padding=((0, 0), (0, 0)), name="conv3")(y)
-    y = self.norm(name="bn3", scale_init=_last_scale_init(self.zero_init_last_bn))(y)
-    y = DropPath(self.drop_path_rate)(y, deterministic=not train)
-    shortcut = _shortcut(x, out_features, self.strides, self.conv, self.norm)
-    return nn.relu(y + shortcut)
-
-
-def _last_scale_init(zero: bool) -> Callable[..., jax.Array]:
-  return nn.initializers.zeros if zero else nn.initializers.ones
+    y = self.conv(self.features * self.expansion, (1, 1), 1, padding=((0, 0), (0, 0)),
+                  name="conv3")(y)
+    return self.merge(x, y, "bn3", train)
 
 
 def _shortcut(x: jax.Array, features: int, strides: int, conv: ModuleDef,
@@ -124,7 +122,7 @@ def drop_path_rates(stage_sizes: Sequence[int], rate: float) -> list[float]:
   return [rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
 
 
-class ResNet(nn.Module):
+class ResNet(PooledConvNet):
   """ResNet v1.5 with BatchNorm.
 
   Parameter names follow timm's layout: `conv1`/`bn1` (stem), `layer{s}_{b}`
@@ -139,18 +137,11 @@ class ResNet(nn.Module):
     stem: 'imagenet' (7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool) or
       'cifar' (3x3 stride-1 conv, BN, ReLU, no pooling), for 32x32 inputs.
     stem_width: channels of the stem convolution.
-    num_classes: classifier size; 0 returns the pooled features.
-    dtype: compute dtype.
-    param_dtype: dtype of the convolution and BN parameters (the classifier's are
-      always float32).
-    bn_momentum: running-statistics decay, flax convention (0.9 is PyTorch's 0.1).
-    bn_epsilon: BatchNorm epsilon.
     zero_init_last_bn: initialise the last BN scale of every residual branch to zero.
-    drop_rate: dropout rate on the pooled features, before the classifier.
+    num_classes, dtype, param_dtype, bn_momentum, bn_epsilon, drop_rate, remat:
+      see `layers.PooledConvNet`, whose defaults ResNet keeps.
     drop_path_rate: stochastic depth of the last block; block i of n gets
       drop_path_rate * i / (n - 1), as in timm.
-    remat: 'none', 'block' or 'full': rematerialise every residual block in the
-      backward pass (see `layers.REMAT_CHOICES`); parameters are unchanged.
   """
 
   stage_sizes: Sequence[int]
@@ -158,28 +149,10 @@ class ResNet(nn.Module):
   widths: Sequence[int] = (64, 128, 256, 512)
   stem: str = "imagenet"
   stem_width: int = 64
-  num_classes: int = 1000
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  zero_init_last_bn: bool = True
-  drop_rate: float = 0.0
-  drop_path_rate: float = 0.0
-  remat: str = "none"
+  # An init setting, not the architecture: it comes after the shared settings.
+  zero_init_last_bn: bool = setting_field(True)
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Logits (float32) of NHWC images, or pooled features when num_classes == 0.
-
-    Args:
-      x: images, (batch, height, width, 3).
-      train: use batch statistics (pass mutable=['batch_stats']) and enable
-        dropout / stochastic depth (needs the 'dropout' rng when their rates are > 0).
-
-    Returns:
-      (batch, num_classes) float32 logits, or (batch, features) pooled features.
-    """
+  def forward_features(self, x: jax.Array, train: bool) -> jax.Array:
     if self.block not in BLOCKS:
       raise ValueError(f"ResNet: block must be one of {sorted(BLOCKS)}, got {self.block!r}.")
     if self.stem not in ("imagenet", "cifar"):
@@ -190,9 +163,7 @@ class ResNet(nn.Module):
     block_cls = remat_block(BLOCKS[self.block], self.remat)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=self.param_dtype, kernel_init=_conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
+    norm = self.batch_norm_layer(train)
 
     x = jnp.asarray(x, self.dtype)
     if self.stem == "imagenet":
@@ -215,10 +186,7 @@ class ResNet(nn.Module):
             drop_path_rate=next(rates),
             zero_init_last_bn=self.zero_init_last_bn,
             name=f"layer{stage + 1}_{b}")(x, train)
-
-    x = global_avg_pool(x)
-    x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-    return classifier_head(x, self.num_classes, self.dtype)
+    return x
 
 
 _PAPER = "Deep Residual Learning for Image Recognition (He et al., 2015), arXiv:1512.03385"

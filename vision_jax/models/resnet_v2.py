@@ -152,10 +152,11 @@ class Downsample(nn.Module):
     return x
 
 
-class PreActBottleneck(nn.Module):
-  """Pre-activation bottleneck: (GN-ReLU -> conv) x 3 (1x1, 3x3 strided, 1x1) + shortcut.
+class _BottleneckBase(nn.Module):
+  """Fields and layers shared by the two bottlenecks, which order their norms differently.
 
-  The projection shortcut, when present, reads the pre-activated input.
+  `mid_features` is the width of the 1x1 and 3x3 convs; `project` gives a stage's first
+  block its 1x1 projection shortcut; `strides` applies to the 3x3 conv and that shortcut.
   """
 
   features: int
@@ -167,58 +168,55 @@ class PreActBottleneck(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def _gn(self, x: jax.Array, act: bool, name: str) -> jax.Array:
+    return _gn_act(x, act, name, self.dtype, self.param_dtype)
+
+  def _projection(self, x: jax.Array, preact: bool) -> jax.Array:
+    """The strided 1x1 `downsample` shortcut of a stage's first block (`project`)."""
+    return Downsample(self.features, self.strides, preact=preact, same_padding=self.same_padding,
+                      dtype=self.dtype, param_dtype=self.param_dtype, name="downsample")(x)
+
+  def _branch(self, x: jax.Array, norms: tuple[str, str], train: bool,
+              out_norm: str | None = None) -> jax.Array:
+    """conv1 (1x1) -> GN-ReLU -> conv2 (3x3, strided) -> GN-ReLU -> conv3 (1x1) [-> GN].
+
+    `norms` names the two inner GroupNorms; `out_norm`, when given, a GroupNorm
+    (no ReLU) after conv3. Stochastic depth is applied to the result.
+    """
     conv = functools.partial(StdConv, same_padding=self.same_padding, dtype=self.dtype,
                              param_dtype=self.param_dtype)
-    x_pre = _gn_act(x, True, "norm1", self.dtype, self.param_dtype)
-    shortcut = x
-    if self.project:
-      shortcut = Downsample(self.features, self.strides, preact=True,
-                            same_padding=self.same_padding, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name="downsample")(x_pre)
-    y = conv(self.mid_features, 1, name="conv1")(x_pre)
-    y = _gn_act(y, True, "norm2", self.dtype, self.param_dtype)
-    y = conv(self.mid_features, 3, self.strides, name="conv2")(y)
-    y = _gn_act(y, True, "norm3", self.dtype, self.param_dtype)
+    y = self._gn(conv(self.mid_features, 1, name="conv1")(x), True, norms[0])
+    y = self._gn(conv(self.mid_features, 3, self.strides, name="conv2")(y), True, norms[1])
     y = conv(self.features, 1, name="conv3")(y)
-    y = DropPath(self.drop_path_rate, name="drop_path")(y, deterministic=not train)
-    return y + shortcut
+    if out_norm is not None:
+      y = self._gn(y, False, out_norm)
+    return DropPath(self.drop_path_rate, name="drop_path")(y, deterministic=not train)
 
 
-class Bottleneck(nn.Module):
+class PreActBottleneck(_BottleneckBase):
+  """Pre-activation bottleneck: (GN-ReLU -> conv) x 3 (1x1, 3x3 strided, 1x1) + shortcut.
+
+  The projection shortcut, when present, reads the pre-activated input.
+  """
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    x_pre = self._gn(x, True, "norm1")
+    shortcut = self._projection(x_pre, preact=True) if self.project else x
+    return self._branch(x_pre, ("norm2", "norm3"), train) + shortcut
+
+
+class Bottleneck(_BottleneckBase):
   """Post-activation bottleneck (ResNet v1.5 order) with GroupNorm and standardised convs.
 
   conv-GN-ReLU (1x1), conv-GN-ReLU (3x3 strided), conv-GN (1x1), add the
   (projected and normalised) shortcut, ReLU.
   """
 
-  features: int
-  mid_features: int
-  strides: int = 1
-  project: bool = False
-  same_padding: bool = False
-  drop_path_rate: float = 0.0
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(StdConv, same_padding=self.same_padding, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
-    shortcut = x
-    if self.project:
-      shortcut = Downsample(self.features, self.strides, preact=False,
-                            same_padding=self.same_padding, dtype=self.dtype,
-                            param_dtype=self.param_dtype, name="downsample")(x)
-    y = conv(self.mid_features, 1, name="conv1")(x)
-    y = _gn_act(y, True, "norm1", self.dtype, self.param_dtype)
-    y = conv(self.mid_features, 3, self.strides, name="conv2")(y)
-    y = _gn_act(y, True, "norm2", self.dtype, self.param_dtype)
-    y = conv(self.features, 1, name="conv3")(y)
-    y = _gn_act(y, False, "norm3", self.dtype, self.param_dtype)
-    y = DropPath(self.drop_path_rate, name="drop_path")(y, deterministic=not train)
-    return nn.relu(y + shortcut)
+    shortcut = self._projection(x, preact=False) if self.project else x
+    return nn.relu(self._branch(x, ("norm1", "norm2"), train, out_norm="norm3") + shortcut)
 
 
 class ResNetV2(nn.Module):

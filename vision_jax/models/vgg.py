@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vision_jax.models.layers import classifier_head
+from vision_jax.models.layers import BatchNormClassifier, classifier_head
 from vision_jax.models.registry import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, register_model
 
 # Channels of each 3x3 conv, 'M' for a 2x2 max-pool (the paper's Table 1, configurations A/B/D/E).
@@ -97,7 +97,7 @@ class PreLogits(nn.Module):
     return nn.relu(x)
 
 
-class VGG(nn.Module):
+class VGG(BatchNormClassifier):
   """VGG: 3x3 conv stages with max-pools, then a 7x7-conv / Dense / Dense classifier.
 
   Attributes:
@@ -108,11 +108,9 @@ class VGG(nn.Module):
     hidden_width: output channels of the first classifier layer (4096).
     pre_logits_width: output width of the second classifier layer, the pooled
       features when num_classes == 0 (4096).
-    num_classes: classifier size; 0 returns the pre-logits features.
-    dtype: compute dtype.
-    param_dtype: dtype of the parameters (the classifier's are always float32).
-    bn_momentum: running-statistics decay, flax convention (0.9 is PyTorch's 0.1).
-    bn_epsilon: BatchNorm epsilon.
+    num_classes, dtype, param_dtype, bn_momentum, bn_epsilon: see
+      `layers.BatchNormClassifier`, whose defaults VGG keeps; num_classes == 0
+      returns the pre-logits features.
     drop_rate: dropout after each of the two hidden classifier layers (torchvision
       trains with 0.5, timm's default is 0).
   """
@@ -122,12 +120,6 @@ class VGG(nn.Module):
   head_style: str = "timm"
   hidden_width: int = 4096
   pre_logits_width: int = 4096
-  num_classes: int = 1000
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  drop_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -156,9 +148,7 @@ class VGG(nn.Module):
       x = conv(int(layer), name=f"features_{index}")(x)
       index += 1
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, dtype=self.dtype,
-                         param_dtype=self.param_dtype, name=f"features_{index}")(x)
+        x = self.batch_norm_layer(train)(name=f"features_{index}")(x)
         index += 1
       x = nn.relu(x)
       index += 1

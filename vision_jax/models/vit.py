@@ -418,11 +418,12 @@ class PatchEmbed(nn.Module):
                    param_dtype=self.param_dtype, name="proj")(x)
 
 
-POOLS = ("token", "avg")
+class ViTEncoderBase(nn.Module):
+  """The encoder fields and layers a ViT shares with MAE's encoder (`train.mae.MAEEncoder`).
 
-
-class VisionTransformer(nn.Module):
-  """ViT with a class token, learned position embeddings and class-token readout.
+  Subclasses call the helpers from their compact `__call__`; the helpers create the
+  submodules and parameters under the names timm's checkpoints use (`patch_embed`,
+  `cls_token`, `pos_embed`, `blocks_{i}`), so every subclass has the same tree for them.
 
   Attributes:
     width: token width (hidden size D).
@@ -430,12 +431,7 @@ class VisionTransformer(nn.Module):
     mlp_dim: hidden width of each block's MLP.
     num_heads: attention heads.
     patch_size: patch side (on the image, or on the backbone's feature map for hybrids).
-    img_size: input side the position embeddings are built for; inputs must have it
-      unless `dynamic_img_size`.
-    backbone_layers: ResNetV2 stage depths for a hybrid (() = stem only), None for a
-      plain ViT.
-    num_classes: classifier size; 0 returns the pooled features.
-    drop_rate: dropout before the classifier.
+    img_size: input side the position embeddings are built for.
     pos_drop_rate: dropout after adding the position embeddings.
     proj_drop_rate: dropout inside the MLPs and after the attention projections.
     attn_drop_rate: dropout on the attention weights.
@@ -446,6 +442,74 @@ class VisionTransformer(nn.Module):
       hybrid backbone's blocks) in the backward pass; see `layers.REMAT_CHOICES`.
     dtype: compute dtype.
     param_dtype: parameter dtype.
+  """
+
+  width: int = 768
+  depth: int = 12
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  patch_size: int = 16
+  img_size: int = 224
+  pos_drop_rate: float = 0.0
+  proj_drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  attention_impl: str = "auto"
+  remat: str = "none"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def _patch_tokens(self, x: jax.Array, train: bool,
+                    backbone_layers: Optional[Sequence[int]] = None
+                    ) -> tuple[jax.Array, int, int]:
+    """Images -> ((N, grid_h * grid_w, width) patch tokens, grid_h, grid_w)."""
+    x = PatchEmbed(self.width, self.patch_size, backbone_layers, remat=self.remat,
+                   dtype=self.dtype, param_dtype=self.param_dtype, name="patch_embed")(
+                       jnp.asarray(x, self.dtype), train)
+    batch, grid_h, grid_w, _ = x.shape
+    return x.reshape(batch, grid_h * grid_w, self.width), grid_h, grid_w
+
+  def _cls_token(self) -> jax.Array:
+    return self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width),
+                      self.param_dtype)
+
+  def _pos_embed(self, length: int) -> jax.Array:
+    """The learned (1, length, width) position embedding, in `param_dtype`."""
+    return self.param("pos_embed", nn.initializers.truncated_normal(0.02),
+                      (1, length, self.width), self.param_dtype)
+
+  def _encode(self, x: jax.Array, train: bool,
+              layer_scale_init: Optional[float] = None) -> jax.Array:
+    """Position dropout, then the `depth` blocks (stochastic depth rising linearly)."""
+    block_cls = remat_block(Block, self.remat)
+    x = nn.Dropout(self.pos_drop_rate)(x, deterministic=not train)
+    for i in range(self.depth):
+      rate = self.drop_path_rate * i / (self.depth - 1) if self.depth > 1 else 0.0
+      x = block_cls(self.num_heads, self.mlp_dim, self.proj_drop_rate, self.attn_drop_rate, rate,
+                    attention_impl=self.attention_impl, dtype=self.dtype,
+                    param_dtype=self.param_dtype, layer_scale_init=layer_scale_init,
+                    name=f"blocks_{i}")(x, train)
+    return x
+
+  def _layer_norm(self, name: str) -> nn.Module:
+    return nn.LayerNorm(epsilon=LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name=name)
+
+
+POOLS = ("token", "avg")
+
+
+class VisionTransformer(ViTEncoderBase):
+  """ViT with a class token, learned position embeddings and class-token readout.
+
+  The encoder's fields (`width` ... `param_dtype`) are `ViTEncoderBase`'s; inputs must
+  be `img_size` square unless `dynamic_img_size`.
+
+  Attributes:
+    backbone_layers: ResNetV2 stage depths for a hybrid (() = stem only), None for a
+      plain ViT.
+    num_classes: classifier size; 0 returns the pooled features.
+    drop_rate: dropout before the classifier.
     layer_scale_init: initial value of every block's layer scales (timm's
       `init_values`; DINOv2 uses 1e-5); None: no layer scale.
     reg_tokens: register tokens placed after the class token (DINOv2 "reg4": 4);
@@ -461,23 +525,9 @@ class VisionTransformer(nn.Module):
       `dynamic_img_size`) from the `img_size` grid to the input's grid.
   """
 
-  width: int = 768
-  depth: int = 12
-  mlp_dim: int = 3072
-  num_heads: int = 12
-  patch_size: int = 16
-  img_size: int = 224
   backbone_layers: Optional[Sequence[int]] = None
   num_classes: int = 1000
   drop_rate: float = 0.0
-  pos_drop_rate: float = 0.0
-  proj_drop_rate: float = 0.0
-  attn_drop_rate: float = 0.0
-  drop_path_rate: float = 0.0
-  attention_impl: str = "auto"
-  remat: str = "none"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
   layer_scale_init: Optional[float] = None
   reg_tokens: int = 0
   no_embed_class: bool = False
@@ -528,15 +578,10 @@ class VisionTransformer(nn.Module):
           f"{x.shape[1]}x{x.shape[2]}; build it with img_size={x.shape[1]} (and resize the "
           "position embeddings with vit.resample_pos_embed to reuse weights) or with "
           "dynamic_img_size=True.")
-    block_cls = remat_block(Block, self.remat)
-    x = PatchEmbed(self.width, self.patch_size, self.backbone_layers, remat=self.remat,
-                   dtype=self.dtype, param_dtype=self.param_dtype, name="patch_embed")(
-                       jnp.asarray(x, self.dtype), train)
-    batch, grid_h, grid_w, _ = x.shape
-    x = x.reshape(batch, grid_h * grid_w, self.width)
+    x, grid_h, grid_w = self._patch_tokens(x, train, self.backbone_layers)
+    batch = x.shape[0]
 
-    prefix = [self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width),
-                         self.param_dtype)]
+    prefix = [self._cls_token()]
     if self.reg_tokens:
       prefix.append(self.param("reg_token", nn.initializers.normal(1e-6),
                                (1, self.reg_tokens, self.width), self.param_dtype))
@@ -545,9 +590,7 @@ class VisionTransformer(nn.Module):
     # Original ViT / timm: the embedding covers the prefix tokens too; DeiT III / DINOv2
     # reg: the grid only.
     embedded_prefix = 0 if self.no_embed_class else self.num_prefix_tokens
-    pos_embed = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
-                           (1, self.grid_size ** 2 + embedded_prefix, self.width),
-                           self.param_dtype)
+    pos_embed = self._pos_embed(self.grid_size ** 2 + embedded_prefix)
     if self.dynamic_img_size and (grid_h, grid_w) != (self.grid_size, self.grid_size):
       # timm's dynamic_img_size resamples the same way: bicubic with antialiasing.
       pos_embed = resample_pos_embed(pos_embed, (grid_h, grid_w), embedded_prefix,
@@ -559,19 +602,10 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate([prefix, x + pos_embed.astype(self.dtype)], axis=1)
     else:
       x = jnp.concatenate([prefix, x], axis=1) + pos_embed.astype(self.dtype)
-    x = nn.Dropout(self.pos_drop_rate)(x, deterministic=not train)
-
-    for i in range(self.depth):
-      rate = self.drop_path_rate * i / (self.depth - 1) if self.depth > 1 else 0.0
-      x = block_cls(self.num_heads, self.mlp_dim, self.proj_drop_rate, self.attn_drop_rate, rate,
-                    attention_impl=self.attention_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype, layer_scale_init=self.layer_scale_init,
-                    name=f"blocks_{i}")(x, train)
-    norm = functools.partial(nn.LayerNorm, epsilon=LN_EPS, dtype=self.dtype,
-                             param_dtype=self.param_dtype)
+    x = self._encode(x, train, self.layer_scale_init)
     use_fc_norm = self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
     if not use_fc_norm:
-      x = norm(name="norm")(x)
+      x = self._layer_norm("norm")(x)
     if tokens:
       return x
     if self.global_pool == "token":
@@ -579,7 +613,7 @@ class VisionTransformer(nn.Module):
     else:
       x = jnp.mean(x[:, self.num_prefix_tokens:], axis=1)  # registers and class token left out
     if use_fc_norm:
-      x = norm(name="fc_norm")(x)
+      x = self._layer_norm("fc_norm")(x)
     x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
     return classifier_head(x, self.num_classes, self.dtype)
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 
 from vision_jax.models import vit as vit_lib
-from vision_jax.models.layers import remat_block
+from vision_jax.models.layers import field_values
 from vision_jax.train import steps
 from vision_jax.train.steps import TrainState
 
@@ -71,26 +71,11 @@ def random_masking(rng: jax.Array, batch: int, length: int, mask_ratio: float
   return ids_shuffle[:, :keep], mask, ids_restore
 
 
-class MAEEncoder(nn.Module):
+class MAEEncoder(vit_lib.ViTEncoderBase):
   """A plain ViT (`vision_jax.models.vit.VisionTransformer`'s layout) on the visible patches.
 
-  Attributes mirror VisionTransformer's (see there); `from_vit` copies them.
+  Attributes are the ViT encoder's (`vit.ViTEncoderBase`); `from_vit` copies them.
   """
-
-  width: int = 768
-  depth: int = 12
-  mlp_dim: int = 3072
-  num_heads: int = 12
-  patch_size: int = 16
-  img_size: int = 224
-  pos_drop_rate: float = 0.0
-  proj_drop_rate: float = 0.0
-  attn_drop_rate: float = 0.0
-  drop_path_rate: float = 0.0
-  attention_impl: str = "auto"
-  remat: str = "none"
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
 
   @classmethod
   def from_vit(cls, vit: vit_lib.VisionTransformer, **kwargs) -> "MAEEncoder":
@@ -100,10 +85,7 @@ class MAEEncoder(nn.Module):
                        f"{type(vit).__name__}" + (" with a ResNet backbone (a hybrid)"
                                                   if getattr(vit, "backbone_layers", None)
                                                   is not None else "") + ".")
-    fields = ("width", "depth", "mlp_dim", "num_heads", "patch_size", "img_size",
-              "pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate",
-              "attention_impl", "remat", "dtype", "param_dtype")
-    return cls(**{f: getattr(vit, f) for f in fields}, **kwargs)
+    return cls(**field_values(vit, vit_lib.ViTEncoderBase), **kwargs)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, ids_keep: jax.Array | None = None
@@ -117,31 +99,17 @@ class MAEEncoder(nn.Module):
       raise ValueError(f"MAEEncoder was built for {self.img_size}x{self.img_size} inputs, got "
                        f"{x.shape[1]}x{x.shape[2]}.")
     vit_lib.check_attention_impl(self.attention_impl)
-    block_cls = remat_block(vit_lib.Block, self.remat)
-    x = vit_lib.PatchEmbed(self.width, self.patch_size, None, remat=self.remat, dtype=self.dtype,
-                           param_dtype=self.param_dtype, name="patch_embed")(
-                               jnp.asarray(x, self.dtype), train)
-    batch, grid_h, grid_w, _ = x.shape
-    x = x.reshape(batch, grid_h * grid_w, self.width)
-    cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, self.width),
-                           self.param_dtype)
-    pos_embed = self.param("pos_embed", nn.initializers.truncated_normal(0.02),
-                           (1, grid_h * grid_w + 1, self.width), self.param_dtype)
-    pos = pos_embed.astype(self.dtype)
+    x, grid_h, grid_w = self._patch_tokens(x, train)
+    batch = x.shape[0]
+    cls_token = self._cls_token()
+    pos = self._pos_embed(grid_h * grid_w + 1).astype(self.dtype)
     # Position embeddings are added before masking, so each kept patch keeps its position.
     cls = jnp.broadcast_to(cls_token.astype(self.dtype), (batch, 1, self.width)) + pos[:, :1]
     x = x + pos[:, 1:]
     if ids_keep is not None:
       x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
     x = jnp.concatenate([cls, x], axis=1)
-    x = nn.Dropout(self.pos_drop_rate)(x, deterministic=not train)
-    for i in range(self.depth):
-      rate = self.drop_path_rate * i / (self.depth - 1) if self.depth > 1 else 0.0
-      x = block_cls(self.num_heads, self.mlp_dim, self.proj_drop_rate, self.attn_drop_rate, rate,
-                    attention_impl=self.attention_impl, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=f"blocks_{i}")(x, train)
-    return nn.LayerNorm(epsilon=vit_lib.LN_EPS, dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="norm")(x)
+    return self._layer_norm("norm")(self._encode(x, train))
 
 
 class MAEDecoder(nn.Module):
