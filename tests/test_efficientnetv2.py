@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests import jitted
 from tests.conftest import ROOT
 from tests.pinned_efficientnetv2 import PARAM_COUNTS
 from tests.timm_parity import (compare_with_timm_float64, randomize_norms, relative_error,
@@ -111,6 +112,18 @@ def test_full_stage_table_parity_in_float64(timm_name, size, tolerance):
 
 
 # --- scaling, sizes, metadata ---------------------------------------------------------------
+
+def test_depthwise_kernels_start_at_the_reference_scale():
+  # TF's and timm's init: N(0, 2 / fan_out) with a depthwise kernel's fan-out k * k (not
+  # k * k * C, which would start them sqrt(C) times too small), as in EfficientNet.
+  module = v2.EfficientNetV2(**TINY, num_classes=CLASSES)
+  params = jitted.init(module, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+  kernel = np.asarray(params["blocks_2_1"]["conv_dw"]["kernel"])  # (3, 3, 1, 128)
+  assert kernel.shape == (3, 3, 1, 128)
+  np.testing.assert_allclose(kernel.std(), np.sqrt(2 / 9), rtol=0.1)  # 1,152 draws
+  pointwise = np.asarray(params["blocks_2_1"]["conv_pwl"]["kernel"])  # (1, 1, 128, 32)
+  np.testing.assert_allclose(pointwise.std(), np.sqrt(2 / 32), rtol=0.1)
+
 
 def test_stage_tables_and_rounding():
   # B3: width 1.2 without the 10% rule keeps a 16-channel first stage (24 with it), depth 1.4.

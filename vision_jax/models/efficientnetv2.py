@@ -33,17 +33,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from vision_jax.models.depthwise import DepthwiseConv
-from vision_jax.models.efficientnet import (PADDINGS, BlockConfig, MBConv, SqueezeExcite,
-                                            _conv_init, _conv_padding, round_channels)
-from vision_jax.models.layers import (DropPath, check_remat, classifier_head, global_avg_pool,
-                                      remat_block)
+from vision_jax.models.efficientnet import (BlockBase, BlockConfig, EfficientNetBase, MBConv,
+                                            SqueezeExcite, _conv_padding, _depthwise_init,
+                                            round_channels)
+from vision_jax.models.layers import remat_block
 from vision_jax.models.registry import (IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN,
                                         INCEPTION_STD, ModelInfo, register_model)
 
@@ -166,16 +164,11 @@ def block_configs(stages: Sequence[StageSpec], width_mult: float,
   return configs
 
 
-class ConvBlock(nn.Module):
+class ConvBlock(BlockBase):
   """kxk conv + BN + SiLU, with a residual when the block keeps the shape (timm's ConvBnAct).
 
-  Attributes: as `efficientnet.MBConv`.
+  Attributes: as `efficientnet.BlockBase` (`config` is a `V2BlockConfig`).
   """
-
-  config: V2BlockConfig
-  padding: str
-  conv: ModuleDef
-  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -183,22 +176,15 @@ class ConvBlock(nn.Module):
     y = self.conv(cfg.out_features, (cfg.kernel, cfg.kernel), strides=cfg.stride,
                   padding=_conv_padding(self.padding, cfg.kernel), name="conv")(x)
     y = nn.swish(self.norm(name="bn1")(y))
-    if cfg.stride == 1 and cfg.in_features == cfg.out_features:
-      y = DropPath(cfg.drop_path_rate)(y, deterministic=not train) + x
-    return y
+    return self.residual(x, y, train)
 
 
-class FusedMBConv(nn.Module):
+class FusedMBConv(BlockBase):
   """Fused-MBConv: kxk expansion conv (`conv_exp`, `bn1`, SiLU), optional SE, 1x1 linear
   projection (`conv_pwl`, `bn2`), residual with drop-connect when the shape is kept.
 
-  Attributes: as `efficientnet.MBConv`.
+  Attributes: as `efficientnet.BlockBase` (`config` is a `V2BlockConfig`).
   """
-
-  config: V2BlockConfig
-  padding: str
-  conv: ModuleDef
-  norm: ModuleDef
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -211,12 +197,10 @@ class FusedMBConv(nn.Module):
       y = SqueezeExcite(cfg.se_features, conv=self.conv, name="se")(y)
     y = self.conv(cfg.out_features, (1, 1), padding="VALID", name="conv_pwl")(y)
     y = self.norm(name="bn2")(y)  # linear bottleneck: no activation
-    if cfg.stride == 1 and cfg.in_features == cfg.out_features:
-      y = DropPath(cfg.drop_path_rate)(y, deterministic=not train) + x
-    return y
+    return self.residual(x, y, train)
 
 
-class EfficientNetV2(nn.Module):
+class EfficientNetV2(EfficientNetBase):
   """EfficientNetV2: conv, Fused-MBConv and MBConv stages between EfficientNet's stem and head.
 
   Attributes:
@@ -227,17 +211,15 @@ class EfficientNetV2(nn.Module):
     head_width: channels of the final 1x1 convolution (already scaled: the
       reference scales it for some variants and not for others).
     round_limit: channel rounding, see `scale_channels`.
-    num_classes: classifier size; 0 returns the pooled features.
-    dtype: compute dtype.
-    param_dtype: dtype of every parameter.
-    padding: 'same' (TensorFlow, timm's tf_efficientnetv2_*) or 'symmetric'
-      (PyTorch k // 2, timm's efficientnetv2_*).
-    bn_momentum: running-statistics decay in flax convention (the reference's 0.99).
-    bn_epsilon: BatchNorm epsilon (1e-3 TensorFlow, 1e-5 PyTorch-trained).
-    drop_rate: dropout on the pooled features, before the classifier.
-    drop_path_rate: stochastic depth; block i of n gets drop_path_rate * i / n.
-    remat: 'none', 'block' or 'full' (see `layers.REMAT_CHOICES`).
+    padding, bn_momentum, bn_epsilon, drop_rate, drop_path_rate, num_classes, dtype,
+      param_dtype, remat: see `efficientnet.EfficientNetBase` (padding 'same' for timm's
+      tf_efficientnetv2_*, 'symmetric' for its efficientnetv2_*).
   """
+
+  # The reference init of a depthwise kernel, as EfficientNet's: N(0, 2 / (k * k)). The
+  # TF code's fan-out of a (k, k, C, 1) depthwise kernel is k * k, timm's k * k * C / groups;
+  # flax's fan-out of our (k, k, 1, C) layout would be k * k * C, sqrt(C) times too small.
+  depthwise_init = staticmethod(_depthwise_init)
 
   stages: Sequence[StageSpec] = S_STAGES
   width_mult: float = 1.0
@@ -245,59 +227,24 @@ class EfficientNetV2(nn.Module):
   stem_width: int = 24
   head_width: int = 1280
   round_limit: float = 0.9
-  num_classes: int = 1000
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  padding: str = "same"
-  bn_momentum: float = 0.99
-  bn_epsilon: float = 1e-3
-  drop_rate: float = 0.2
-  drop_path_rate: float = 0.2
-  remat: str = "none"
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    """Logits (float32) of NHWC images, or pooled features when num_classes == 0.
+  def stem_features(self) -> int:
+    return scale_channels(self.stem_width, self.width_mult, self.round_limit)
 
-    Args:
-      x: images, (batch, height, width, 3).
-      train: use batch statistics (pass mutable=['batch_stats']) and enable
-        dropout / stochastic depth (needs the 'dropout' rng when their rates are > 0).
+  def head_features(self) -> int:
+    return self.head_width
 
-    Returns:
-      (batch, num_classes) float32 logits, or (batch, head_width) pooled features.
-    """
-    if self.padding not in PADDINGS:
-      raise ValueError(f"EfficientNetV2: padding must be one of {PADDINGS}, "
-                       f"got {self.padding!r}.")
-    check_remat(self.remat, "EfficientNetV2")
+  def blocks(self, x: jax.Array, train: bool, conv: ModuleDef, norm: ModuleDef,
+             depthwise: ModuleDef) -> jax.Array:
     block_classes = {"conv": remat_block(ConvBlock, self.remat),
                      "fused": remat_block(FusedMBConv, self.remat),
                      "mbconv": remat_block(MBConv, self.remat)}
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             param_dtype=self.param_dtype, kernel_init=_conv_init)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=self.param_dtype)
-    # MBConv's depthwise conv: nn.Conv's parameters, the fast path per backend (models/depthwise).
-    depthwise = functools.partial(DepthwiseConv, use_bias=False, dtype=self.dtype,
-                                  param_dtype=self.param_dtype, kernel_init=_conv_init)
-
-    x = jnp.asarray(x, self.dtype)
-    x = conv(scale_channels(self.stem_width, self.width_mult, self.round_limit), (3, 3),
-             strides=2, padding=_conv_padding(self.padding, 3), name="conv_stem")(x)
-    x = nn.swish(norm(name="bn1")(x))
     for cfg in block_configs(self.stages, self.width_mult, self.depth_mult,
                              self.drop_path_rate, self.stem_width, self.round_limit):
       extra = {"depthwise": depthwise} if cfg.kind == "mbconv" else {}
       x = block_classes[cfg.kind](cfg, self.padding, conv, norm, **extra,
                                   name=f"blocks_{cfg.stage}_{cfg.index}")(x, train)
-    x = conv(self.head_width, (1, 1), padding="VALID", name="conv_head")(x)
-    x = nn.swish(norm(name="bn2")(x))
-
-    x = global_avg_pool(x)
-    x = nn.Dropout(self.drop_rate)(x, deterministic=not train)
-    return classifier_head(x, self.num_classes, self.dtype)
+    return x
 
 
 @dataclasses.dataclass(frozen=True)
