@@ -120,6 +120,15 @@ def test_auto_is_shifted_on_cpu_and_xla_on_accelerators(monkeypatch):
     depthwise.resolve_impl("auto", "cpu")
   with pytest.raises(ValueError, match="impl must be one of"):
     depthwise.resolve_impl("winograd", "cpu")
+  # use_impl beats the variable and the backend for 'auto', inside its block only.
+  with depthwise.use_impl("xla"):
+    assert depthwise.resolve_impl("auto", "cpu") == "xla"
+    assert depthwise.resolve_impl("shifted", "cpu") == "shifted"
+  monkeypatch.delenv(depthwise.ENV_VAR)
+  assert depthwise.resolve_impl("auto", "cpu") == "shifted"
+  with pytest.raises(ValueError, match="use_impl: impl must be 'shifted' or 'xla'"):
+    with depthwise.use_impl("auto"):
+      pass
 
 
 def test_bad_input_is_named():

@@ -11,10 +11,14 @@ while it traces. Those shortcuts lag behind linen: its `max_pool` takes the wind
 only as a keyword and padding only as a string (our stems pass explicit pairs),
 and its strided convolution gave a graph that onnxruntime rejected (cifar_resnet20,
 jax2onnx 0.17.1). `plain_lax_tracing` turns those three off (max_pool, pool, conv), so they
-trace to the lax primitives JAX itself runs (conv_general_dilated, reduce_window,
-dot_general ...), which jax2onnx converts one by one. ViT, EfficientNet, ConvNeXt,
-ResNet-v2 and the hybrid ViT-R then match JAX; the ResNet family still gets mis-shaped
-Conv/MaxPool nodes from jax2onnx 0.17.1 and is refused (`writer.UNSUPPORTED`).
+trace to the lax primitives JAX itself runs (conv_general_dilated, dot_general ...),
+which jax2onnx converts one by one. Two more work-arounds make the ResNet family
+convert (jax2onnx 0.17.1): max-pooling is traced as a maximum of strided slices
+(`max_pool_by_slices`; its reduce_window rule gives a MaxPool over all four NHWC
+axes, which onnxruntime refuses), and the graph's intermediate shape annotations,
+some of them NHWC for tensors its layout pass keeps NCHW, are dropped. ResNet,
+ViT, EfficientNet, ConvNeXt (tests/test_export.py), ResNet-v2 and the hybrid
+ViT-R then match JAX.
 """
 
 from __future__ import annotations
@@ -35,16 +39,63 @@ OPSET = 23
 def convert(exportable: Exportable):
   """The onnx.ModelProto of the eval forward."""
   from jax2onnx import to_onnx  # pylint: disable=import-outside-toplevel
-  with plain_lax_tracing():
-    return to_onnx(exportable.closed_forward(), [("batch", *exportable.input_shape)],
-                   model_name=exportable.model_name, opset=OPSET, input_names=["inputs"],
-                   output_names=["logits"])
+  from vision_jax.models import depthwise  # pylint: disable=import-outside-toplevel
+  # Depthwise convolutions as grouped Conv nodes (onnxruntime's depthwise kernel), not as the
+  # k * k shifted slices that suit XLA:CPU (models/depthwise.py): 4x faster in onnxruntime
+  # on convnext_atto at 64 px.
+  with plain_lax_tracing(), depthwise.use_impl("xla"):
+    proto = to_onnx(exportable.closed_forward(), [("batch", *exportable.input_shape)],
+                    model_name=exportable.model_name, opset=OPSET, input_names=["inputs"],
+                    output_names=["logits"])
+  # The intermediate shape annotations are optional hints, and jax2onnx 0.17.1 writes some
+  # in NHWC for tensors that its layout pass left in NCHW: onnxruntime then rejects a
+  # residual Add of cifar_resnet20 ("Incompatible dimensions"). It infers them itself.
+  del proto.graph.value_info[:]
+  return proto
+
+
+def max_pool_by_slices(inputs, window_shape, strides=None, padding="VALID"):
+  """`flax.linen.max_pool` as the maximum of strided slices of the -inf padded input.
+
+  The same numbers as `lax.reduce_window` (max is exact), in ops that jax2onnx
+  converts to Pad, Slice and Max: its reduce_window rule emits a MaxPool over all
+  four NHWC axes (kernel [1, 3, 3, 1]), which onnxruntime refuses ("Unsupported
+  pooling size"). Inputs are (batch..., spatial..., features), as flax's.
+  """
+  # pylint: disable=import-outside-toplevel
+  import itertools
+
+  import jax
+  import jax.numpy as jnp
+  window = tuple(window_shape)
+  strides = tuple(strides) if strides is not None else (1,) * len(window)
+  spatial = tuple(range(inputs.ndim - 1 - len(window), inputs.ndim - 1))
+  shape = [inputs.shape[a] for a in spatial]
+  if isinstance(padding, str):
+    pads = jax.lax.padtype_to_pads(shape, window, strides, padding)
+  else:
+    pads = [tuple(p) for p in padding]
+  widths = [(0, 0)] * inputs.ndim
+  for axis, pad in zip(spatial, pads):
+    widths[axis] = pad
+  x = jnp.pad(inputs, widths, constant_values=-jnp.inf)
+  out = [(x.shape[a] - k) // s + 1 for a, k, s in zip(spatial, window, strides)]
+  result = None
+  for offsets in itertools.product(*(range(k) for k in window)):
+    index = [slice(None)] * inputs.ndim
+    for axis, offset, stride, n in zip(spatial, offsets, strides, out):
+      index[axis] = slice(offset, offset + stride * (n - 1) + 1, stride)
+    piece = x[tuple(index)]
+    result = piece if result is None else jnp.maximum(result, piece)
+  return result
 
 
 @contextlib.contextmanager
 def plain_lax_tracing() -> Iterator[None]:
-  """Turns off jax2onnx's flax.linen shortcuts for the block (see the module docstring)."""
+  """Turns off jax2onnx's flax.linen shortcuts for the block (see the module docstring),
+  and traces `flax.linen.max_pool` as `max_pool_by_slices`."""
   # pylint: disable=import-outside-toplevel
+  import flax.linen
   from jax2onnx.plugins import plugin_system
   plugin_system.import_all_plugins()
   linen = [type(p) for p in plugin_system.PLUGIN_REGISTRY.values()
@@ -52,9 +103,12 @@ def plain_lax_tracing() -> Iterator[None]:
   saved = [(cls, cls.__dict__.get("binding_specs")) for cls in linen]
   for cls in linen:
     cls.binding_specs = classmethod(lambda cls: [])
+  max_pool = flax.linen.max_pool
+  flax.linen.max_pool = max_pool_by_slices
   try:
     yield
   finally:
+    flax.linen.max_pool = max_pool
     for cls, spec in saved:
       if spec is None:
         del cls.binding_specs

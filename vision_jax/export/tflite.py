@@ -31,9 +31,13 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None) -> by
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from vision_jax.export import savedmodel
+  from vision_jax.models import depthwise
   module = savedmodel.build_module(exportable)
-  converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [module.logits.get_concrete_function()], module)
+  # Depthwise convolutions as grouped convolutions, which become TFLite's DepthwiseConv2D,
+  # not as the k * k shifted slices that suit XLA:CPU (models/depthwise.py).
+  with depthwise.use_impl("xla"):
+    concrete = module.logits.get_concrete_function()
+  converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
   if calibration is not None:
     images = np.asarray(calibration, np.float32)
 

@@ -17,13 +17,17 @@ convolution on GPUs and TPUs, which have fast depthwise kernels and were not
 measured otherwise. tools/benchmark_depthwise.py measures both at the shapes of
 EfficientNet-B0 and ConvNeXt-T (docs/efficiency.md has the table).
 `VISION_JAX_DEPTHWISE=xla|shifted` overrides 'auto' at trace time, so a
-benchmark can time a whole model before and after without another code path.
+benchmark can time a whole model before and after without another code path;
+`use_impl` does the same for a block of code (the ONNX and TFLite exports trace
+with 'xla': their runtimes have depthwise kernels of their own, which a grouped
+convolution maps to, while the shifted slices stay k * k separate ops there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,6 +38,21 @@ IMPLS = ("auto", "shifted", "xla")
 ENV_VAR = "VISION_JAX_DEPTHWISE"
 
 Padding = str | Sequence[tuple[int, int]]
+# What 'auto' means inside `use_impl` (None: the environment variable, then the backend).
+_forced: str | None = None
+
+
+@contextlib.contextmanager
+def use_impl(impl: str) -> Iterator[None]:
+  """Within the block, 'auto' resolves to `impl` ('shifted' or 'xla') when modules trace."""
+  global _forced  # pylint: disable=global-statement
+  if impl not in IMPLS[1:]:
+    raise ValueError(f"use_impl: impl must be 'shifted' or 'xla', got {impl!r}.")
+  saved, _forced = _forced, impl
+  try:
+    yield
+  finally:
+    _forced = saved
 
 
 def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
@@ -44,6 +63,8 @@ def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
   Raises:
     ValueError: `impl` or the environment variable is not one of IMPLS.
   """
+  if impl == "auto" and _forced is not None:
+    return _forced
   if impl == "auto":
     impl = os.environ.get(ENV_VAR, "auto") or "auto"
     if impl not in IMPLS:
