@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from vision_jax.train import steps
-from vision_jax.train.dino import cosine_momentum, ema, l2_normalise
+from vision_jax.train.dino import cosine_momentum, ema, l2_normalise, require_ema
 from vision_jax.train.steps import TrainState
 
 
@@ -143,15 +143,8 @@ def byol_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: BY
   Returns:
     The new state and metrics: loss, target_momentum, grad_norm, learning_rate.
   """
-  if state.ema_params is None:
-    raise ValueError("byol_train_step: the state has no target network (ema_params); build it "
-                     "with use_ema=True (config.ema_decay > 0, the target's base momentum).")
-  images = batch["image"]
-  if images.ndim != 5 or images.shape[1] != 2:
-    raise ValueError(
-        f"byol_train_step: batch['image'] must be (B, 2, H, W, C), got {images.shape}.")
-  b = images.shape[0]
-  views = images.reshape((2 * b,) + images.shape[2:])
+  require_ema(state, "byol_train_step", "target network")
+  b, views = steps.paired_views(batch, "byol_train_step")
   rng = jax.random.fold_in(state.rng, state.step)
 
   (z_target, _), _ = model.apply({"params": state.ema_params, "batch_stats": state.batch_stats},

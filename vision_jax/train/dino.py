@@ -179,6 +179,13 @@ def update_center(center: jax.Array, teacher: jax.Array, momentum: float) -> jax
   return center * momentum + (1.0 - momentum) * mean
 
 
+def require_ema(state: TrainState, step_name: str, network: str) -> None:
+  """ValueError unless the state holds the EMA network (`ema_params`) that a step updates."""
+  if state.ema_params is None:
+    raise ValueError(f"{step_name}: the state has no {network} (ema_params); build it with "
+                     f"use_ema=True (config.ema_decay > 0, the {network}'s base momentum).")
+
+
 def ema(target: Any, online: Any, momentum: Any) -> Any:
   """target * m + (1 - m) * online, leaf by leaf (the teacher / target network update)."""
   return jax.tree_util.tree_map(lambda t, o: momentum * t + (1.0 - momentum) * o, target, online)
@@ -230,15 +237,8 @@ def dino_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: DI
     collapse to one prototype drives it to 0, to uniform outputs to log K),
     grad_norm, learning_rate.
   """
-  if state.ema_params is None:
-    raise ValueError("dino_train_step: the state has no teacher (ema_params); build it with "
-                     "use_ema=True (config.ema_decay > 0, the teacher's base momentum).")
-  images = batch["image"]
-  if images.ndim != 5 or images.shape[1] != 2:
-    raise ValueError(
-        f"dino_train_step: batch['image'] must be (B, 2, H, W, C), got {images.shape}.")
-  b = images.shape[0]
-  global_views = images.reshape((2 * b,) + images.shape[2:])
+  require_ema(state, "dino_train_step", "teacher")
+  b, global_views = steps.paired_views(batch, "dino_train_step")
   local = batch.get("local")
   rng = jax.random.fold_in(state.rng, state.step)
   center = state.batch_stats["center"]

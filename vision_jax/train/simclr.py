@@ -149,11 +149,7 @@ def simclr_train_step(state: TrainState, batch: dict[str, jax.Array], *, model: 
     views whose positive has the highest similarity among the 2B - 1
     candidates), grad_norm, learning_rate.
   """
-  images = batch["image"]
-  if images.ndim != 5 or images.shape[1] != 2:
-    raise ValueError(f"simclr_train_step: batch['image'] must be (B, 2, H, W, C), got {images.shape}.")
-  b = images.shape[0]
-  views = images.reshape((2 * b,) + images.shape[2:])  # [img0 view1, img0 view2, img1 view1, ...]
+  b, views = steps.paired_views(batch, "simclr_train_step")
   rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):

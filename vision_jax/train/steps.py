@@ -195,6 +195,23 @@ def stop_gradient_except(params: Any, trainable: str) -> Any:
                                 trainable_mask(params, trainable))
 
 
+def paired_views(batch: dict[str, jax.Array], step_name: str) -> tuple[int, jax.Array]:
+  """(B, the 2B views as one batch) of a two-view batch (SimCLR, BYOL, DINO's global crops).
+
+  batch['image'] is (B, 2, H, W, C); the views come image-major: img0 view1, img0
+  view2, img1 view1, ...
+
+  Raises:
+    ValueError: the images are not (B, 2, H, W, C).
+  """
+  images = batch["image"]
+  if images.ndim != 5 or images.shape[1] != 2:
+    raise ValueError(f"{step_name}: batch['image'] must be (B, 2, H, W, C), got "
+                     f"{images.shape}.")
+  b = images.shape[0]
+  return b, images.reshape((2 * b,) + images.shape[2:])
+
+
 def apply_gradients(state: TrainState, grads: Any, loss: jax.Array, batch_stats: Any, *,
                     tx: optax.GradientTransformation, ema_decay: float) -> TrainState:
   """The end of every recipe's step: optimizer update, EMA, NaN bookkeeping, step + 1."""
