@@ -90,11 +90,13 @@ def _runner(side: str, exportable, directory: str, threads: int,
     import jax
     forward = jax.jit(exportable.closed_forward())
     return lambda: forward(batch).block_until_ready()
-  out = os.path.join(directory, side)
+  # TFLite models have a fixed batch: one per batch size; the other formats' is symbolic.
+  out = os.path.join(directory, f"{side}-b{len(batch)}" if side.startswith("tflite") else side)
   if not os.path.exists(out):
     calibration = (_calibration_folder(directory, exportable.input_shape[0])
                    if side == "tflite-int8" else None)
-    export.export_model(exportable, side, out, calibration=calibration)
+    export.export_model(exportable, side, out, calibration=calibration,
+                        tflite_batch_size=len(batch))
   meta = core.read_metadata(out)
   path = os.path.join(out, meta["artifact"]) if "artifact" in meta else out
   if side == "stablehlo":
@@ -110,11 +112,8 @@ def _runner(side: str, exportable, directory: str, threads: int,
     return lambda: signature(inputs=inputs)["logits"].numpy()
   if side in ("tflite", "tflite-int8"):
     from vision_jax.export import tflite
-    # One signature runner, made once: `tflite.run` makes a new one per call, which
-    # re-allocates the tensors (its cost is not the model's).
-    runner = tflite.interpreter(path, num_threads=threads).get_signature_runner()
-    name = next(iter(runner.get_input_details()))
-    return lambda: runner(**{name: batch})["logits"]
+    run = tflite.runner(tflite.interpreter(path, num_threads=threads))  # made once
+    return lambda: run(batch)
   from vision_jax.export import onnx as onnx_export
   session = onnx_export.session(path, threads=threads)
   return lambda: onnx_export.run(session, batch)

@@ -30,6 +30,8 @@ def main(argv=None) -> int:
   parser.add_argument("--calibration", help="tflite-int8: a folder of calibration images")
   parser.add_argument("--calibration-limit", type=int, default=200,
                       help="tflite-int8: read at most this many calibration images")
+  parser.add_argument("--tflite-batch-size", type=int, default=1,
+                      help="tflite, tflite-int8: the model's fixed batch size (default 1)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   args = parser.parse_args(argv)
 
@@ -37,6 +39,9 @@ def main(argv=None) -> int:
   from vision_jax import export, inference
   if args.format not in export.FORMATS:
     return common.report(f"--format {args.format}: not one of {', '.join(export.FORMATS)}.")
+  if args.tflite_batch_size < 1:
+    return common.report(f"--tflite-batch-size {args.tflite_batch_size}: give a whole number "
+                         ">= 1.")
   try:
     model = inference.load_model(args.workdir, args.weights)
     # The cheap checks first: reading the input shape below starts TensorFlow.
@@ -47,7 +52,8 @@ def main(argv=None) -> int:
       export.calibration_files(args.calibration, args.calibration_limit)
     exportable = export.from_loaded(model)
     meta = export.export_model(exportable, args.format, args.out, args.calibration,
-                               args.overwrite, args.calibration_limit)
+                               args.overwrite, args.calibration_limit,
+                               tflite_batch_size=args.tflite_batch_size)
   except (inference.LoadError, export.ExportError) as e:
     return common.report(" ".join(str(e).split()))  # one line
   print(f"wrote {args.format} of {meta['model']} ({meta['family']}, input "

@@ -23,8 +23,15 @@ SERVING_SIGNATURE = "serving_default"
 LOGITS_SIGNATURE = "logits"
 
 
-def build_module(exportable: Exportable):
-  """A tf.Module with the variables and the two tf.functions (see the module docstring)."""
+def build_module(exportable: Exportable, batch_size: int | None = None):
+  """A tf.Module with the variables and the two tf.functions (see the module docstring).
+
+  Args:
+    batch_size: None keeps the batch dimension symbolic (the SavedModel); a number
+      fixes it, and the module then has only `logits` (TFLite: with every shape
+      static the converter folds BatchNorm into the convolutions and leaves out
+      the shape arithmetic of a symbolic batch, 3x faster on EfficientNet-B0).
+  """
   # pylint: disable=import-outside-toplevel
   import jax
   import tensorflow as tf
@@ -37,16 +44,20 @@ def build_module(exportable: Exportable):
   def forward(flat, images):
     return exportable.forward(jax.tree_util.tree_unflatten(treedef, flat), images)
 
-  tf_forward = jax2tf.convert(forward, polymorphic_shapes=[None, f"(b, {h}, {w}, {c})"],
-                              with_gradient=False)
+  polymorphic = None if batch_size else [None, f"(b, {h}, {w}, {c})"]
+  tf_forward = jax2tf.convert(forward, polymorphic_shapes=polymorphic, with_gradient=False)
   preprocess = ops.get_preprocess_fn(exportable.preprocess, outputs=("image",))
   module = tf.Module()
   module.weights = [tf.Variable(leaf, trainable=False) for leaf in leaves]
 
-  @tf.function(input_signature=[tf.TensorSpec([None, h, w, c], tf.float32, name="inputs")],
-               autograph=False)
+  @tf.function(input_signature=[tf.TensorSpec([batch_size, h, w, c], tf.float32,
+                                               name="inputs")], autograph=False)
   def logits(inputs):
     return {"logits": tf_forward(module.weights, inputs)}
+
+  module.logits = logits
+  if batch_size:
+    return module
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
                autograph=False)
@@ -55,7 +66,6 @@ def build_module(exportable: Exportable):
                        images, fn_output_signature=tf.TensorSpec([h, w, c], tf.float32))
     return {"logits": tf_forward(module.weights, inputs)}
 
-  module.logits = logits
   module.serve = serve
   return module
 

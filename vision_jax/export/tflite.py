@@ -10,29 +10,39 @@ float fallback fails to convert instead of running half in float. The model's
 input and output stay float32 (a quantize op at the entry, a dequantize at the
 exit), so the same preprocessing feeds both variants.
 
-The input takes the preprocessed float32 [N, H, W, C] of export.json; the batch
-dimension is resizable (`interpreter.resize_tensor_input`, or the signature
-runner, which resizes itself).
+The input takes the preprocessed float32 [B, H, W, C] of export.json, B fixed
+at export (`--tflite-batch-size`, default 1: the latency case); `run` takes
+any number of images, B at a time.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 
-from vision_jax.export.core import Exportable
+from vision_jax.export.core import Exportable, ExportError
 
 ARTIFACT = "model.tflite"
 
 
-def convert(exportable: Exportable, calibration: np.ndarray | None = None) -> bytes:
-  """The flatbuffer: float32 when `calibration` is None, else int8 calibrated on it."""
+def convert(exportable: Exportable, calibration: np.ndarray | None = None,
+            batch_size: int | None = 1) -> bytes:
+  """The flatbuffer: float32 when `calibration` is None, else int8 calibrated on it.
+
+  The batch size is fixed (`batch_size`; None: symbolic): with a symbolic batch every broadcast
+  becomes a BROADCAST_TO of a computed shape and BatchNorm stays unfolded, and
+  the float model ran 3x slower (EfficientNet-B0 at 224, batch 1). `run` feeds
+  any number of images through it in chunks.
+  """
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from vision_jax.export import savedmodel
   from vision_jax.models import depthwise
-  module = savedmodel.build_module(exportable)
+  if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    raise ExportError(f"--tflite-batch-size {batch_size!r}: give a whole number >= 1.")
+  module = savedmodel.build_module(exportable, batch_size=batch_size)
   # Depthwise convolutions as grouped convolutions, which become TFLite's DepthwiseConv2D,
   # not as the k * k shifted slices that suit XLA:CPU (models/depthwise.py).
   with depthwise.use_impl("xla"):
@@ -41,9 +51,11 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None) -> by
   if calibration is not None:
     images = np.asarray(calibration, np.float32)
 
+    rows = batch_size or 1
+
     def representative():
-      for i in range(len(images)):
-        yield [images[i:i + 1]]
+      for start in range(0, len(images), rows):
+        yield [_padded(images[start:start + rows], rows)]
 
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
@@ -51,12 +63,38 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None) -> by
   return converter.convert()
 
 
+def _padded(images: np.ndarray, rows: int) -> np.ndarray:
+  """`images` with copies of its last row appended up to `rows` rows."""
+  if len(images) == rows:
+    return images
+  return np.concatenate([images, np.repeat(images[-1:], rows - len(images), axis=0)])
+
+
 def write(exportable: Exportable, directory: str,
-          calibration: np.ndarray | None = None) -> dict:
-  """Writes `model.tflite` into `directory`; returns the metadata entries it adds."""
+          calibration: np.ndarray | None = None, batch_size: int = 1) -> dict:
+  """Writes `model.tflite` into `directory`; returns the metadata entries it adds.
+
+  When the converter fails on the fixed batch (TF 2.20 on ConvNeXt: a Dense on an
+  NHWC map becomes a rank-4 batch_matmul it cannot legalise), the model is
+  converted with a symbolic batch instead, as the SavedModel has it: slower, and
+  export.json says so ("batch_size": null and the reason).
+  """
+  # pylint: disable=import-outside-toplevel
+  from absl import logging
+  meta = {"artifact": ARTIFACT, "weights": "float32" if calibration is None else "int8",
+          "batch_size": batch_size}
+  try:
+    flatbuffer = convert(exportable, calibration, batch_size)
+  except ExportError:
+    raise
+  except Exception as e:  # the converter's own error type lives in TF's private modules
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    logging.warning("TFLite: the fixed batch of %d did not convert (%s); converting with a "
+                    "symbolic batch, which runs slower.", batch_size, reason)
+    flatbuffer = convert(exportable, calibration, None)
+    meta.update(batch_size=None, symbolic_batch_because=reason)
   with open(os.path.join(directory, ARTIFACT), "wb") as f:
-    f.write(convert(exportable, calibration))
-  meta = {"artifact": ARTIFACT, "weights": "float32" if calibration is None else "int8"}
+    f.write(flatbuffer)
   if calibration is not None:
     meta.update({"activations": "int8", "calibration_images": int(len(calibration)),
                  "input_output": "float32 (quantized and dequantized inside the model)"})
@@ -73,8 +111,24 @@ def interpreter(path: str, num_threads: int | None = None):
   return Interpreter(model_path=path, num_threads=num_threads)
 
 
+def runner(interp) -> Callable[[np.ndarray], np.ndarray]:
+  """A function of a float32 batch of any size: the model's fixed batch at a time."""
+  signature = interp.get_signature_runner()
+  name, detail = next(iter(signature.get_input_details().items()))
+  symbolic = int(detail["shape_signature"][0]) == -1
+
+  def run_all(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, np.float32)
+    if symbolic:  # the runner resizes the input to the batch
+      return np.asarray(signature(**{name: images})["logits"])
+    rows = int(detail["shape"][0])
+    out = [np.asarray(signature(**{name: _padded(images[i:i + rows], rows)})["logits"])
+           for i in range(0, len(images), rows)]
+    return np.concatenate(out)[:len(images)]
+
+  return run_all
+
+
 def run(interp, images: np.ndarray) -> np.ndarray:
-  """Logits of a float32 batch through an interpreter from `interpreter` (resized to the batch)."""
-  runner = interp.get_signature_runner()
-  name = next(iter(runner.get_input_details()))
-  return np.asarray(runner(**{name: np.asarray(images, np.float32)})["logits"])
+  """Logits of a float32 batch of any size through an interpreter from `interpreter`."""
+  return runner(interp)(images)

@@ -25,7 +25,8 @@ def check_supported(fmt: str, family: str) -> None:
 
 
 def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | None = None,
-                 overwrite: bool = False, calibration_limit: int = 200) -> dict:
+                 overwrite: bool = False, calibration_limit: int = 200,
+                 tflite_batch_size: int = 1) -> dict:
   """Writes `exportable` as `fmt` into the directory `out`; returns export.json's contents.
 
   Args:
@@ -35,6 +36,7 @@ def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | 
     calibration: a folder of images, required by (and only used for) tflite-int8.
     overwrite: replace an existing `out`.
     calibration_limit: at most this many calibration images are read.
+    tflite_batch_size: the TFLite model's fixed batch size (tflite, tflite-int8).
 
   Raises:
     ExportError: an unknown format, an unsupported format/family pair, a missing or
@@ -58,7 +60,7 @@ def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | 
         extra = savedmodel.write(exportable, stage)
       elif fmt in ("tflite", "tflite-int8"):
         from vision_jax.export import tflite
-        extra = tflite.write(exportable, stage, images)
+        extra = tflite.write(exportable, stage, images, tflite_batch_size)
       else:
         from vision_jax.export import onnx
         extra = onnx.write(exportable, stage)
@@ -69,5 +71,7 @@ def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | 
       raise ExportError(f"--format {fmt} failed on the {exportable.family} model "
                         f"{exportable.model_name}: {type(e).__name__}: {first}") from e
     meta = exportable.metadata(fmt, **extra)
+    if extra.get("batch_size"):  # a fixed batch (TFLite) instead of the symbolic one
+      meta["input"]["shape"][0] = meta["output"]["shape"][0] = extra["batch_size"]
     core.write_metadata(stage, meta)
   return meta
