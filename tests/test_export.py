@@ -16,6 +16,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -125,6 +126,38 @@ def test_tflite_float_matches_jax(family, tiny, images, reference, tmp_path):
     assert meta["batch_size"] == 1 and meta["input"]["shape"] == [1, SIZE, SIZE, 3]
   interp = tflite.interpreter(str(tmp_path / "tfl" / "model.tflite"))
   assert_logits_close(tflite.run(interp, images), reference[family])
+
+
+def test_max_pool_edge_padded_equals_flax_max_pool():
+  from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 10, 3)), jnp.float32)
+  for padding in (((1, 1), (1, 1)), "SAME", "VALID", ((0, 1), (1, 0))):
+    np.testing.assert_array_equal(tflite.max_pool_edge_padded(x, (3, 3), (2, 2), padding),
+                                  nn.max_pool(x, (3, 3), (2, 2), padding))
+
+
+@TF_CONVERSION
+def test_tflite_int8_resnet_runs_with_xnnpack(tiny, tmp_path):
+  # ResNet's -inf padded max-pool gave an int8 PADV2 that XNNPACK (LiteRT's default delegate)
+  # refused to prepare; the export pads with edge copies instead.
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
+  model = tiny["resnet"]
+  (tmp_path / "calib").mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(16):
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+        tmp_path / "calib" / f"{i}.png")
+  meta = export.export_model(model, "tflite-int8", str(tmp_path / "int8"),
+                             calibration=str(tmp_path / "calib"))
+  assert (meta["weights"], meta["activations"], meta["batch_size"]) == ("int8", "int8", 1)
+  inputs = core.calibration_images(str(tmp_path / "calib"), model)
+  got = tflite.run(tflite.interpreter(str(tmp_path / "int8" / "model.tflite")), inputs)
+  want = np.asarray(jax.jit(model.closed_forward())(inputs))
+  assert got.shape == want.shape == (16, 10)
+  # int8 logits follow the float ones (the calibration images themselves).
+  assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
 
 
 @pytest.fixture

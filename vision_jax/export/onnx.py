@@ -41,8 +41,7 @@ def convert(exportable: Exportable):
   from jax2onnx import to_onnx  # pylint: disable=import-outside-toplevel
   from vision_jax.models import depthwise  # pylint: disable=import-outside-toplevel
   # Depthwise convolutions as grouped Conv nodes (onnxruntime's depthwise kernel), not as the
-  # k * k shifted slices that suit XLA:CPU (models/depthwise.py): 4x faster in onnxruntime
-  # on convnext_atto at 64 px.
+  # k * k shifted slices that suit XLA:CPU (models/depthwise.py; docs/export.md).
   with plain_lax_tracing(), depthwise.use_impl("xla"):
     proto = to_onnx(exportable.closed_forward(), [("batch", *exportable.input_shape)],
                     model_name=exportable.model_name, opset=OPSET, input_names=["inputs"],

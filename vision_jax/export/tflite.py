@@ -17,8 +17,10 @@ any number of images, B at a time.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -45,7 +47,7 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
   module = savedmodel.build_module(exportable, batch_size=batch_size)
   # Depthwise convolutions as grouped convolutions, which become TFLite's DepthwiseConv2D,
   # not as the k * k shifted slices that suit XLA:CPU (models/depthwise.py).
-  with depthwise.use_impl("xla"):
+  with depthwise.use_impl("xla"), _edge_padded_max_pool():
     concrete = module.logits.get_concrete_function()
   converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
   if calibration is not None:
@@ -61,6 +63,45 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   return converter.convert()
+
+
+def max_pool_edge_padded(inputs, window_shape, strides=None, padding="VALID", *, pool=None):
+  """`flax.linen.max_pool` (or `pool`) with the padding made of edge copies instead of -inf.
+
+  Exact whenever each side's padding is smaller than the window (every padded
+  position's window then holds the edge pixel it copies). The int8 TFLite model
+  of a -inf pad has a PADV2 that LiteRT's XNNPACK delegate refuses to prepare
+  (ResNet's stem: "failed to create XNNPACK runtime").
+  """
+  # pylint: disable=import-outside-toplevel
+  import flax.linen
+  import jax
+  import jax.numpy as jnp
+  pool = pool or flax.linen.max_pool
+  window = tuple(window_shape)
+  strides = tuple(strides) if strides is not None else (1,) * len(window)
+  spatial = range(inputs.ndim - 1 - len(window), inputs.ndim - 1)
+  shape = [inputs.shape[a] for a in spatial]
+  pads = (jax.lax.padtype_to_pads(shape, window, strides, padding) if isinstance(padding, str)
+          else [tuple(p) for p in padding])
+  if any(max(p) >= k for p, k in zip(pads, window)):
+    return pool(inputs, window_shape, strides, padding)
+  widths = [(0, 0)] * inputs.ndim
+  for axis, pad in zip(spatial, pads):
+    widths[axis] = pad
+  return pool(jnp.pad(inputs, widths, mode="edge"), window_shape, strides, "VALID")
+
+
+@contextlib.contextmanager
+def _edge_padded_max_pool() -> Iterator[None]:
+  """While open, `flax.linen.max_pool` is `max_pool_edge_padded`."""
+  import flax.linen  # pylint: disable=import-outside-toplevel
+  original = flax.linen.max_pool
+  flax.linen.max_pool = functools.partial(max_pool_edge_padded, pool=original)
+  try:
+    yield
+  finally:
+    flax.linen.max_pool = original
 
 
 def _padded(images: np.ndarray, rows: int) -> np.ndarray:
