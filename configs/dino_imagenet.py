@@ -56,6 +56,7 @@ from vision_jax.config_util import parse_arg, shrink_for_smoke
 def get_config(arg=None):
   arg = parse_arg(arg, epochs=300, batch_size=1024, smoke=False)
   size, resize, local = (32, 36, 16) if arg.smoke else (224, 256, 96)
+  local_crops = 2 if arg.smoke else 10
   config = base_config()
   config.recipe = "dino"
   # dynamic_img_size: the local crops (96 px) resample the 224-px position embedding.
@@ -66,7 +67,7 @@ def get_config(arg=None):
       "name": "imagenet2012", "train_split": "train", "eval_split": "validation",
       "preprocess_train": (f"decode|two_views|inception_crop({size}, area_min=0.25)|flip_lr|"
                            "color_jitter(0.5)|random_grayscale(0.2)|gaussian_blur(0.5)|"
-                           f"solarize(0.2)|value_range(-1, 1)|local_crops({2 if arg.smoke else 10})|"
+                           f"solarize(0.2)|value_range(-1, 1)|local_crops({local_crops})|"
                            f"inception_crop({local}, area_min=0.05, area_max=0.25)|flip_lr|"
                            "color_jitter(0.5)|random_grayscale(0.2)|gaussian_blur(0.5)|"
                            "value_range(-1, 1)"),

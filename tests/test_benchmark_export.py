@@ -18,10 +18,11 @@ pytest.importorskip("timm")
 from vision_jax.bench import export_latency  # noqa: E402
 
 
-@pytest.mark.slow  # a whole benchmark run (~25 s: two exports, three compiles, timm)
+@pytest.mark.slow  # a whole benchmark run (~45 s: three exports, three compiles, timm)
 def test_rows_time_every_side_and_compare_with_timm(run_tool):
   code, out, err = run_tool("benchmark_export", "--model", "convnext_atto", "--image-size", 32,
-                            "--batch-sizes", "1,2", "--sides", "jax,stablehlo,onnx,timm",
+                            "--batch-sizes", "1,2",
+                            "--sides", "jax,stablehlo,onnx,tflite-int8,timm",
                             "--rounds", 1, "--warmup", 0, "--threads", 1)
   assert code == 0, err
   rows = [json.loads(line) for line in out.splitlines()]
@@ -29,9 +30,9 @@ def test_rows_time_every_side_and_compare_with_timm(run_tool):
   for row in rows:
     assert (row["model"], row["image_size"], row["threads"], row["rounds"]) == (
         "convnext_atto", 32, 1, 1)
-    for side in ("jax", "stablehlo", "onnx", "timm"):
+    for side in ("jax", "stablehlo", "onnx", "tflite-int8", "timm"):
       assert row[f"{side}_ms"] > 0, side
-    for side in ("jax", "stablehlo", "onnx"):
+    for side in ("jax", "stablehlo", "onnx", "tflite-int8"):
       # Rounded to 4 digits on print: the ratio is timm's time over the side's.
       np.testing.assert_allclose(row[f"{side}_over_timm"], row["timm_ms"] / row[f"{side}_ms"],
                                  rtol=2e-3)

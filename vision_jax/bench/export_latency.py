@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -68,6 +68,8 @@ def _calibration_folder(directory: str, image_size: int, count: int = 8) -> str:
   """A folder of random PNGs for tflite-int8 (its ranges do not change the latency)."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   folder = os.path.join(directory, "calibration")
+  if os.path.isdir(folder):  # made for an earlier batch size
+    return folder
   os.makedirs(folder)
   rng = np.random.default_rng(0)
   for i in range(count):
@@ -142,8 +144,8 @@ def _timm_runner(model_name: str, image_size: int, threads: int, batch: np.ndarr
 
 def measure(model_name: str, image_size: int, batch_sizes: Sequence[int], sides: Sequence[str],
             rounds: int = 5, threads: int | None = None, warmup: int = 2,
-            **overrides: Any) -> list[dict[str, Any]]:
-  """One row per batch size: {side}_ms (median per batch) and {side}_over_timm.
+            **overrides: Any) -> Iterator[dict[str, Any]]:
+  """One row per batch size, as each is done: {side}_ms (median per batch), {side}_over_timm.
 
   Each artifact is written once; every batch size reuses it (the batch is symbolic
   in every format).
@@ -155,7 +157,6 @@ def measure(model_name: str, image_size: int, batch_sizes: Sequence[int], sides:
     from vision_jax.bench import trials
     trials.import_torch_and_timm()  # before TensorFlow (see trials.import_torch_and_timm)
   exportable = exportable_for(model_name, image_size, **overrides)
-  rows = []
   with tempfile.TemporaryDirectory() as directory:
     for batch_size in batch_sizes:
       batch = np.random.default_rng(batch_size).standard_normal(
@@ -176,5 +177,4 @@ def measure(model_name: str, image_size: int, batch_sizes: Sequence[int], sides:
         for side in sides:
           if side != "timm":
             row[f"{side}_over_timm"] = medians["timm"] / medians[side]
-      rows.append(row)
-  return rows
+      yield row
