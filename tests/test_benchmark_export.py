@@ -1,4 +1,4 @@
-"""tools/benchmark_export.py: the latency rows, on a tiny ConvNeXt (its timm twin at full width).
+"""tools/benchmark_export.py: the latency rows (resnet18 at 32 px), the arguments' errors.
 
 Speed itself is not asserted (that is the benchmark's job); the rows' fields,
 their arithmetic and the command line's errors are.
@@ -20,7 +20,7 @@ from vision_jax.bench import export_latency  # noqa: E402
 
 @pytest.mark.slow  # a whole benchmark run (~45 s: three exports, three compiles, timm)
 def test_rows_time_every_side_and_compare_with_timm(run_tool):
-  code, out, err = run_tool("benchmark_export", "--model", "convnext_atto", "--image-size", 32,
+  code, out, err = run_tool("benchmark_export", "--model", "resnet18", "--image-size", 32,
                             "--batch-sizes", "1,2",
                             "--sides", "jax,stablehlo,onnx,tflite-int8,timm",
                             "--rounds", 1, "--warmup", 0, "--threads", 1)
@@ -29,7 +29,7 @@ def test_rows_time_every_side_and_compare_with_timm(run_tool):
   assert [r["batch_size"] for r in rows] == [1, 2]
   for row in rows:
     assert (row["model"], row["image_size"], row["threads"], row["rounds"]) == (
-        "convnext_atto", 32, 1, 1)
+        "resnet18", 32, 1, 1)
     for side in ("jax", "stablehlo", "onnx", "tflite-int8", "timm"):
       assert row[f"{side}_ms"] > 0, side
     for side in ("jax", "stablehlo", "onnx", "tflite-int8"):

@@ -422,7 +422,9 @@ def test_fine_tune_from_a_tag_loads_the_weights_and_trains(hub_cache, tmp_path, 
   config = load_config(os.path.join(ROOT, "configs", "transfer.py"),
                        f"model=vgg11_bn,dataset=folder:{tmp_path / 'data'},"
                        "init_from=timm:vgg11_bn.tv_in1k,smoke")
-  with caplog.at_level(logging.INFO):
+  # The absl logger's own level too: TensorFlow's TFLite converter, run earlier in the same
+  # worker (tests/test_export.py), leaves it at WARNING.
+  with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
     final = trainer.train_and_evaluate(config, str(tmp_path / "run"))
   text = "\n".join(r.getMessage() for r in caplog.records)
   table = text[text.index("Loaded timm:vgg11_bn.tv_in1k"):]

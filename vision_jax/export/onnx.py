@@ -24,6 +24,7 @@ ViT-R then match JAX.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Iterator
 
@@ -42,7 +43,11 @@ def convert(exportable: Exportable):
   from vision_jax.models import depthwise  # pylint: disable=import-outside-toplevel
   # Depthwise convolutions as grouped Conv nodes (onnxruntime's depthwise kernel), not as the
   # k * k shifted slices that suit XLA:CPU (models/depthwise.py; docs/export.md).
-  with plain_lax_tracing(), depthwise.use_impl("xla"):
+  # jax2onnx logs through the root logger's module functions, whose first call runs
+  # logging.basicConfig: a StreamHandler on the root logger that outlived the export and
+  # changed how a later run in the same process logged. Handlers it adds are removed.
+  handlers = list(logging.root.handlers)
+  with plain_lax_tracing(), depthwise.use_impl("xla"), _root_handlers_kept(handlers):
     proto = to_onnx(exportable.closed_forward(), [("batch", *exportable.input_shape)],
                     model_name=exportable.model_name, opset=OPSET, input_names=["inputs"],
                     output_names=["logits"])
@@ -87,6 +92,15 @@ def max_pool_by_slices(inputs, window_shape, strides=None, padding="VALID"):
     piece = x[tuple(index)]
     result = piece if result is None else jnp.maximum(result, piece)
   return result
+
+
+@contextlib.contextmanager
+def _root_handlers_kept(handlers) -> Iterator[None]:
+  try:
+    yield
+  finally:
+    for handler in [h for h in logging.root.handlers if h not in handlers]:
+      logging.root.removeHandler(handler)
 
 
 @contextlib.contextmanager
