@@ -195,3 +195,33 @@ def write_metadata(directory: str, meta: dict[str, Any]) -> None:
 def read_metadata(directory: str) -> dict[str, Any]:
   with open(os.path.join(directory, METADATA_FILE), encoding="utf-8") as f:
     return json.load(f)
+
+
+# --- max-pooling as a converter can take it (ONNX, TFLite) ---------------------------------
+
+
+def pool_pad_widths(inputs, window: tuple[int, ...], strides: tuple[int, ...],
+                    padding) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+  """(jnp.pad widths of every axis, the spatial axes) of a flax pool over (batch..., spatial...,
+  features) with `padding` 'SAME', 'VALID' or explicit pairs."""
+  import jax  # pylint: disable=import-outside-toplevel
+  spatial = tuple(range(inputs.ndim - 1 - len(window), inputs.ndim - 1))
+  shape = [inputs.shape[a] for a in spatial]
+  pads = (jax.lax.padtype_to_pads(shape, window, strides, padding) if isinstance(padding, str)
+          else [tuple(p) for p in padding])
+  widths = [(0, 0)] * inputs.ndim
+  for axis, pad in zip(spatial, pads):
+    widths[axis] = tuple(pad)
+  return widths, spatial
+
+
+@contextlib.contextmanager
+def max_pool_replaced(make: Callable[[Callable], Callable]) -> Iterator[None]:
+  """While open, `flax.linen.max_pool` is `make(the original max_pool)` for every model."""
+  import flax.linen  # pylint: disable=import-outside-toplevel
+  original = flax.linen.max_pool
+  flax.linen.max_pool = make(original)
+  try:
+    yield
+  finally:
+    flax.linen.max_pool = original

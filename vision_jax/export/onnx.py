@@ -46,8 +46,7 @@ def convert(exportable: Exportable):
   # jax2onnx logs through the root logger's module functions, whose first call runs
   # logging.basicConfig: a StreamHandler on the root logger that outlived the export and
   # changed how a later run in the same process logged. Handlers it adds are removed.
-  handlers = list(logging.root.handlers)
-  with plain_lax_tracing(), depthwise.use_impl("xla"), _root_handlers_kept(handlers):
+  with plain_lax_tracing(), depthwise.use_impl("xla"), _root_handlers_kept():
     proto = to_onnx(exportable.closed_forward(), [("batch", *exportable.input_shape)],
                     model_name=exportable.model_name, opset=OPSET, input_names=["inputs"],
                     output_names=["logits"])
@@ -69,19 +68,11 @@ def max_pool_by_slices(inputs, window_shape, strides=None, padding="VALID"):
   # pylint: disable=import-outside-toplevel
   import itertools
 
-  import jax
   import jax.numpy as jnp
+  from vision_jax.export.core import pool_pad_widths
   window = tuple(window_shape)
   strides = tuple(strides) if strides is not None else (1,) * len(window)
-  spatial = tuple(range(inputs.ndim - 1 - len(window), inputs.ndim - 1))
-  shape = [inputs.shape[a] for a in spatial]
-  if isinstance(padding, str):
-    pads = jax.lax.padtype_to_pads(shape, window, strides, padding)
-  else:
-    pads = [tuple(p) for p in padding]
-  widths = [(0, 0)] * inputs.ndim
-  for axis, pad in zip(spatial, pads):
-    widths[axis] = pad
+  widths, spatial = pool_pad_widths(inputs, window, strides, padding)
   x = jnp.pad(inputs, widths, constant_values=-jnp.inf)
   out = [(x.shape[a] - k) // s + 1 for a, k, s in zip(spatial, window, strides)]
   result = None
@@ -95,7 +86,9 @@ def max_pool_by_slices(inputs, window_shape, strides=None, padding="VALID"):
 
 
 @contextlib.contextmanager
-def _root_handlers_kept(handlers) -> Iterator[None]:
+def _root_handlers_kept() -> Iterator[None]:
+  """Removes the root-logger handlers added inside the block."""
+  handlers = list(logging.root.handlers)
   try:
     yield
   finally:
@@ -108,20 +101,18 @@ def plain_lax_tracing() -> Iterator[None]:
   """Turns off jax2onnx's flax.linen shortcuts for the block (see the module docstring),
   and traces `flax.linen.max_pool` as `max_pool_by_slices`."""
   # pylint: disable=import-outside-toplevel
-  import flax.linen
   from jax2onnx.plugins import plugin_system
+  from vision_jax.export.core import max_pool_replaced
   plugin_system.import_all_plugins()
   linen = [type(p) for p in plugin_system.PLUGIN_REGISTRY.values()
            if type(p).__module__ in _LAGGING_SHORTCUTS]
   saved = [(cls, cls.__dict__.get("binding_specs")) for cls in linen]
   for cls in linen:
     cls.binding_specs = classmethod(lambda cls: [])
-  max_pool = flax.linen.max_pool
-  flax.linen.max_pool = max_pool_by_slices
   try:
-    yield
+    with max_pool_replaced(lambda original: max_pool_by_slices):
+      yield
   finally:
-    flax.linen.max_pool = max_pool
     for cls, spec in saved:
       if spec is None:
         del cls.binding_specs

@@ -17,10 +17,9 @@ any number of images, B at a time.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -41,13 +40,15 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from vision_jax.export import savedmodel
+  from vision_jax.export.core import max_pool_replaced
   from vision_jax.models import depthwise
   if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
     raise ExportError(f"--tflite-batch-size {batch_size!r}: give a whole number >= 1.")
   module = savedmodel.build_module(exportable, batch_size=batch_size)
   # Depthwise convolutions as grouped convolutions, which become TFLite's DepthwiseConv2D,
   # not as the k * k shifted slices that suit XLA:CPU (models/depthwise.py).
-  with depthwise.use_impl("xla"), _edge_padded_max_pool():
+  edge_padded = lambda original: functools.partial(max_pool_edge_padded, pool=original)  # noqa: E731
+  with depthwise.use_impl("xla"), max_pool_replaced(edge_padded):
     concrete = module.logits.get_concrete_function()
   converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
   if calibration is not None:
@@ -75,33 +76,15 @@ def max_pool_edge_padded(inputs, window_shape, strides=None, padding="VALID", *,
   """
   # pylint: disable=import-outside-toplevel
   import flax.linen
-  import jax
   import jax.numpy as jnp
+  from vision_jax.export.core import pool_pad_widths
   pool = pool or flax.linen.max_pool
   window = tuple(window_shape)
   strides = tuple(strides) if strides is not None else (1,) * len(window)
-  spatial = range(inputs.ndim - 1 - len(window), inputs.ndim - 1)
-  shape = [inputs.shape[a] for a in spatial]
-  pads = (jax.lax.padtype_to_pads(shape, window, strides, padding) if isinstance(padding, str)
-          else [tuple(p) for p in padding])
-  if any(max(p) >= k for p, k in zip(pads, window)):
+  widths, spatial = pool_pad_widths(inputs, window, strides, padding)
+  if any(max(widths[a]) >= k for a, k in zip(spatial, window)):
     return pool(inputs, window_shape, strides, padding)
-  widths = [(0, 0)] * inputs.ndim
-  for axis, pad in zip(spatial, pads):
-    widths[axis] = pad
   return pool(jnp.pad(inputs, widths, mode="edge"), window_shape, strides, "VALID")
-
-
-@contextlib.contextmanager
-def _edge_padded_max_pool() -> Iterator[None]:
-  """While open, `flax.linen.max_pool` is `max_pool_edge_padded`."""
-  import flax.linen  # pylint: disable=import-outside-toplevel
-  original = flax.linen.max_pool
-  flax.linen.max_pool = functools.partial(max_pool_edge_padded, pool=original)
-  try:
-    yield
-  finally:
-    flax.linen.max_pool = original
 
 
 def _padded(images: np.ndarray, rows: int) -> np.ndarray:
