@@ -18,7 +18,7 @@ import tensorflow as tf
 from tests import jitted
 from tests.conftest import ROOT
 from tests.pinned_efficientnetv2 import PARAM_COUNTS
-from tests.timm_parity import (compare_with_timm_float64, randomize_norms, relative_error,
+from tests.timm_parity import (compare_with_timm, randomize_norms, relative_error,
                                timm_state_dict)
 from vision_jax import config_util, models
 from vision_jax.config_util import ConfigError
@@ -106,7 +106,7 @@ def test_full_stage_table_parity_in_float64(timm_name, size, tolerance):
   # cannot tell a port from a bug. In float64 it can: the wrong padding gives 0.97 (B0) and
   # 1.7 (rw_t), BatchNorm epsilon 1e-5 instead of 1e-3 gives 0.075 (B0). Full size, in
   # float32 with measured statistics, is in docs/models.md.
-  err, ours, ref = compare_with_timm_float64(timm_name, size)
+  err, ours, ref = compare_with_timm(timm_name, size, float64=True)
   assert ours.shape == (2, 1000) and np.abs(ref).max() > 1.0
   assert err < tolerance, f"{timm_name} at {size}x{size}: relative error {err:.2e}"
 

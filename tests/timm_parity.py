@@ -59,44 +59,19 @@ def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:
 
 
 def compare_with_timm(timm_name: str, image_size: int, seed: int = 0, batch: int = 2,
-                      calibrate: bool = False, **timm_kwargs):
+                      calibrate: bool = False, float64: bool = False, **timm_kwargs):
   """Builds `timm_name` with random weights, imports it, returns (rel_error, ours, ref).
 
   `calibrate` measures the BatchNorm statistics on a separate random batch
   (`calibrate_batch_norms`) instead of drawing them: needed for deep BatchNorm
   networks whose random version amplifies float32 rounding past any tolerance.
+  `float64` runs both sides in float64 instead, for such networks at small image
+  sizes, where measured statistics are degenerate too (a 2x2 last stage): the
+  rounding moves from 1e-7 to 1e-16, which 20-40 chaotic blocks amplify to 1e-7
+  at worst instead of past 1, while a padding, epsilon or layout slip still shows
+  in full. Our logits leave `classifier_head` as float32: a correct, calm port
+  gives ~5e-8 then.
   `timm_kwargs` go to `timm.create_model` (num_classes, img_size, ...).
-  """
-  import timm  # pylint: disable=import-outside-toplevel
-  import torch  # pylint: disable=import-outside-toplevel
-
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from vision_jax.weights import from_timm  # pylint: disable=import-outside-toplevel
-
-  torch.manual_seed(seed)
-  model = timm.create_model(timm_name, pretrained=False, **timm_kwargs).eval()
-  randomize_norms(model, seed)
-  if calibrate:
-    calibration = np.random.default_rng(seed + 1).standard_normal((4, 3, image_size, image_size))
-    calibrate_batch_norms(model, torch.from_numpy(calibration.astype(np.float32)))
-  x = np.random.default_rng(seed).standard_normal((batch, image_size, image_size, 3)).astype(np.float32)
-  with torch.no_grad():
-    ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
-  module, variables = from_timm(timm_name, timm_state_dict(model))
-  ours = np.asarray(jitted.apply(module, variables, jnp.asarray(x), train=False))
-  return relative_error(ours, ref), ours, ref
-
-
-def compare_with_timm_float64(timm_name: str, image_size: int, seed: int = 0, batch: int = 2,
-                              **timm_kwargs):
-  """`compare_with_timm` with both sides in float64: (rel_error, ours, ref).
-
-  For deep BatchNorm networks whose random version is chaotic
-  (`calibrate_batch_norms`) at small image sizes, where measured statistics
-  are degenerate too (a 2x2 last stage). float64 moves the rounding from 1e-7
-  to 1e-16, which 20-40 chaotic blocks amplify to 1e-7 at worst instead of
-  past 1, while a padding, epsilon or layout slip still shows in full. Our
-  logits leave `classifier_head` as float32: a correct, calm port gives ~5e-8.
   """
   import timm  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
@@ -108,14 +83,22 @@ def compare_with_timm_float64(timm_name: str, image_size: int, seed: int = 0, ba
   torch.manual_seed(seed)
   model = timm.create_model(timm_name, pretrained=False, **timm_kwargs).eval()
   randomize_norms(model, seed)
-  model = model.double()
-  x = np.random.default_rng(seed).standard_normal((batch, image_size, image_size, 3))
+  if calibrate:
+    calibration = np.random.default_rng(seed + 1).standard_normal((4, 3, image_size, image_size))
+    calibrate_batch_norms(model, torch.from_numpy(calibration.astype(np.float32)))
+  dtype = np.float64 if float64 else np.float32
+  if float64:
+    model = model.double()
+  x = np.random.default_rng(seed).standard_normal((batch, image_size, image_size, 3)).astype(dtype)
   with torch.no_grad():
     ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
   module, variables = from_timm(timm_name, timm_state_dict(model))
+  if not float64:
+    ours = np.asarray(jitted.apply(module, variables, jnp.asarray(x), train=False))
+    return relative_error(ours, ref), ours, ref
   with jax.enable_x64(True):
     module = module.clone(dtype=jnp.float64, param_dtype=jnp.float64)
     variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), variables)
     ours = np.asarray(jax.jit(lambda v, images: module.apply(v, images, train=False))(
-        variables, jnp.asarray(x, jnp.float64)))
+        variables, jnp.asarray(x)))
   return relative_error(ours, ref), ours, ref
