@@ -14,7 +14,8 @@ import nbformat
 import pytest
 
 from tests.conftest import ROOT, tool_module  # noqa: E402
-NOTEBOOKS = ("finetune_your_images.ipynb", "quickstart.ipynb", "scale_out.ipynb", "simclr.ipynb")
+NOTEBOOKS = ("finetune_your_images.ipynb", "quickstart.ipynb", "scale_out.ipynb",
+             "self_supervised.ipynb")
 CELL_TIMEOUT = 600  # seconds; a SMOKE cell takes seconds, a loaded CI machine several times more
 
 

@@ -562,7 +562,7 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
 
 
 # ---------------------------------------------------------------------------
-# 8. The offline SimCLR check at CI size (full size: experiments/simclr_digits.py, 5 seeds).
+# 8. The offline SimCLR check at CI size (full size: experiments/ssl_digits.py, 5 seeds).
 # ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_simclr_digits_beats_random_encoder(tmp_path):
@@ -570,7 +570,7 @@ def test_simclr_digits_beats_random_encoder(tmp_path):
   against the same linear probe and kNN on a randomly initialised encoder."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   spec = importlib.util.spec_from_file_location(
-      "simclr_digits_experiment", os.path.join(ROOT, "experiments", "simclr_digits.py"))
+      "ssl_digits_experiment", os.path.join(ROOT, "experiments", "ssl_digits.py"))
   experiment = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(experiment)
   changes = {"batch_size": 128, "total_epochs": 5, "schedule.warmup_epochs": 1,
@@ -586,7 +586,7 @@ def test_simclr_digits_beats_random_encoder(tmp_path):
   # The bounds sit 4.4, 7.8 and 3.1 points below the worst seed.
   # Raw pixels (same probe) give 95.3%: SimCLR does not beat them at this size (it did by 0.6
   # to 2.5 points at 10 epochs), so that claim is checked at full size only:
-  # experiments/simclr_digits.py, 98.6-99.7% over 5 seeds vs 95.6%.
+  # experiments/ssl_digits.py, 98.6-99.7% over 5 seeds vs 95.6%.
   assert simclr_linear > r["random_linear_top1"][0] + 0.10, r
   assert simclr_knn > r["random_knn_top1"][0] + 0.15, r
   assert simclr_linear > 0.90, r

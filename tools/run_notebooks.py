@@ -4,7 +4,7 @@
                                             # each is rewritten with the new outputs
   python tools/run_notebooks.py --smoke     # every notebook with SMOKE = True, files left
                                             # untouched: the check CI runs
-  python tools/run_notebooks.py experiments/simclr.ipynb --set EPOCHS=60
+  python tools/run_notebooks.py experiments/self_supervised.ipynb --set EPOCHS=60
 
 Each notebook runs top to bottom in a fresh Jupyter kernel (nbclient; the
 `python3` kernel of this Python unless --kernel says otherwise) with its own
