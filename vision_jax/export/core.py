@@ -216,12 +216,16 @@ def pool_pad_widths(inputs, window: tuple[int, ...], strides: tuple[int, ...],
 
 
 @contextlib.contextmanager
-def max_pool_replaced(make: Callable[[Callable], Callable]) -> Iterator[None]:
-  """While open, `flax.linen.max_pool` is `make(the original max_pool)` for every model."""
+def linen_replaced(name: str, make: Callable[[Callable], Callable]) -> Iterator[None]:
+  """While open, `flax.linen.<name>` is `make(the original)` for every model that calls it.
+
+  Models call `nn.max_pool` and `nn.gelu` through the module at run time, so a
+  trace inside the block sees the replacement (the ONNX and TFLite work-arounds).
+  """
   import flax.linen  # pylint: disable=import-outside-toplevel
-  original = flax.linen.max_pool
-  flax.linen.max_pool = make(original)
+  original = getattr(flax.linen, name)
+  setattr(flax.linen, name, make(original))
   try:
     yield
   finally:
-    flax.linen.max_pool = original
+    setattr(flax.linen, name, original)

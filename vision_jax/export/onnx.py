@@ -102,7 +102,7 @@ def plain_lax_tracing() -> Iterator[None]:
   and traces `flax.linen.max_pool` as `max_pool_by_slices`."""
   # pylint: disable=import-outside-toplevel
   from jax2onnx.plugins import plugin_system
-  from vision_jax.export.core import max_pool_replaced
+  from vision_jax.export.core import linen_replaced
   plugin_system.import_all_plugins()
   linen = [type(p) for p in plugin_system.PLUGIN_REGISTRY.values()
            if type(p).__module__ in _LAGGING_SHORTCUTS]
@@ -110,7 +110,7 @@ def plain_lax_tracing() -> Iterator[None]:
   for cls in linen:
     cls.binding_specs = classmethod(lambda cls: [])
   try:
-    with max_pool_replaced(lambda original: max_pool_by_slices):
+    with linen_replaced("max_pool", lambda original: max_pool_by_slices):
       yield
   finally:
     for cls, spec in saved:

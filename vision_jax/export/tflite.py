@@ -17,6 +17,7 @@ any number of images, B at a time.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Callable
@@ -40,7 +41,7 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from vision_jax.export import savedmodel
-  from vision_jax.export.core import max_pool_replaced
+  from vision_jax.export.core import linen_replaced
   from vision_jax.models import depthwise
   if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
     raise ExportError(f"--tflite-batch-size {batch_size!r}: give a whole number >= 1.")
@@ -48,7 +49,11 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
   # Depthwise convolutions as grouped convolutions, which become TFLite's DepthwiseConv2D,
   # not as the k * k shifted slices that suit XLA:CPU (models/depthwise.py).
   edge_padded = lambda original: functools.partial(max_pool_edge_padded, pool=original)  # noqa: E731
-  with depthwise.use_impl("xla"), max_pool_replaced(edge_padded):
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(depthwise.use_impl("xla"))
+    stack.enter_context(linen_replaced("max_pool", edge_padded))
+    if calibration is not None:
+      stack.enter_context(linen_replaced("gelu", gelu_tanh))
     concrete = module.logits.get_concrete_function()
   converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
   if calibration is not None:
@@ -64,6 +69,18 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   return converter.convert()
+
+
+def gelu_tanh(original: Callable) -> Callable:
+  """`flax.linen.gelu` that always takes the tanh approximation (the int8 model's GELU).
+
+  The exact GELU's erf lowers, for large |x|, to an expansion that divides by
+  x * x; int8 rounds small x * x to zero and LiteRT's int8 DIV refuses a zero
+  divisor ("div.cc: data[i] != zero_point": ConvNeXt and ViT failed to run).
+  The tanh form differs from the exact one by under 1e-3, far below int8's
+  rounding of the activations.
+  """
+  return lambda x, approximate=True: original(x, approximate=True)
 
 
 def max_pool_edge_padded(inputs, window_shape, strides=None, padding="VALID", *, pool=None):
@@ -107,6 +124,8 @@ def write(exportable: Exportable, directory: str,
   from absl import logging
   meta = {"artifact": ARTIFACT, "weights": "float32" if calibration is None else "int8",
           "batch_size": batch_size}
+  if calibration is not None:
+    meta["gelu"] = "tanh approximation (int8 has no exact erf; see tflite.gelu_tanh)"
   try:
     flatbuffer = convert(exportable, calibration, batch_size)
   except ExportError:
