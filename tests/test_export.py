@@ -117,13 +117,9 @@ def test_tflite_float_matches_jax(family, tiny, images, reference, tmp_path):
   from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
   meta = export.export_model(tiny[family], "tflite", str(tmp_path / "tfl"))
   assert meta["weights"] == "float32"
-  # A fixed batch of 1 (run() feeds 2 images one at a time), except ConvNeXt, whose rank-4
-  # Dense the converter cannot legalise with static shapes: it falls back to a symbolic batch.
-  if family == "convnext":
-    assert meta["batch_size"] is None and "batch_matmul" in meta["symbolic_batch_because"]
-    assert meta["input"]["shape"][0] == "batch"
-  else:
-    assert meta["batch_size"] == 1 and meta["input"]["shape"] == [1, SIZE, SIZE, 3]
+  # A fixed batch of 1 (run() feeds 2 images one at a time), ConvNeXt's rank-4 Dense included
+  # (tflite.dense_on_rows).
+  assert meta["batch_size"] == 1 and meta["input"]["shape"] == [1, SIZE, SIZE, 3]
   interp = tflite.interpreter(str(tmp_path / "tfl" / "model.tflite"))
   assert_logits_close(tflite.run(interp, images), reference[family])
 
@@ -155,7 +151,7 @@ def test_tflite_int8_runs_with_xnnpack(family, tiny, tmp_path):
   meta = export.export_model(model, "tflite-int8", str(tmp_path / "int8"),
                              calibration=str(tmp_path / "calib"))
   assert (meta["weights"], meta["activations"]) == ("int8", "int8")
-  assert meta["batch_size"] == (None if family == "convnext" else 1)  # see tflite.write
+  assert meta["batch_size"] == 1
   inputs = core.calibration_images(str(tmp_path / "calib"), model)
   got = tflite.run(tflite.interpreter(str(tmp_path / "int8" / "model.tflite")), inputs)
   want = np.asarray(jax.jit(model.closed_forward())(inputs))

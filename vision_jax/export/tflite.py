@@ -52,6 +52,7 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
   with contextlib.ExitStack() as stack:
     stack.enter_context(depthwise.use_impl("xla"))
     stack.enter_context(linen_replaced("max_pool", edge_padded))
+    stack.enter_context(linen_replaced("Dense", dense_on_rows))  # ConvNeXt's fixed batch
     if calibration is not None:
       stack.enter_context(linen_replaced("gelu", gelu_tanh))
     concrete = module.logits.get_concrete_function()
@@ -69,6 +70,27 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   return converter.convert()
+
+
+def dense_on_rows(original: type) -> type:
+  """`flax.linen.Dense` that applies itself to a (rows, features) matrix: the same parameters
+  and outputs, but a rank-4 input no longer becomes a rank-4 batch matmul.
+
+  TF 2.20's converter cannot legalise that batch matmul with a fixed batch
+  (ConvNeXt's MLP runs on the NHWC map); a 2-D one becomes FULLY_CONNECTED.
+  """
+
+  class DenseOnRows(original):  # pylint: disable=too-few-public-methods
+
+    def __call__(self, inputs):
+      if inputs.ndim <= 2:
+        return super().__call__(inputs)
+      lead = inputs.shape[:-1]
+      out = super().__call__(inputs.reshape((-1, inputs.shape[-1])))
+      return out.reshape(lead + out.shape[-1:])
+
+  DenseOnRows.__name__ = original.__name__
+  return DenseOnRows
 
 
 def gelu_tanh(original: Callable) -> Callable:
@@ -113,29 +135,12 @@ def _padded(images: np.ndarray, rows: int) -> np.ndarray:
 
 def write(exportable: Exportable, directory: str,
           calibration: np.ndarray | None = None, batch_size: int = 1) -> dict:
-  """Writes `model.tflite` into `directory`; returns the metadata entries it adds.
-
-  When the converter fails on the fixed batch (TF 2.20 on ConvNeXt: a Dense on an
-  NHWC map becomes a rank-4 batch_matmul it cannot legalise), the model is
-  converted with a symbolic batch instead, as the SavedModel has it: slower, and
-  export.json says so ("batch_size": null and the reason).
-  """
-  # pylint: disable=import-outside-toplevel
-  from absl import logging
+  """Writes `model.tflite` into `directory`; returns the metadata entries it adds."""
   meta = {"artifact": ARTIFACT, "weights": "float32" if calibration is None else "int8",
           "batch_size": batch_size}
   if calibration is not None:
     meta["gelu"] = "tanh approximation (int8 has no exact erf; see tflite.gelu_tanh)"
-  try:
-    flatbuffer = convert(exportable, calibration, batch_size)
-  except ExportError:
-    raise
-  except Exception as e:  # the converter's own error type lives in TF's private modules
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    logging.warning("TFLite: the fixed batch of %d did not convert (%s); converting with a "
-                    "symbolic batch, which runs slower.", batch_size, reason)
-    flatbuffer = convert(exportable, calibration, None)
-    meta.update(batch_size=None, symbolic_batch_because=reason)
+  flatbuffer = convert(exportable, calibration, batch_size)
   with open(os.path.join(directory, ARTIFACT), "wb") as f:
     f.write(flatbuffer)
   if calibration is not None:
