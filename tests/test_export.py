@@ -1,13 +1,14 @@
 """Export parity: each format's runtime gives the JAX model's logits (tiny models, one per family).
 
 Tested here (float formats within 1e-4 relative on logits, batch sizes 1 and 2 through one
-artifact where the runtime resizes cheaply):
-  * stablehlo: ResNet, ViT, EfficientNet, ConvNeXt, reloaded with plain `jax.export`;
-  * onnx (jax2onnx + onnxruntime): ResNet, ViT, EfficientNet, ConvNeXt;
+artifact where the runtime resizes cheaply), for every family in FAMILIES:
+  * stablehlo, reloaded with plain `jax.export`;
+  * onnx (jax2onnx + onnxruntime);
   * savedmodel (both signatures, the uint8 one against the project's preprocessing) and
     tflite float32: every family, in the slow tier (their conversion alone costs more than
     this file's quick-tier budget).
-int8 TFLite: on the trained digits model (top-1 agreement and drop, the issue's goals), slow tier.
+int8 TFLite: every family runs under XNNPACK and follows the float logits; on the trained digits
+model, top-1 agreement and drop (the issue's goals); slow tier.
 Bad input: an unsupported pair, a calibration folder without images, a failing write: one
 line, exit 2, nothing left behind.
 """
@@ -25,9 +26,12 @@ from vision_jax.export import core
 
 from tests.test_models_forward import GRAD_STEP, numpy_variables, tiny_setup
 
+# Every family of the zoo but VGG (a plain conv stack, the ResNet's ops without the residual).
 FAMILIES = {"resnet": "resnet18", "vit": "vit_tiny_patch16_224",
-            "efficientnet": "efficientnet_b0", "convnext": "convnext_atto"}
-SIZE = 32
+            "efficientnet": "efficientnet_b0", "convnext": "convnext_atto",
+            "efficientnetv2": "efficientnetv2_s", "resnetv2": "resnetv2_50x1_bit",
+            "vit_hybrid": "vit_tiny_r_s16_p8_224", "maxvit": "maxvit_tiny_tf_224",
+            "coatnet": "coatnet_0_rw_224"}
 # jax2tf + TF tracing + saving costs ~25 CPU s for the SavedModel and ~6 more for TFLite: the
 # whole quick-tier budget of this file, so they run in the slow tier (CI runs both tiers).
 TF_CONVERSION = pytest.mark.slow
@@ -35,27 +39,34 @@ TF_CONVERSION = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny():
-  """family -> Exportable of the family's tiny model at 32 px, numpy-filled weights."""
+  """family -> Exportable of the family's tiny model (32 px; 64 for the hybrids and the
+  MaxViT/CoAtNet windows), numpy-filled weights."""
   out = {}
   for family, name in FAMILIES.items():
     overrides = dict(GRAD_STEP[name], **({"depth": 1} if family == "vit" else {}))
     module, size = tiny_setup(name, **overrides)
-    assert size == SIZE
     out[family] = core.Exportable(
         module, numpy_variables(module, size), family, name, (size, size, 3),
-        "decode|resize(32)|value_range(0, 1)", [f"c{i}" for i in range(10)])
+        f"decode|resize({size})|value_range(0, 1)", [f"c{i}" for i in range(10)])
   return out
 
 
+def side(model):
+  return model.input_shape[0]
+
+
 @pytest.fixture(scope="module")
-def images():
-  return np.random.default_rng(0).standard_normal((2, SIZE, SIZE, 3)).astype(np.float32)
+def images(tiny):
+  """family -> two random inputs at the family's size."""
+  rng = np.random.default_rng(0)
+  return {family: rng.standard_normal((2, side(model), side(model), 3)).astype(np.float32)
+          for family, model in tiny.items()}
 
 
 @pytest.fixture(scope="module")
 def reference(tiny, images):
   """family -> the JAX model's logits on `images` (one compile per family, shared by formats)."""
-  return {family: np.asarray(jax.jit(model.closed_forward())(images))
+  return {family: np.asarray(jax.jit(model.closed_forward())(images[family]))
           for family, model in tiny.items()}
 
 
@@ -69,14 +80,14 @@ def assert_logits_close(got, want):
 def test_stablehlo_reloads_with_plain_jax(family, tiny, images, reference, tmp_path):
   model = tiny[family]
   meta = export.export_model(model, "stablehlo", str(tmp_path / "out"))
-  want = reference[family]
+  want, x = reference[family], images[family]
   with open(tmp_path / "out" / meta["artifact"], "rb") as f:
     exported = jax.export.deserialize(bytearray(f.read()))  # jax alone, no vision_jax code
-  assert_logits_close(exported.call(images), want)
+  assert_logits_close(exported.call(x), want)
   if family == "resnet":  # the batch size is symbolic (one more compile: one family checks it)
-    assert_logits_close(exported.call(images[:1]), want[:1])
+    assert_logits_close(exported.call(x[:1]), want[:1])
   on_disk = json.loads((tmp_path / "out" / "export.json").read_text())
-  assert on_disk["input"]["shape"] == ["batch", SIZE, SIZE, 3]
+  assert on_disk["input"]["shape"] == ["batch", side(model), side(model), 3]
   assert on_disk["input"]["preprocess"] == model.preprocess
   assert on_disk["output"]["shape"] == ["batch", 10]
   assert on_disk["class_names"][3] == "c3"
@@ -87,9 +98,9 @@ def test_onnx_matches_jax(family, tiny, images, reference, tmp_path):
   from vision_jax.export import onnx as onnx_export  # pylint: disable=import-outside-toplevel
   export.export_model(tiny[family], "onnx", str(tmp_path / "out"))
   session = onnx_export.session(str(tmp_path / "out" / "model.onnx"))
-  want = reference[family]
-  assert_logits_close(onnx_export.run(session, images), want)
-  assert_logits_close(onnx_export.run(session, images[:1]), want[:1])
+  want, x = reference[family], images[family]
+  assert_logits_close(onnx_export.run(session, x), want)
+  assert_logits_close(onnx_export.run(session, x[:1]), want[:1])
 
 
 @TF_CONVERSION
@@ -102,7 +113,8 @@ def test_savedmodel_matches_jax(family, tiny, images, reference, tmp_path):
   want = reference[family]
   export.export_model(model, "savedmodel", str(tmp_path / "sm"))
   loaded = tf.saved_model.load(str(tmp_path / "sm"))
-  assert_logits_close(loaded.signatures["logits"](inputs=tf.constant(images))["logits"], want)
+  assert_logits_close(loaded.signatures["logits"](inputs=tf.constant(images[family]))["logits"],
+                      want)
   # The serving signature takes uint8 pixels of any size and applies the model's preprocessing.
   pixels = np.random.default_rng(1).integers(0, 256, (2, 40, 48, 3), dtype=np.uint8)
   prep = ops.get_preprocess_fn(model.preprocess, outputs=("image",))
@@ -119,9 +131,10 @@ def test_tflite_float_matches_jax(family, tiny, images, reference, tmp_path):
   assert meta["weights"] == "float32"
   # A fixed batch of 1 (run() feeds 2 images one at a time), ConvNeXt's rank-4 Dense included
   # (tflite.dense_on_rows).
-  assert meta["batch_size"] == 1 and meta["input"]["shape"] == [1, SIZE, SIZE, 3]
+  assert meta["batch_size"] == 1
+  assert meta["input"]["shape"] == [1, side(tiny[family]), side(tiny[family]), 3]
   interp = tflite.interpreter(str(tmp_path / "tfl" / "model.tflite"))
-  assert_logits_close(tflite.run(interp, images), reference[family])
+  assert_logits_close(tflite.run(interp, images[family]), reference[family])
 
 
 def test_max_pool_edge_padded_equals_flax_max_pool():

@@ -10,15 +10,16 @@ jax2onnx also swaps some flax.linen functions and layers for shortcuts of its ow
 while it traces. Those shortcuts lag behind linen: its `max_pool` takes the window
 only as a keyword and padding only as a string (our stems pass explicit pairs),
 and its strided convolution gave a graph that onnxruntime rejected (cifar_resnet20,
-jax2onnx 0.17.1). `plain_lax_tracing` turns those three off (max_pool, pool, conv), so they
+jax2onnx 0.17.1); its `avg_pool` takes the window only as a keyword too (MaxViT's and
+CoAtNet's downsampling pool). `plain_lax_tracing` turns these off (max_pool, avg_pool,
+pool, conv), so they
 trace to the lax primitives JAX itself runs (conv_general_dilated, dot_general ...),
 which jax2onnx converts one by one. Two more work-arounds make the ResNet family
 convert (jax2onnx 0.17.1): max-pooling is traced as a maximum of strided slices
 (`max_pool_by_slices`; its reduce_window rule gives a MaxPool over all four NHWC
 axes, which onnxruntime refuses), and the graph's intermediate shape annotations,
-some of them NHWC for tensors its layout pass keeps NCHW, are dropped. ResNet,
-ViT, EfficientNet, ConvNeXt (tests/test_export.py), ResNet-v2 and the hybrid
-ViT-R then match JAX.
+some of them NHWC for tensors its layout pass keeps NCHW, are dropped. Every
+family of tests/test_export.py then matches JAX.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from vision_jax.export.core import Exportable
 ARTIFACT = "model.onnx"
 # jax2onnx's linen shortcuts that `plain_lax_tracing` turns off.
 _LAGGING_SHORTCUTS = tuple(f"jax2onnx.plugins.flax.linen.{name}"
-                           for name in ("max_pool", "pool", "conv"))
+                           for name in ("max_pool", "avg_pool", "pool", "conv"))
 OPSET = 23
 
 

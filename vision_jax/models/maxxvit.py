@@ -172,9 +172,11 @@ def _variants() -> dict[str, tuple[Variant, int]]:
 
 VARIANTS: dict[str, tuple[Variant, int]] = _variants()
 
-_ACTS = {"gelu": functools.partial(nn.gelu, approximate=False),
-         "gelu_tanh": functools.partial(nn.gelu, approximate=True),
-         "silu": nn.silu, "relu": nn.relu}
+# Looked up in `nn` at call time (not bound here), as the other families call `nn.gelu`, so
+# that a replacement made while exporting (export/tflite.gelu_tanh for int8) reaches them too.
+_ACTS = {"gelu": lambda x: nn.gelu(x, approximate=False),
+         "gelu_tanh": lambda x: nn.gelu(x, approximate=True),
+         "silu": lambda x: nn.silu(x), "relu": lambda x: nn.relu(x)}  # pylint: disable=unnecessary-lambda
 # Truncated normal (std 0.02) for Dense and conv kernels; fine-tuning starts from weights.
 _init = nn.initializers.truncated_normal(0.02)
 
