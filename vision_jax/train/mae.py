@@ -166,21 +166,29 @@ class MAEModel(nn.Module):
     encoder: the ViT encoder.
     head: the decoder.
     mask_ratio: fraction of the patches hidden from the encoder (0.75).
+    features: what `features_only` returns: 'token' (the class token, as
+      `VisionTransformer(num_classes=0)` with its default pool) or 'avg' (the
+      mean of the patch tokens after the final LayerNorm; the class token gets
+      no loss of its own in MAE, and on the digits it probed no better than a
+      random encoder's).
   """
 
   encoder: MAEEncoder
   head: MAEDecoder
   mask_ratio: float = 0.75
+  features: str = "token"
 
   def __call__(self, images: jax.Array, train: bool, features_only: bool = False):
-    """(predicted pixels (B, L, p*p*C), mask (B, L)), or the class-token features (float32).
+    """(predicted pixels (B, L, p*p*C), mask (B, L)), or the features (float32, `features`).
 
     The mask is drawn from the 'mask' rng stream ('dropout' when there is none,
     e.g. at init). `features_only` encodes every patch, without masking: the
-    same features as `VisionTransformer(num_classes=0)`.
+    class token is the feature of `VisionTransformer(num_classes=0)`.
     """
     if features_only:
-      return self.encoder(images, train=train)[:, 0].astype(jnp.float32)
+      tokens = self.encoder(images, train=train)
+      pooled = tokens[:, 0] if self.features == "token" else jnp.mean(tokens[:, 1:], axis=1)
+      return pooled.astype(jnp.float32)
     p = self.encoder.patch_size
     length = (images.shape[1] // p) * (images.shape[2] // p)
     rng = self.make_rng("mask") if self.has_rng("mask") else self.make_rng("dropout")

@@ -24,6 +24,10 @@ from vision_jax.train.recipes import ssl_monitor
 from vision_jax.train.recipes.base import Recipe, model_overrides, register_recipe
 
 
+# What the probes read from the encoder (MAEModel.features).
+FEATURES = ("token", "avg")
+
+
 def build_model(config: Any, dtype: Any) -> mae_lib.MAEModel:
   """`MAEModel` from config.model (a plain ViT) and config.mae."""
   vit = models.create_model(config.model.name, num_classes=0, dtype=dtype,
@@ -44,7 +48,8 @@ def build_model(config: Any, dtype: Any) -> mae_lib.MAEModel:
       mlp_dim=int(decoder.get("mlp_dim", 4 * width)), attention_impl=encoder.attention_impl,
       dtype=dtype)
   return mae_lib.MAEModel(encoder=encoder, head=head,
-                          mask_ratio=float(block.get("mask_ratio", 0.75)))
+                          mask_ratio=float(block.get("mask_ratio", 0.75)),
+                          features=str(block.get("features", "token")))
 
 
 class MAE(Recipe):
@@ -61,6 +66,10 @@ class MAE(Recipe):
     ratio = config.mae.get("mask_ratio", 0.75)
     if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
       raise ConfigError(f"config.mae.mask_ratio={ratio!r}: must be in [0, 1) (0.75 in the paper).")
+    features = config.mae.get("features", "token")
+    if features not in FEATURES:
+      raise ConfigError(f"config.mae.features={features!r}: use 'token' (the class token) or "
+                        "'avg' (the mean of the patch tokens).")
     ssl_monitor.check_pretraining(config, self.name)
     if dataset is None:  # the config-only pass (config_check); the trainer passes the data
       return
