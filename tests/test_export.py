@@ -22,16 +22,23 @@ import numpy as np
 import pytest
 
 from vision_jax import export, inference
+from vision_jax.models import vgg
 from vision_jax.export import core
 
 from tests.test_models_forward import GRAD_STEP, numpy_variables, tiny_setup
 
-# Every family of the zoo but VGG (a plain conv stack, the ResNet's ops without the residual).
+# Every family of the zoo.
 FAMILIES = {"resnet": "resnet18", "vit": "vit_tiny_patch16_224",
             "efficientnet": "efficientnet_b0", "convnext": "convnext_atto",
             "efficientnetv2": "efficientnetv2_s", "resnetv2": "resnetv2_50x1_bit",
             "vit_hybrid": "vit_tiny_r_s16_p8_224", "maxvit": "maxvit_tiny_tf_224",
-            "coatnet": "coatnet_0_rw_224"}
+            "coatnet": "coatnet_0_rw_224", "vgg": "vgg11_bn"}
+# VGG is not in GRAD_STEP (test_vgg.py tests it at 1/8 width, as here).
+# Its TFLite model at 32 px converts but LiteRT refuses it ("transpose.cc: perm 4 != dims 2",
+# after the 7x7 head conv on a 1x1 map): not in the TFLite tests (docs/export.md).
+TFLITE_FAMILIES = sorted(f for f in FAMILIES if f != "vgg")
+_VGG = {"layers": tuple(c if c == "M" else c // 8 for c in vgg.LAYERS["vgg11"]),
+        "hidden_width": 32, "pre_logits_width": 16}
 # jax2tf + TF tracing + saving costs ~25 CPU s for the SavedModel and ~6 more for TFLite: the
 # whole quick-tier budget of this file, so they run in the slow tier (CI runs both tiers).
 TF_CONVERSION = pytest.mark.slow
@@ -43,7 +50,7 @@ def tiny():
   MaxViT/CoAtNet windows), numpy-filled weights."""
   out = {}
   for family, name in FAMILIES.items():
-    overrides = dict(GRAD_STEP[name], **({"depth": 1} if family == "vit" else {}))
+    overrides = dict(GRAD_STEP.get(name, _VGG), **({"depth": 1} if family == "vit" else {}))
     module, size = tiny_setup(name, **overrides)
     out[family] = core.Exportable(
         module, numpy_variables(module, size), family, name, (size, size, 3),
@@ -124,7 +131,7 @@ def test_savedmodel_matches_jax(family, tiny, images, reference, tmp_path):
 
 
 @TF_CONVERSION
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", TFLITE_FAMILIES)
 def test_tflite_float_matches_jax(family, tiny, images, reference, tmp_path):
   from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
   meta = export.export_model(tiny[family], "tflite", str(tmp_path / "tfl"))
@@ -147,7 +154,7 @@ def test_max_pool_edge_padded_equals_flax_max_pool():
 
 
 @TF_CONVERSION
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", TFLITE_FAMILIES)
 def test_tflite_int8_runs_with_xnnpack(family, tiny, tmp_path):
   # ResNet's -inf padded max-pool gave an int8 PADV2 that XNNPACK (LiteRT's default delegate)
   # refused to prepare; the export pads with edge copies instead. ConvNeXt's and ViT's exact
