@@ -125,9 +125,9 @@ def run(workdir: str, seeds, arg: str = "", changes: dict | None = None,
     pretrained = trainer.train_and_evaluate(config, os.path.join(workdir, f"{method}_{seed}"))
     results["seconds"].append(round(time.time() - start, 1))
     figures = {"random": random_encoder_metrics(config), method: pretrained}
-    for start, final in figures.items():
-      results[f"{start}_knn_top1"].append(final["knn_top1"])
-      results[f"{start}_linear_top1"].append(final["linear_top1"])
+    for encoder, final in figures.items():
+      results[f"{encoder}_knn_top1"].append(final["knn_top1"])
+      results[f"{encoder}_linear_top1"].append(final["linear_top1"])
   for key in [k for k in results if k.endswith("_top1")]:
     results[key.replace("_top1", "_mean")] = float(np.mean(results[key]))
   if baselines:

@@ -73,6 +73,15 @@ from typing import Any, NamedTuple  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def load_experiment(name: str):
+  """The module of experiments/<name>.py, loaded by path (experiments/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(f"{name}_experiment",
+                                                os.path.join(ROOT, "experiments", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 class ToolResult(NamedTuple):
   """What a command gave: unpacks as (code, out, err), reads like subprocess.CompletedProcess."""
 

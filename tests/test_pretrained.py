@@ -91,13 +91,8 @@ def test_init_from_another_workdir(tmp_path):
 def test_digits_transfer_beats_scratch(tmp_path):
   """Seed 0 of the offline transfer check (experiments/digits_transfer.py), on one device:
   0-4 pretraining beats scratch on 10-shot 5-9 after the same 100 fine-tuning steps."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "experiments", "digits_transfer.py")
-  spec = importlib.util.spec_from_file_location("digits_transfer_experiment", path)
-  experiment = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(experiment)
+  from tests.conftest import load_experiment  # pylint: disable=import-outside-toplevel
+  experiment = load_experiment("digits_transfer")
   top1 = experiment.run_seed(0, str(tmp_path), num_devices=1)
   # Protocol of issue 29 (fine-tuning lr 0.02): measured over 5 seeds at every instruction-set
   # level XLA accepts here, 1 and 2 cores, 1 and 8 devices (34 runs, experiments/README.md):

@@ -18,7 +18,6 @@ from vision_jax.models.heads import ProjectionHead
 from vision_jax.train import optim, sharding, simclr, steps
 from vision_jax.train.checkpoint import Checkpointer
 
-from tests.conftest import ROOT  # noqa: E402  (the repository root)
 from tests import jitted
 
 
@@ -568,11 +567,8 @@ def test_trainable_params_stop_gradients_and_freeze_updates():
 def test_simclr_digits_beats_random_encoder(tmp_path):
   """Label-free pretraining (5 epochs at batch 128 on one device, instead of 100 at 256)
   against the same linear probe and kNN on a randomly initialised encoder."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(
-      "ssl_digits_experiment", os.path.join(ROOT, "experiments", "ssl_digits.py"))
-  experiment = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(experiment)
+  from tests.conftest import load_experiment  # pylint: disable=import-outside-toplevel
+  experiment = load_experiment("ssl_digits")
   changes = {"batch_size": 128, "total_epochs": 5, "schedule.warmup_epochs": 1,
              "simclr.linear.steps": 1000, "eval_every_epochs": None,
              "checkpoint_every_epochs": None, "num_devices": 1}

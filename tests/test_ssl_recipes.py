@@ -397,12 +397,8 @@ SHORT_BOUNDS = {"dino": (1.0, 5.0), "byol": (0.0, 3.0), "mae": (0.0, 7.0)}
 def test_recipe_digits_beats_random_encoder(name, tmp_path):
   """Label-free pretraining on the digits at CI size against the same kNN and linear probe on
   the randomly initialised encoder (as test_simclr.py's SimCLR check)."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  from tests.conftest import ROOT  # pylint: disable=import-outside-toplevel
-  spec = importlib.util.spec_from_file_location(
-      "ssl_digits_experiment", os.path.join(ROOT, "experiments", "ssl_digits.py"))
-  experiment = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(experiment)
+  from tests.conftest import load_experiment  # pylint: disable=import-outside-toplevel
+  experiment = load_experiment("ssl_digits")
   arg, changes = SHORT_RUNS[name]
   r = experiment.run(str(tmp_path), [0], arg, changes, baselines=False, method=name)
   linear_gain, knn_gain = SHORT_BOUNDS[name]

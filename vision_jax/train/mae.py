@@ -159,6 +159,10 @@ class MAEDecoder(nn.Module):
     return x[:, 1:].astype(jnp.float32)
 
 
+# What `MAEModel(features_only=True)` returns: the class token, or the mean of the patch tokens.
+FEATURES = ("token", "avg")
+
+
 class MAEModel(nn.Module):
   """Masked autoencoder: `MAEEncoder` (params['encoder']) and `MAEDecoder` (params['head']).
 

@@ -24,10 +24,6 @@ from vision_jax.train.recipes import ssl_monitor
 from vision_jax.train.recipes.base import Recipe, model_overrides, register_recipe
 
 
-# What the probes read from the encoder (MAEModel.features).
-FEATURES = ("token", "avg")
-
-
 def build_model(config: Any, dtype: Any) -> mae_lib.MAEModel:
   """`MAEModel` from config.model (a plain ViT) and config.mae."""
   vit = models.create_model(config.model.name, num_classes=0, dtype=dtype,
@@ -67,7 +63,7 @@ class MAE(Recipe):
     if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
       raise ConfigError(f"config.mae.mask_ratio={ratio!r}: must be in [0, 1) (0.75 in the paper).")
     features = config.mae.get("features", "token")
-    if features not in FEATURES:
+    if features not in mae_lib.FEATURES:
       raise ConfigError(f"config.mae.features={features!r}: use 'token' (the class token) or "
                         "'avg' (the mean of the patch tokens).")
     ssl_monitor.check_pretraining(config, self.name)
