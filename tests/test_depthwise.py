@@ -12,9 +12,10 @@ from vision_jax.models.depthwise import DepthwiseConv
 from tests import jitted
 
 # (kernel, stride, padding): EfficientNet's TF 'SAME' (asymmetric when strided) and
-# PyTorch k // 2 at strides 1 and 2, ConvNeXt's 7x7 with 3 on every side.
+# PyTorch k // 2 at strides 1 and 2, ConvNeXt's 7x7 with 3 on every side, and a stride that
+# leaves the last column unread (VALID, 3x3/2 on 10: its input gradient must be zero).
 CASES = [(3, 2, "SAME"), (5, 2, "SAME"), (5, 1, ((2, 2), (2, 2))), (3, 2, ((1, 1), (1, 1))),
-         (7, 1, ((3, 3), (3, 3)))]
+         (7, 1, ((3, 3), (3, 3))), (3, 2, "VALID")]
 SHAPE = (2, 9, 10, 8)  # odd and even sides: SAME pads differ between the two axes at stride 2
 
 
@@ -79,13 +80,15 @@ def test_shifted_values_and_gradients_equal_grouped_conv(parity):
 
 
 def test_output_shapes_follow_the_padding():
-  # 9x10 at stride 2: SAME gives ceil(9/2) x ceil(10/2); k//2 padding gives the same here.
+  # 9x10 at stride 2: SAME gives ceil(9/2) x ceil(10/2); k//2 padding gives the same here;
+  # VALID gives (9 - 3) // 2 + 1 = (10 - 3) // 2 + 1 = 4.
   x = jax.ShapeDtypeStruct(SHAPE, jnp.float32)
   for kernel, stride, padding in CASES:
     module = DepthwiseConv(SHAPE[-1], (kernel, kernel), strides=stride, padding=padding,
                            impl="shifted")
     y = jax.eval_shape(lambda x, m=module: m.init_with_output(jax.random.key(0), x)[0], x)
-    assert y.shape == ((2, 5, 5, 8) if stride == 2 else SHAPE), (kernel, stride, padding)
+    want = SHAPE if stride == 1 else (2, 4, 4, 8) if padding == "VALID" else (2, 5, 5, 8)
+    assert y.shape == want, (kernel, stride, padding)
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
@@ -154,3 +157,16 @@ def test_benchmark_tool_refuses_a_model_without_depthwise_conv(run_tool):
                           "--batch-size", "1")
   assert code == 2
   assert err.strip().splitlines()[-1].startswith("error: --models: vgg11 has no depthwise")
+
+
+def test_alternate_settles_each_side_before_timing_it():
+  """`settle` calls a side untimed right before each timed call (its steady state)."""
+  from vision_jax.bench import timing  # pylint: disable=import-outside-toplevel
+  calls = []
+  sides = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+  times = timing.alternate(sides, rounds=2, warmup=1, settle=1)
+  assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 2
+  assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+  calls.clear()
+  timing.alternate(sides, rounds=1)
+  assert calls == ["a", "b"]

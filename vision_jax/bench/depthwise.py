@@ -216,7 +216,8 @@ def time_models(model_names: Sequence[str], batch_size: int, image_size: int, ro
       sides["timm"] = _timm_programs(name, images, labels, torch_threads)
     for mode in ("inference", "training"):
       calls = {side: programs[mode] for side, programs in sides.items()}
-      seconds = timing.medians(timing.alternate(calls, rounds=rounds, warmup=1))
+      # One untimed call of a side before each timed one: its steady state (timing.alternate).
+      seconds = timing.medians(timing.alternate(calls, rounds=rounds, warmup=1, settle=1))
       row: dict[str, Any] = {"model": name, "mode": mode, "batch_size": batch_size,
                              "image_size": image_size}
       for side in calls:
