@@ -101,12 +101,17 @@ def test_stablehlo_reloads_with_plain_jax(family, tiny, images, reference, tmp_p
   assert on_disk["input"]["preprocess"] == model.preprocess
   assert on_disk["output"]["shape"] == ["batch", 10]
   assert on_disk["class_names"][3] == "c3"
+  # The export ran the artifact once with plain jax.export before keeping it (export/check.py).
+  assert on_disk["check"]["runtime"] == "jax.export" and on_disk["check"]["images"] == 2
+  assert on_disk["check"]["max_relative_error"] <= 1e-4
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_onnx_matches_jax(family, tiny, images, reference, tmp_path):
   from vision_jax.export import onnx as onnx_export  # pylint: disable=import-outside-toplevel
-  export.export_model(tiny[family], "onnx", str(tmp_path / "out"))
+  meta = export.export_model(tiny[family], "onnx", str(tmp_path / "out"))
+  assert meta["check"]["runtime"] == "onnxruntime"
+  assert meta["check"]["max_relative_error"] <= 1e-4
   session = onnx_export.session(str(tmp_path / "out" / "model.onnx"))
   want, x = reference[family], images[family]
   assert_logits_close(onnx_export.run(session, x), want)
@@ -143,8 +148,22 @@ def test_tflite_float_matches_jax(family, tiny, images, reference, tmp_path):
   # (tflite.dense_on_rows).
   assert meta["batch_size"] == 1
   assert meta["input"]["shape"] == [1, side(tiny[family]), side(tiny[family]), 3]
+  assert meta["check"]["runtime"] == "litert" and meta["check"]["max_relative_error"] <= 1e-4
   interp = tflite.interpreter(str(tmp_path / "tfl" / "model.tflite"))
   assert_logits_close(tflite.run(interp, images[family]), reference[family])
+
+
+@TF_CONVERSION
+def test_a_tflite_model_that_litert_refuses_is_not_kept(tiny, tmp_path):
+  # VGG below 224 px converts, but LiteRT refuses to prepare it (docs/export.md): the export
+  # runs what it wrote, so the refusal is the export's one-line error, not the user's surprise.
+  model = tiny["vgg"]
+  small = core.Exportable(model.module, model.variables, "vgg", model.model_name, (32, 32, 3),
+                          "decode|resize(32)|value_range(0, 1)", model.class_names)
+  with pytest.raises(export.ExportError, match="litert cannot run it") as caught:
+    export.export_model(small, "tflite", str(tmp_path / "tfl"))
+  assert "\n" not in str(caught.value) and "Nothing was written" in str(caught.value)
+  assert _left_in(tmp_path) == []
 
 
 def test_max_pool_edge_padded_equals_flax_max_pool():
@@ -175,12 +194,45 @@ def test_tflite_int8_runs_with_xnnpack(family, tiny, tmp_path):
                              calibration=str(tmp_path / "calib"))
   assert (meta["weights"], meta["activations"]) == ("int8", "int8")
   assert meta["batch_size"] == 1
+  assert meta["check"]["inputs"] == "calibration images" and meta["check"]["images"] == 16
   inputs = core.calibration_images(str(tmp_path / "calib"), model)
   got = tflite.run(tflite.interpreter(str(tmp_path / "int8" / "model.tflite")), inputs)
   want = np.asarray(jax.jit(model.closed_forward())(inputs))
   assert got.shape == want.shape == (16, 10)
   # int8 logits follow the float ones (the calibration images themselves).
   assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+  np.testing.assert_allclose(meta["check"]["correlation"],
+                             np.corrcoef(got.ravel(), want.ravel())[0, 1], rtol=1e-6)
+
+
+@TF_CONVERSION
+def test_tflite_int8_with_integer_input_and_output(tiny, tmp_path):
+  """--tflite-int8-io uint8: no float op at either end; `run` quantizes and dequantizes."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
+  model = tiny["resnet"]
+  (tmp_path / "calib").mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(16):
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+        tmp_path / "calib" / f"{i}.png")
+  meta = export.export_model(model, "tflite-int8", str(tmp_path / "u8"),
+                             calibration=str(tmp_path / "calib"), tflite_int8_io="uint8")
+  assert meta["input"]["dtype"] == meta["output"]["dtype"] == "uint8"
+  interp = tflite.interpreter(str(tmp_path / "u8" / "model.tflite"))
+  entry, exit_ = interp.get_input_details()[0], interp.get_output_details()[0]
+  assert entry["dtype"] == exit_["dtype"] == np.uint8
+  assert meta["input_quantization"] == {"scale": pytest.approx(entry["quantization"][0]),
+                                        "zero_point": entry["quantization"][1]}
+  # The calibration inputs lie in [0, 1] (value_range(0, 1)): 0 maps to the zero point.
+  scale, zero = entry["quantization"]
+  assert 0 <= zero <= 255 and abs(255 * scale - 1.0) < 0.05
+  inputs = core.calibration_images(str(tmp_path / "calib"), model)
+  got = tflite.run(interp, inputs)
+  assert got.dtype == np.float32
+  want = np.asarray(jax.jit(model.closed_forward())(inputs))
+  assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
+  assert meta["check"]["correlation"] > 0.9
 
 
 # The int8 goal (issue 27): on the trained digits model, top-1 agreement with JAX >= 99% and
@@ -212,6 +264,7 @@ def test_tflite_int8_keeps_the_trained_digits_accuracy(tmp_path):
   meta = export.export_model(exportable, "tflite-int8", str(tmp_path / "int8"),
                              calibration=str(calib))
   assert meta["calibration_images"] == 200 and meta["activations"] == "int8"
+  assert meta["check"]["images"] == 32 and meta["check"]["top1_agreement"] >= 0.99, meta["check"]
   images, labels = digits_dataset(int(config.data.image_size)).eval  # what the trainer scores
   want = np.asarray(jax.jit(exportable.closed_forward())(images))
   got = tflite.run(tflite.interpreter(str(tmp_path / "int8" / "model.tflite")), images)
@@ -271,6 +324,50 @@ def test_calibration_without_images_is_one_line(fake_load, run_tool, tmp_path):
   assert code == 2 and "needs --calibration" in err
   code, _, err = run_tool("export", "--weights", "x", "--format", "coreml", "--out", tmp_path)
   assert code == 2 and "not one of stablehlo" in err
+  # Integer input and output: int8 TFLite only, and one of the types LiteRT has.
+  code, _, err = run_tool("export", "--weights", "x", "--format", "onnx",
+                          "--tflite-int8-io", "uint8", "--out", tmp_path / "o")
+  assert code == 2 and err == ("error: --tflite-int8-io uint8 applies to --format tflite-int8 "
+                               "only; the other formats take and give float32.\n")
+  code, _, err = run_tool("export", "--weights", "x", "--format", "tflite-int8",
+                          "--calibration", tmp_path / "calib", "--tflite-int8-io", "int16",
+                          "--out", tmp_path / "i")
+  assert code == 2 and err == "error: --tflite-int8-io int16: not one of float32, int8, uint8.\n"
+  assert _left_in(tmp_path) == ["calib"]
+
+
+def test_a_failed_check_is_one_line_and_leaves_nothing(fake_load, run_tool, tmp_path,
+                                                        monkeypatch):
+  """The runtime refusing the artifact, or computing other logits: exit 2, one line, no --out."""
+  from vision_jax.export import check  # pylint: disable=import-outside-toplevel
+  real = check._runner  # pylint: disable=protected-access
+
+  def refused(fmt, directory, artifact):
+    def run(x):
+      raise RuntimeError("transpose.cc:58 perm 4 != dims 2\nNode number 7 failed to prepare.")
+    return run
+
+  monkeypatch.setattr(check, "_runner", refused)
+  code, _, err = run_tool("export", "--weights", "x", "--format", "stablehlo",
+                          "--out", tmp_path / "a")
+  assert code == 2 and err.count("\n") == 1
+  assert "jax.export cannot run it (RuntimeError: transpose.cc:58 perm 4 != dims 2)" in err
+  assert _left_in(tmp_path) == []
+
+  def shifted(fmt, directory, artifact):
+    run = real(fmt, directory, artifact)
+    return lambda x: run(x) * 1.01
+  monkeypatch.setattr(check, "_runner", shifted)
+  code, _, err = run_tool("export", "--weights", "x", "--format", "stablehlo",
+                          "--out", tmp_path / "b")
+  assert code == 2 and err.count("\n") == 1
+  assert "logits differ from the JAX model's by" in err and "limit is 1e-04" in err
+  assert _left_in(tmp_path) == []
+  # --no-check keeps what was written without running it, and says so.
+  code, _, err = run_tool("export", "--weights", "x", "--format", "stablehlo", "--no-check",
+                          "--out", tmp_path / "c")
+  assert code == 0 and "(not run: --no-check)" in err
+  assert "check" not in export.read_metadata(str(tmp_path / "c"))
 
 
 def test_a_failed_write_leaves_no_partial_directory(tmp_path):

@@ -32,6 +32,12 @@ def main(argv=None) -> int:
                       help="tflite-int8: read at most this many calibration images")
   parser.add_argument("--tflite-batch-size", type=int, default=1,
                       help="tflite, tflite-int8: the model's fixed batch size (default 1)")
+  parser.add_argument("--tflite-int8-io", default="float32",
+                      help="tflite-int8: the model's input and output type; int8/uint8 drop the "
+                           "quantize and dequantize ops (integer-only runtimes), default float32")
+  parser.add_argument("--no-check", action="store_true",
+                      help="do not run the written model in its runtime and compare its logits "
+                           "with JAX's before keeping it (export.json's `check`)")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   args = parser.parse_args(argv)
 
@@ -46,6 +52,7 @@ def main(argv=None) -> int:
     model = inference.load_model(args.workdir, args.weights)
     # The cheap checks first: reading the input shape below starts TensorFlow.
     export.check_supported(args.format, export.family_of(model.module))
+    export.check_int8_io(args.format, args.tflite_int8_io)
     if args.format == "tflite-int8":
       if not args.calibration:
         raise export.ExportError(export.NEEDS_CALIBRATION)
@@ -53,12 +60,24 @@ def main(argv=None) -> int:
     exportable = export.from_loaded(model)
     meta = export.export_model(exportable, args.format, args.out, args.calibration,
                                args.overwrite, args.calibration_limit,
-                               tflite_batch_size=args.tflite_batch_size)
+                               tflite_batch_size=args.tflite_batch_size,
+                               check=not args.no_check, tflite_int8_io=args.tflite_int8_io)
   except (inference.LoadError, export.ExportError) as e:
     return common.report(" ".join(str(e).split()))  # one line
   print(f"wrote {args.format} of {meta['model']} ({meta['family']}, input "
-        f"{meta['input']['shape']}) to {args.out}", file=sys.stderr)
+        f"{meta['input']['shape']}) to {args.out}{_checked(meta.get('check'))}", file=sys.stderr)
   return 0
+
+
+def _checked(result) -> str:
+  """'; checked with <runtime>: ...' for the line that reports the export."""
+  if not result:
+    return " (not run: --no-check)"
+  said = f"; {result['runtime']} ran it on {result['images']} {result['inputs']}: "
+  if "top1_agreement" in result:
+    return said + (f"top-1 agreement with JAX {100 * result['top1_agreement']:.1f}%, "
+                   f"logit correlation {result['correlation']:.4f}")
+  return said + f"logits within {result['max_relative_error']:.1e} relative of JAX's"
 
 
 console_script = common.entry_point(main)

@@ -6,9 +6,15 @@ activations. `int8` is full-integer post-training quantization: weights per
 channel, activations per tensor with ranges measured on a representative
 dataset (the model inputs of a folder of calibration images, read with the
 model's own preprocessing), builtin int8 kernels only, so a model that needs a
-float fallback fails to convert instead of running half in float. The model's
-input and output stay float32 (a quantize op at the entry, a dequantize at the
-exit), so the same preprocessing feeds both variants.
+float fallback fails to convert instead of running half in float. By default
+the model's input and output stay float32 (a quantize op at the entry, a
+dequantize at the exit), so the same preprocessing feeds both variants;
+`io="int8"` or `"uint8"` (`--tflite-int8-io`) removes those two ops, for
+runtimes that take integers only (microcontrollers, some NPU delegates): the
+input is then the preprocessed image quantized with the input tensor's scale and
+zero point (real = (q - zero_point) * scale, both in export.json and the model)
+and the logits come out quantized the same way. `run` and `runner` quantize and
+dequantize for the caller, so they take and give float32 for every variant.
 
 The input takes the preprocessed float32 [B, H, W, C] of export.json, B fixed
 at export (`--tflite-batch-size`, default 1: the latency case); `run` takes
@@ -27,11 +33,15 @@ import numpy as np
 from vision_jax.export.core import Exportable, ExportError
 
 ARTIFACT = "model.tflite"
+# The int8 model's input and output type: float32 (quantize/dequantize inside), or integers.
+INT8_IO = ("float32", "int8", "uint8")
 
 
 def convert(exportable: Exportable, calibration: np.ndarray | None = None,
-            batch_size: int | None = 1) -> bytes:
+            batch_size: int | None = 1, io: str = "float32") -> bytes:
   """The flatbuffer: float32 when `calibration` is None, else int8 calibrated on it.
+
+  `io` is the int8 model's input and output type (INT8_IO); a float model takes float32.
 
   The batch size is fixed (`batch_size`; None: symbolic): with a symbolic batch every broadcast
   becomes a BROADCAST_TO of a computed shape and BatchNorm stays unfolded, and
@@ -45,6 +55,7 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
   from vision_jax.models import depthwise
   if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
     raise ExportError(f"--tflite-batch-size {batch_size!r}: give a whole number >= 1.")
+  check_io(io, calibration is not None)
   module = savedmodel.build_module(exportable, batch_size=batch_size)
   # Depthwise convolutions as grouped convolutions, which become TFLite's DepthwiseConv2D,
   # not as the k * k shifted slices that suit XLA:CPU (models/depthwise.py).
@@ -69,7 +80,18 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if io != "float32":
+      converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
   return converter.convert()
+
+
+def check_io(io: str, int8: bool) -> None:
+  """ExportError for an unknown `io`, or integer I/O asked of the float model."""
+  if io not in INT8_IO:
+    raise ExportError(f"--tflite-int8-io {io}: not one of {', '.join(INT8_IO)}.")
+  if io != "float32" and not int8:
+    raise ExportError(f"--tflite-int8-io {io} applies to --format tflite-int8 only; the other "
+                      "formats take and give float32.")
 
 
 def dense_on_rows(original: type) -> type:
@@ -134,19 +156,34 @@ def _padded(images: np.ndarray, rows: int) -> np.ndarray:
 
 
 def write(exportable: Exportable, directory: str,
-          calibration: np.ndarray | None = None, batch_size: int = 1) -> dict:
+          calibration: np.ndarray | None = None, batch_size: int = 1,
+          io: str = "float32") -> dict:
   """Writes `model.tflite` into `directory`; returns the metadata entries it adds."""
   meta = {"artifact": ARTIFACT, "weights": "float32" if calibration is None else "int8",
           "batch_size": batch_size}
   if calibration is not None:
     meta["gelu"] = "tanh approximation (int8 has no exact erf; see tflite.gelu_tanh)"
-  flatbuffer = convert(exportable, calibration, batch_size)
-  with open(os.path.join(directory, ARTIFACT), "wb") as f:
+  flatbuffer = convert(exportable, calibration, batch_size, io)
+  path = os.path.join(directory, ARTIFACT)
+  with open(path, "wb") as f:
     f.write(flatbuffer)
   if calibration is not None:
     meta.update({"activations": "int8", "calibration_images": int(len(calibration)),
                  "input_output": "float32 (quantized and dequantized inside the model)"})
+    if io != "float32":
+      meta.update(_integer_io(path, io))
   return meta
+
+
+def _integer_io(path: str, io: str) -> dict:
+  """export.json's entries for integer I/O: the dtype and the quantization of each end."""
+  interp = interpreter(path)
+  quant = lambda detail: {"scale": float(detail["quantization"][0]),  # noqa: E731
+                          "zero_point": int(detail["quantization"][1])}
+  entry, exit_ = interp.get_input_details()[0], interp.get_output_details()[0]
+  return {"input_output": f"{io}: real = (q - zero_point) * scale",
+          "input_quantization": quant(entry), "output_quantization": quant(exit_),
+          "integer_io": io}
 
 
 def interpreter(path: str, num_threads: int | None = None):
@@ -160,21 +197,46 @@ def interpreter(path: str, num_threads: int | None = None):
 
 
 def runner(interp) -> Callable[[np.ndarray], np.ndarray]:
-  """A function of a float32 batch of any size: the model's fixed batch at a time."""
+  """A function of a float32 batch of any size: the model's fixed batch at a time.
+
+  An integer-I/O model's input is quantized and its logits dequantized here, so the
+  function takes and gives float32 for every variant.
+  """
   signature = interp.get_signature_runner()
   name, detail = next(iter(signature.get_input_details().items()))
+  out_detail = signature.get_output_details()["logits"]
   symbolic = int(detail["shape_signature"][0]) == -1
+
+  def call(batch: np.ndarray) -> np.ndarray:
+    return _dequantized(signature(**{name: _quantized(batch, detail)})["logits"], out_detail)
 
   def run_all(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images, np.float32)
     if symbolic:  # the runner resizes the input to the batch
-      return np.asarray(signature(**{name: images})["logits"])
+      return call(images)
     rows = int(detail["shape"][0])
-    out = [np.asarray(signature(**{name: _padded(images[i:i + rows], rows)})["logits"])
-           for i in range(0, len(images), rows)]
+    out = [call(_padded(images[i:i + rows], rows)) for i in range(0, len(images), rows)]
     return np.concatenate(out)[:len(images)]
 
   return run_all
+
+
+def _quantized(images: np.ndarray, detail: dict) -> np.ndarray:
+  """`images` as the input tensor's type: float32 as is, integers by its scale and zero point."""
+  dtype = np.dtype(detail["dtype"])
+  if dtype == np.float32:
+    return images
+  scale, zero_point = detail["quantization"]
+  info = np.iinfo(dtype)
+  return np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _dequantized(logits, detail: dict) -> np.ndarray:
+  logits = np.asarray(logits)
+  if logits.dtype == np.float32:
+    return logits
+  scale, zero_point = detail["quantization"]
+  return ((logits.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def run(interp, images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""One door for every format: check the pair, stage the directory, write, rename into place."""
+"""One door for every format: check the pair, stage the directory, write, run it once, rename."""
 
 from __future__ import annotations
 
@@ -24,9 +24,16 @@ def check_supported(fmt: str, family: str) -> None:
     raise ExportError(f"--format {fmt} cannot represent the {family} family: {reason}.")
 
 
+def check_int8_io(fmt: str, io: str) -> None:
+  """Raises ExportError for an unknown --tflite-int8-io, or integer I/O for another format."""
+  from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
+  tflite.check_io(io, fmt == "tflite-int8")
+
+
 def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | None = None,
                  overwrite: bool = False, calibration_limit: int = 200,
-                 tflite_batch_size: int = 1) -> dict:
+                 tflite_batch_size: int = 1, check: bool = True,
+                 tflite_int8_io: str = "float32") -> dict:
   """Writes `exportable` as `fmt` into the directory `out`; returns export.json's contents.
 
   Args:
@@ -37,14 +44,21 @@ def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | 
     overwrite: replace an existing `out`.
     calibration_limit: at most this many calibration images are read.
     tflite_batch_size: the TFLite model's fixed batch size (tflite, tflite-int8).
+    tflite_int8_io: the int8 TFLite model's input and output type: float32, int8 or uint8
+      (tflite.INT8_IO; the float model refuses integers).
+    check: run the written artifact in its runtime and compare it with the JAX model before
+      putting it in place (export/check.py); export.json records the result under `check`.
 
   Raises:
     ExportError: an unknown format, an unsupported format/family pair, a missing or
-      empty calibration folder, an existing `out`, or a converter that failed on the
-      model (its first line is kept).
+      empty calibration folder, integer I/O asked of a float format, an existing `out`,
+      a converter that failed on the model (its first line is kept), or a failed check:
+      the runtime cannot run what was written, or a float format's logits differ from
+      JAX's by more than check.TOLERANCE.
   """
   # pylint: disable=import-outside-toplevel
   check_supported(fmt, exportable.family)
+  check_int8_io(fmt, tflite_int8_io)
   images = None
   if fmt == "tflite-int8":
     if not calibration:
@@ -60,7 +74,7 @@ def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | 
         extra = savedmodel.write(exportable, stage)
       elif fmt in ("tflite", "tflite-int8"):
         from vision_jax.export import tflite
-        extra = tflite.write(exportable, stage, images, tflite_batch_size)
+        extra = tflite.write(exportable, stage, images, tflite_batch_size, tflite_int8_io)
       else:
         from vision_jax.export import onnx
         extra = onnx.write(exportable, stage)
@@ -70,8 +84,13 @@ def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | 
       first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       raise ExportError(f"--format {fmt} failed on the {exportable.family} model "
                         f"{exportable.model_name}: {type(e).__name__}: {first}") from e
+    if check:
+      from vision_jax.export import check as check_lib
+      extra["check"] = check_lib.check(fmt, exportable, stage, extra.get("artifact", ""), images)
     meta = exportable.metadata(fmt, **extra)
     if extra.get("batch_size"):  # a fixed batch (TFLite) instead of the symbolic one
       meta["input"]["shape"][0] = meta["output"]["shape"][0] = extra["batch_size"]
+    if extra.get("integer_io"):  # int8 TFLite taking and giving quantized integers
+      meta["input"]["dtype"] = meta["output"]["dtype"] = extra["integer_io"]
     core.write_metadata(stage, meta)
   return meta
