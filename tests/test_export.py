@@ -175,6 +175,15 @@ def test_max_pool_edge_padded_equals_flax_max_pool():
                                   nn.max_pool(x, (3, 3), (2, 2), padding))
 
 
+def _calibration_folder(folder, count=16):
+  """`count` random 40x40 PNG images in `folder` (created)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(count):
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
 @TF_CONVERSION
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_tflite_int8_runs_with_xnnpack(family, tiny, tmp_path):
@@ -182,14 +191,9 @@ def test_tflite_int8_runs_with_xnnpack(family, tiny, tmp_path):
   # refused to prepare; the export pads with edge copies instead. ConvNeXt's and ViT's exact
   # GELU gave an int8 DIV by a zero divisor that LiteRT refused to run; int8 takes the tanh
   # GELU (tflite.gelu_tanh).
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
   model = tiny[family]
-  (tmp_path / "calib").mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(16):
-    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
-        tmp_path / "calib" / f"{i}.png")
+  _calibration_folder(tmp_path / "calib")
   meta = export.export_model(model, "tflite-int8", str(tmp_path / "int8"),
                              calibration=str(tmp_path / "calib"))
   assert (meta["weights"], meta["activations"]) == ("int8", "int8")
@@ -208,14 +212,9 @@ def test_tflite_int8_runs_with_xnnpack(family, tiny, tmp_path):
 @TF_CONVERSION
 def test_tflite_int8_with_integer_input_and_output(tiny, tmp_path):
   """--tflite-int8-io uint8: no float op at either end; `run` quantizes and dequantizes."""
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
   model = tiny["resnet"]
-  (tmp_path / "calib").mkdir()
-  rng = np.random.default_rng(0)
-  for i in range(16):
-    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
-        tmp_path / "calib" / f"{i}.png")
+  _calibration_folder(tmp_path / "calib")
   meta = export.export_model(model, "tflite-int8", str(tmp_path / "u8"),
                              calibration=str(tmp_path / "calib"), tflite_int8_io="uint8")
   assert meta["input"]["dtype"] == meta["output"]["dtype"] == "uint8"
