@@ -245,3 +245,19 @@ def test_input_benchmark_per_core(tmp_path):
   assert row["fused_images_per_cpu_s"] > 0 and row["decode_then_crop_images_per_cpu_s"] > 0
   out = run_tool("benchmark_input.py", "--cores", "100000")
   assert out.returncode == 2 and "--cores 100000: this process may use 1 to" in out.stderr
+
+
+def test_time_trials_settles_each_side_before_timing_it():
+  """One untimed step of a side before its timed steps, every round (timing.alternate)."""
+  from vision_jax.bench import trials as benchmark  # pylint: disable=import-outside-toplevel
+  calls = []
+
+  def trial(name, seconds_per_step):
+    def run(n):
+      calls.append((name, n))
+      return n * seconds_per_step
+    return benchmark.Trial(name, 2, 0.0, run, None, lambda: None, {})
+
+  seconds = benchmark.time_trials([trial("ours", 0.5), trial("timm", 0.25)], steps=3, repeats=2)
+  assert calls == [("ours", 1), ("ours", 3), ("timm", 1), ("timm", 3)] * 2
+  assert seconds == {"ours": 0.5, "timm": 0.25}

@@ -458,11 +458,19 @@ def timm_trial(model_name: str, images: np.ndarray, labels: np.ndarray, amp_bf16
 
 
 def time_trials(trials: Sequence[Trial], steps: int, repeats: int = 1) -> dict[str, float]:
-  """Median seconds per step of each trial, timed in `repeats` alternating rounds of `steps`."""
+  """Median seconds per step of each trial, timed in `repeats` alternating rounds of `steps`.
+
+  Each round runs one untimed step of a side before timing its `steps`: a program's
+  first step after another program's is not its steady state on XLA:CPU
+  (`timing.alternate`, docs/efficiency.md).
+  """
   seconds: dict[str, list[float]] = {t.name: [] for t in trials}
 
   def side(trial: Trial) -> Callable[[], None]:
-    return lambda: seconds[trial.name].append(trial.run(steps) / steps)
+    def settled() -> None:
+      trial.run(1)
+      seconds[trial.name].append(trial.run(steps) / steps)
+    return settled
 
   # Trial.run times its own steps (after its warm-up, excluding the host work around them).
   timing.alternate({t.name: side(t) for t in trials}, rounds=repeats)
