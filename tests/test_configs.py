@@ -47,6 +47,7 @@ EXTRA_SMOKE_ARGS = {
     # imagenet_maxvit's smoke run traces, and its AdamW + layer-decay + cosine step is the
     # convnext_atto run's.
     "transfer": ["smoke,model=vgg11_bn", "smoke,model=convnext_atto"],
+    "dino_digits": ["smoke,backbone=vit"],
 }
 # Configs whose smoke run fails today because of a bug outside configs/, with the bug. The mark
 # is a strict xfail: the run still happens, and once the bug is fixed the XPASS fails the suite
@@ -138,6 +139,23 @@ def test_config_checks_and_traces_a_step(name, arg, tmp_path, image_folder):
   if local is not None:
     assert local[0] == config.batch_size and local[2] < report["train_batch"][2], local
   assert "loss" in report["metrics"] and "learning_rate" in report["metrics"]
+
+
+def test_dino_digits_vit_backbone_takes_its_own_settings():
+  """backbone=vit: the small ViT with the settings that kept DINO's teacher from collapsing
+  on the digits (its docstring has the measurements); the ResNet default is unchanged."""
+  module = load_config_module("dino_digits")
+  resnet, vit = module.get_config(""), module.get_config("backbone=vit")
+  assert (resnet.model.name, vit.model.name) == ("cifar_resnet20", "vit_tiny_patch16_224")
+  assert vit.model.overrides.patch_size == 4 and vit.model.overrides.img_size == 16
+  got = [(c.dino.head.use_bn, c.dino.teacher_temp, c.dino.warmup_teacher_temp, c.ema_decay,
+          c.schedule.base_lr) for c in (resnet, vit)]
+  assert got == [(False, 0.04, 0.04, 0.99, 5e-4), (True, 0.02, 0.02, 0.996, 2e-3)]
+  assert module.get_config("backbone=vit,lr=1e-3").schedule.base_lr == 1e-3
+  with pytest.raises(ConfigError, match="backbone='mlp': use backbone=resnet or backbone=vit"):
+    module.get_config("backbone=mlp")
+  with pytest.raises(ConfigError, match="backbone=vit picks its own ViT; drop model=resnet18"):
+    module.get_config("backbone=vit,model=resnet18")
 
 
 # Configs that also run for real (2 steps, then the final evaluation and checkpoint), one
