@@ -55,13 +55,12 @@ Arguments: smoke, epochs, model, batch_size, lr, local_crops, backbone (resnet|v
 import ml_collections
 
 from vision_jax.config_base import base_config
-from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke
+from vision_jax.config_util import ConfigError, parse_arg, shrink_for_smoke, sibling_module
 
 DEFAULT_MODEL = "cifar_resnet20"
-# backbone=vit: the MAE digits encoder's shape (configs/mae_digits.py), dynamic_img_size so
-# that local crops, when turned on, go through the same network.
-VIT = {"img_size": 16, "patch_size": 4, "width": 64, "depth": 4, "num_heads": 4,
-       "mlp_dim": 128, "dynamic_img_size": True}
+# backbone=vit: the MAE digits encoder (configs/mae_digits.py), dynamic_img_size so that local
+# crops, when turned on, go through the same network.
+VIT = dict(sibling_module(__file__, "mae_digits").ENCODER, dynamic_img_size=True)
 
 
 def get_config(arg=None):

@@ -339,14 +339,14 @@ def test_a_failed_check_is_one_line_and_leaves_nothing(fake_load, run_tool, tmp_
                                                         monkeypatch):
   """The runtime refusing the artifact, or computing other logits: exit 2, one line, no --out."""
   from vision_jax.export import check  # pylint: disable=import-outside-toplevel
-  real = check._runner  # pylint: disable=protected-access
+  real = check.runner
 
   def refused(fmt, directory, artifact):
     def run(x):
       raise RuntimeError("transpose.cc:58 perm 4 != dims 2\nNode number 7 failed to prepare.")
     return run
 
-  monkeypatch.setattr(check, "_runner", refused)
+  monkeypatch.setattr(check, "runner", refused)
   code, _, err = run_tool("export", "--weights", "x", "--format", "stablehlo",
                           "--out", tmp_path / "a")
   assert code == 2 and err.count("\n") == 1
@@ -356,7 +356,7 @@ def test_a_failed_check_is_one_line_and_leaves_nothing(fake_load, run_tool, tmp_
   def shifted(fmt, directory, artifact):
     run = real(fmt, directory, artifact)
     return lambda x: run(x) * 1.01
-  monkeypatch.setattr(check, "_runner", shifted)
+  monkeypatch.setattr(check, "runner", shifted)
   code, _, err = run_tool("export", "--weights", "x", "--format", "stablehlo",
                           "--out", tmp_path / "b")
   assert code == 2 and err.count("\n") == 1

@@ -87,7 +87,7 @@ def _runner(side: str, exportable, directory: str, threads: int,
   """
   # pylint: disable=import-outside-toplevel
   from vision_jax import export
-  from vision_jax.export import core
+  from vision_jax.export import check, core
   if side == "jax":
     import jax
     forward = jax.jit(exportable.closed_forward())
@@ -100,25 +100,12 @@ def _runner(side: str, exportable, directory: str, threads: int,
     export.export_model(exportable, side, out, calibration=calibration,
                         tflite_batch_size=len(batch))
   meta = core.read_metadata(out)
-  path = os.path.join(out, meta["artifact"]) if "artifact" in meta else out
-  if side == "stablehlo":
-    import jax
-    with open(path, "rb") as f:
-      exported = jax.export.deserialize(bytearray(f.read()))
-    call = jax.jit(exported.call)
-    return lambda: call(batch).block_until_ready()
-  if side == "savedmodel":
+  inputs = batch
+  if side == "savedmodel":  # converted once, outside the timed call
     import tensorflow as tf
-    signature = tf.saved_model.load(out).signatures["logits"]
     inputs = tf.constant(batch)
-    return lambda: signature(inputs=inputs)["logits"].numpy()
-  if side in ("tflite", "tflite-int8"):
-    from vision_jax.export import tflite
-    run = tflite.runner(tflite.interpreter(path, num_threads=threads))  # made once
-    return lambda: run(batch)
-  from vision_jax.export import onnx as onnx_export
-  session = onnx_export.session(path, threads=threads)
-  return lambda: onnx_export.run(session, batch)
+  run = check.runner(side, out, meta.get("artifact", ""), threads=threads)  # loaded once
+  return lambda: run(inputs)
 
 
 def _timm_runner(model_name: str, image_size: int, threads: int, batch: np.ndarray,

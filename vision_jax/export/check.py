@@ -40,40 +40,49 @@ RUNTIMES = {"stablehlo": "jax.export", "savedmodel": "tensorflow", "tflite": "li
 
 def inputs_for(exportable: Exportable, calibration: np.ndarray | None) -> np.ndarray:
   """The images the check feeds: calibration images if given, else seeded random ones."""
-  if calibration is not None and len(calibration):  # pylint: disable=g-explicit-length-test
+  if calibration is not None:
     return np.asarray(calibration[:INT8_IMAGES], np.float32)
   rng = np.random.default_rng(0)
   return rng.standard_normal((RANDOM_IMAGES,) + tuple(exportable.input_shape)).astype(np.float32)
 
 
-def _runner(fmt: str, directory: str, artifact: str) -> Callable[[np.ndarray], np.ndarray]:
-  """A function of a float32 batch: the artifact's logits, loaded as a user loads it."""
+def runner(fmt: str, directory: str, artifact: str,
+           threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+  """A function of a float32 batch (or a tf.Tensor, for savedmodel): the artifact's logits,
+  loaded once, as a user loads it. Also the latency benchmark's loader (bench/export_latency).
+
+  Args:
+    fmt: one of core.FORMATS.
+    directory: the artifact directory (what savedmodel loads).
+    artifact: the model file's name in it (export.json's `artifact`).
+    threads: intra-op threads of LiteRT and onnxruntime (None: their default).
+  """
   # pylint: disable=import-outside-toplevel
   path = os.path.join(directory, artifact)
   if fmt == "stablehlo":
     import jax
     with open(path, "rb") as f:
       exported = jax.export.deserialize(bytearray(f.read()))
-    return lambda x: np.asarray(exported.call(x))
+    call = jax.jit(exported.call)
+    return lambda x: np.asarray(call(x))
   if fmt == "savedmodel":
     import tensorflow as tf
     signature = tf.saved_model.load(directory).signatures["logits"]
     return lambda x: np.asarray(signature(inputs=tf.constant(x))["logits"])
   if fmt in ("tflite", "tflite-int8"):
     from vision_jax.export import tflite
-    return tflite.runner(tflite.interpreter(path))
+    return tflite.runner(tflite.interpreter(path, num_threads=threads))
   from vision_jax.export import onnx
   try:
-    session = onnx.session(path)
+    session = onnx.session(path, threads=threads)
   except ImportError as e:
-    raise ExportError("checking the ONNX model needs onnxruntime: pip install -e '.[export]' "
-                      "(or skip the check with --no-check).") from e
+    raise ExportError("running the ONNX model needs onnxruntime: pip install -e '.[export]' "
+                      "(or skip the export's check with --no-check).") from e
   return lambda x: np.asarray(onnx.run(session, x))
 
 
 def check(fmt: str, exportable: Exportable, directory: str, artifact: str,
-          calibration: np.ndarray | None = None,
-          reference: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+          calibration: np.ndarray | None = None) -> dict:
   """Runs the artifact in `directory` and compares it with the JAX model; export.json's `check`.
 
   Args:
@@ -82,7 +91,6 @@ def check(fmt: str, exportable: Exportable, directory: str, artifact: str,
     directory: where the artifact was written.
     artifact: its file name (for savedmodel the directory itself is loaded).
     calibration: the int8 calibration inputs, also used as the check's inputs.
-    reference: the JAX logits of a batch (default: `exportable.closed_forward` under jit).
 
   Raises:
     ExportError: the runtime cannot load or run the artifact, a float format's logits differ
@@ -91,15 +99,15 @@ def check(fmt: str, exportable: Exportable, directory: str, artifact: str,
   import jax  # pylint: disable=import-outside-toplevel
   # On the CPU, where the exported programs are meant to run (stablehlo's platform is "cpu").
   with jax.default_device(jax.devices("cpu")[0]):
-    return _check(fmt, exportable, directory, artifact, calibration, reference)
+    return _check(fmt, exportable, directory, artifact, calibration)
 
 
-def _check(fmt, exportable, directory, artifact, calibration, reference) -> dict:
+def _check(fmt, exportable, directory, artifact, calibration) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   runtime = RUNTIMES[fmt]
   x = inputs_for(exportable, calibration)
   try:
-    got = _runner(fmt, directory, artifact)(x)
+    got = runner(fmt, directory, artifact)(x)
   except ExportError:
     raise
   except Exception as e:  # the runtime's own refusal: one line, naming it
@@ -107,7 +115,7 @@ def _check(fmt, exportable, directory, artifact, calibration, reference) -> dict
     raise ExportError(f"--format {fmt}: the converter wrote the {exportable.family} model, but "
                       f"{runtime} cannot run it ({type(e).__name__}: {first}). Nothing was "
                       "written; another input size or format may work (docs/export.md).") from e
-  want = np.asarray((reference or jax.jit(exportable.closed_forward()))(x))
+  want = np.asarray(jax.jit(exportable.closed_forward())(x))
   if got.shape != want.shape:
     raise ExportError(f"--format {fmt}: {runtime} gives logits of shape {got.shape}, the JAX "
                       f"model {want.shape}; the export is wrong and was not kept.")

@@ -55,7 +55,7 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
   from vision_jax.models import depthwise
   if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
     raise ExportError(f"--tflite-batch-size {batch_size!r}: give a whole number >= 1.")
-  check_io(io, calibration is not None)
+  check_int8_io("tflite-int8" if calibration is not None else "tflite", io)
   module = savedmodel.build_module(exportable, batch_size=batch_size)
   # Depthwise convolutions as grouped convolutions, which become TFLite's DepthwiseConv2D,
   # not as the k * k shifted slices that suit XLA:CPU (models/depthwise.py).
@@ -85,11 +85,11 @@ def convert(exportable: Exportable, calibration: np.ndarray | None = None,
   return converter.convert()
 
 
-def check_io(io: str, int8: bool) -> None:
-  """ExportError for an unknown `io`, or integer I/O asked of the float model."""
+def check_int8_io(fmt: str, io: str) -> None:
+  """ExportError for an unknown --tflite-int8-io, or integer I/O asked of another format."""
   if io not in INT8_IO:
     raise ExportError(f"--tflite-int8-io {io}: not one of {', '.join(INT8_IO)}.")
-  if io != "float32" and not int8:
+  if io != "float32" and fmt != "tflite-int8":
     raise ExportError(f"--tflite-int8-io {io} applies to --format tflite-int8 only; the other "
                       "formats take and give float32.")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vision_jax.export import core
 from vision_jax.export.core import Exportable, ExportError
+from vision_jax.export.tflite import check_int8_io
 
 # (format, family) pairs that a converter cannot represent, with the reason: refused with
 # one line before anything is written. Found by exporting a tiny model of each family and
@@ -22,12 +23,6 @@ def check_supported(fmt: str, family: str) -> None:
   reason = UNSUPPORTED.get((fmt, family))
   if reason:
     raise ExportError(f"--format {fmt} cannot represent the {family} family: {reason}.")
-
-
-def check_int8_io(fmt: str, io: str) -> None:
-  """Raises ExportError for an unknown --tflite-int8-io, or integer I/O for another format."""
-  from vision_jax.export import tflite  # pylint: disable=import-outside-toplevel
-  tflite.check_io(io, fmt == "tflite-int8")
 
 
 def export_model(exportable: Exportable, fmt: str, out: str, calibration: str | None = None,
