@@ -25,8 +25,8 @@ Why these differ from the paper's recipe (seed 0, 30 epochs, 2-core CPU,
 Even with these settings the teacher stays close to uniform over 30 epochs
 (entropy 6.88 of the maximum log 1024 = 6.93 from epoch 10 on, against exactly
 6.93 in the collapsed runs). Over the full 100 epochs it sharpens (entropy
-2.7-3.2 at the end) and the ResNet reaches kNN 93.1% (92.8-93.3), linear
-95.5% (95.0-96.4) on seeds 0-2, about 7.5 minutes a seed on a 2-core CPU
+2.1-3.2 at the end) and the ResNet reaches kNN 92.7% (91.9-93.3), linear
+95.9% (95.0-97.5) over seeds 0-4, about 7.5 minutes a seed on a 2-core CPU
 (experiments/README.md).
 `backbone=vit` trains a small ViT instead (vit_tiny_patch16_224 shrunk as the
 MAE digits encoder: 16x16 inputs, 4x4 patches, width 64, depth 4, 4 heads,
