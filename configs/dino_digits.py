@@ -91,9 +91,9 @@ def get_config(arg=None):
   config.schedule.update({"base_lr": arg.lr or (2e-3 if vit else 5e-4), "warmup_epochs": 10,
                           "decay": "cosine"})
   config.optimizer.update({"name": "adamw", "weight_decay": 0.04, "grad_clip_norm": 3.0})
+  teacher_temp = 0.02 if vit else 0.04  # throughout: the warm-up starts where it ends
   config.dino = ml_collections.ConfigDict({
-      "student_temp": 0.1, "teacher_temp": 0.02 if vit else 0.04,
-      "warmup_teacher_temp": 0.02 if vit else 0.04,
+      "student_temp": 0.1, "teacher_temp": teacher_temp, "warmup_teacher_temp": teacher_temp,
       "warmup_teacher_temp_epochs": 10, "center_momentum": 0.9,
       "freeze_last_layer_epochs": 1,
       "head": {"out_dim": 1024, "hidden_dim": 256, "bottleneck_dim": 64, "num_layers": 3,
